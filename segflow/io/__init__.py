@@ -1,0 +1,7 @@
+"""Readers that turn files into :class:`~segflow.scene.Scene` objects, and writers per format."""
+
+from __future__ import annotations
+
+from .geotiff import open_geotiff
+
+__all__ = ["open_geotiff"]

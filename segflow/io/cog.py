@@ -1,0 +1,66 @@
+"""Label rasters: written by windows into a tiled GeoTIFF, then converted to a Cloud-Optimized GeoTIFF."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.shutil import copy as gdal_copy
+from rasterio.transform import Affine
+from rasterio.windows import Window
+
+from ..tiling import Box
+
+__all__ = ["LabelRasterWriter"]
+
+
+class LabelRasterWriter:
+    """Write uint8 labels by windows on the exact grid of the input, then publish as COG.
+
+    ``crs`` is WKT (or None) and ``transform`` the 6 affine coefficients of the input.
+    """
+
+    def __init__(self, path: Path, *, width: int, height: int, crs: str | None,
+                 transform: Sequence[float] | None, nodata: int, class_names: Sequence[str],
+                 colors: Sequence[tuple[int, int, int] | None] | None = None):
+        self.path = path
+        self.raw = path.with_name(path.stem + ".raw.tif")
+        profile: dict[str, Any] = {
+            "driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "uint8",
+            "nodata": nodata, "tiled": True, "blockxsize": 512, "blockysize": 512,
+            "compress": "deflate", "BIGTIFF": "IF_SAFER",
+        }
+        if crs is not None:
+            profile["crs"] = crs
+        if transform is not None:
+            profile["transform"] = Affine(*transform[:6])
+        self.dataset = rasterio.open(self.raw, "w", **profile)
+        self.dataset.set_band_description(1, "labels")
+        self.dataset.update_tags(class_names=",".join(class_names))
+        self.dataset.update_tags(1, **{f"class_{i}": n for i, n in enumerate(class_names)})
+        if colors and any(c is not None for c in colors):
+            cmap = {i: (*(c or (0, 0, 0)), 255) for i, c in enumerate(colors)}
+            cmap[nodata] = (0, 0, 0, 0)
+            self.dataset.write_colormap(1, cmap)
+
+    def write(self, box: Box, labels: np.ndarray) -> None:
+        (r0, c0), (r1, c1) = box.start, box.stop
+        self.dataset.write(labels, 1, window=Window(c0, r0, c1 - c0, r1 - r0))
+
+    def finish(self) -> Path:
+        """Close the raw file and convert it to a COG at ``path`` (tiled, deflate, overviews)."""
+        self.dataset.close()
+        gdal_copy(
+            str(self.raw), str(self.path), driver="COG", COMPRESS="DEFLATE", BLOCKSIZE="512",
+            OVERVIEWS="AUTO", OVERVIEW_RESAMPLING="NEAREST", RESAMPLING="NEAREST", BIGTIFF="IF_SAFER",
+            NUM_THREADS="ALL_CPUS",
+        )
+        self.raw.unlink()
+        return self.path
+
+    def abort(self) -> None:
+        if not self.dataset.closed:
+            self.dataset.close()

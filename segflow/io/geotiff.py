@@ -1,0 +1,137 @@
+"""GeoTIFF (and any GDAL raster) → lazy :class:`Scene`, read by windows."""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import rasterio
+from rasterio.enums import MaskFlags
+from rasterio.errors import RasterioError
+from rasterio.windows import Window
+
+from ..errors import InputError
+from ..scene import Scene
+
+__all__ = ["open_geotiff"]
+
+_local = threading.local()
+
+
+def _dataset(path: str) -> Any:
+    """A rasterio dataset for this thread (GDAL handles must not be shared across threads)."""
+    handles = getattr(_local, "handles", None)
+    if handles is None:
+        handles = _local.handles = {}
+    if path not in handles:
+        handles[path] = rasterio.open(path)
+    return handles[path]
+
+
+def _read_error(path: str, what: str, exc: Exception) -> InputError:
+    return InputError(
+        f"cannot read {what} of {path}: the file is truncated or corrupt (GDAL: {str(exc).strip()}); "
+        "re-create or re-download it"
+    )
+
+
+class _WindowReader:
+    """Array-like over one raster: ``reader[c, y0:y1, x0:x1]`` does one windowed read."""
+
+    def __init__(self, path: str, count: int, height: int, width: int, dtype: np.dtype, masks: bool):
+        self.path = path
+        self.masks = masks
+        self.dtype = np.dtype("bool") if masks else dtype
+        self.shape = (height, width) if masks else (count, height, width)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        rows, cols = key[-2], key[-1]
+        window = Window.from_slices(rows, cols, height=self.shape[-2], width=self.shape[-1])
+        try:
+            ds = _dataset(self.path)
+            if self.masks:
+                return np.asarray(ds.dataset_mask(window=window) > 0)
+            bands = range(self.shape[0])[key[0]]
+            return np.asarray(ds.read([b + 1 for b in bands], window=window))
+        except RasterioError as exc:
+            raise _read_error(self.path, f"window rows {rows.start}:{rows.stop} cols {cols.start}:{cols.stop}",
+                              exc) from None
+
+
+def _chunking(block_shape: tuple[int, int], height: int, width: int, target: int) -> tuple[int, int]:
+    """Dask chunk size: a whole number of the file's blocks, close to ``target`` pixels a side."""
+    bh, bw = block_shape
+    ch = max(bh, (target // bh) * bh) if bh < height else height
+    cw = max(bw, (target // bw) * bw) if bw < width else width
+    if ch * cw > 4 * target * target:  # strips: long rows, keep about target² pixels
+        ch = max(1, min(height, (target * target) // cw // max(bh, 1) * max(bh, 1) or bh))
+    return ch, cw
+
+
+def _check_end_blocks(ds: Any, path: str) -> None:
+    """Read the last block of the first and last band: catches files cut short early."""
+    bh, bw = ds.block_shapes[0]
+    rows = math.ceil(ds.height / bh)
+    cols = math.ceil(ds.width / bw)
+    window = Window((cols - 1) * bw, (rows - 1) * bh, ds.width - (cols - 1) * bw, ds.height - (rows - 1) * bh)
+    try:
+        ds.read(sorted({1, ds.count}), window=window)
+    except RasterioError as exc:
+        raise _read_error(path, "its last block", exc) from None
+
+
+def open_geotiff(path: str | os.PathLike[str], *, chunk: int = 1024) -> Scene:
+    """Open a raster lazily as a ``(C, Y, X)`` scene with its CRS, transform, nodata and mask.
+
+    Pixels are read only when a region is computed, one windowed read per dask chunk; dask
+    chunks are whole multiples of the file's internal blocks, about ``chunk`` pixels a side.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"input file not found: {p}; check the path")
+    if p.is_dir():
+        raise InputError(f"input {p} is a directory, expected a raster file such as a GeoTIFF")
+    try:
+        ds = rasterio.open(p)
+    except RasterioError as exc:
+        raise InputError(f"{p} is not a raster GDAL can read ({str(exc).strip()}); expected a GeoTIFF") from None
+    with ds:
+        if ds.count < 1 or ds.width < 1 or ds.height < 1:
+            raise InputError(f"{p} has no pixels ({ds.count} bands, {ds.width}x{ds.height})")
+        if len(set(ds.dtypes)) != 1:
+            raise InputError(f"{p} mixes band data types {sorted(set(ds.dtypes))}; convert it to one type")
+        _check_end_blocks(ds, str(p))
+        dtype = np.dtype(ds.dtypes[0])
+        names = tuple(
+            (d or f"band{i + 1}").strip().lower() for i, d in enumerate(ds.descriptions or (None,) * ds.count)
+        )
+        has_mask = any(
+            MaskFlags.per_dataset in flags or MaskFlags.alpha in flags for flags in ds.mask_flag_enums
+        )
+        crs = ds.crs.to_wkt() if ds.crs else None
+        transform = tuple(ds.transform)[:6] if not ds.transform.is_identity else None
+        meta = {
+            "driver": ds.driver,
+            "dtype": str(dtype),
+            "block_shape": list(ds.block_shapes[0]),
+            "width": ds.width,
+            "height": ds.height,
+            "count": ds.count,
+        }
+        ch, cw = _chunking(ds.block_shapes[0], ds.height, ds.width, chunk)
+        reader = _WindowReader(str(p), ds.count, ds.height, ds.width, dtype, masks=False)
+        data = da.from_array(reader, chunks=(ds.count, ch, cw), lock=False, asarray=True,
+                             meta=np.empty((0, 0, 0), dtype=dtype), name=f"read-{p.name}-{os.stat(p).st_mtime_ns}")
+        mask = None
+        if has_mask:
+            mreader = _WindowReader(str(p), ds.count, ds.height, ds.width, dtype, masks=True)
+            mask = da.from_array(mreader, chunks=(ch, cw), lock=False, asarray=True,
+                                 meta=np.empty((0, 0), dtype=bool), name=f"mask-{p.name}-{os.stat(p).st_mtime_ns}")
+        return Scene(data=data, axes="CYX", band_names=names, crs=crs, transform=transform,
+                     nodata=ds.nodata, mask=mask, source=str(p), meta=meta)

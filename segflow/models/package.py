@@ -1,0 +1,252 @@
+"""Model packages: a directory with ``model.yaml`` (the model's contract) and its weights.
+
+``model.yaml`` declares what the model needs and gives::
+
+    name: my-unet                 # required
+    version: "1.0"
+    description: free text
+    license: Apache-2.0
+    spatial_dims: 2               # 2 (Y, X) or 3 (Z, Y, X)
+    architecture: {name: unet, args: {...}}   # for weights that hold only parameters
+    weights: model.ts             # file in the package: .ts (TorchScript)
+    input:
+      bands:                      # model input channels, in order
+        - {name: green, index: 2} # name = role; index = default 1-based band in the scene
+      normalization: {mode: meanstd, mean: [...], std: [...]}   # or scale / none
+    tile: 512                     # window size, one int or one per spatial axis
+    overlap: 0.25                 # default fractional overlap of windows
+    output: {activation: softmax} # softmax | sigmoid (1 channel -> 2 classes) | none (already probabilities)
+    classes:
+      - {name: background, kind: stuff, color: [0, 0, 0]}
+      - {name: building, kind: thing}
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ..errors import ModelError
+
+__all__ = [
+    "ClassSpec",
+    "ModelPackage",
+    "ModelSpec",
+    "Normalization",
+    "builtin_names",
+    "resolve_package",
+]
+
+MAX_CLASSES = 255  # labels are uint8 and 255 is nodata
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BandSpec(_Strict):
+    name: str = Field(min_length=1)
+    index: int | None = Field(default=None, ge=1)
+
+
+class Normalization(_Strict):
+    mode: Literal["none", "scale", "meanstd"] = "none"
+    scale: float = 1.0
+    offset: float = 0.0
+    mean: list[float] | None = None
+    std: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Normalization:
+        if self.mode == "meanstd":
+            if self.mean is None or self.std is None:
+                raise ValueError("mode meanstd needs both 'mean' and 'std' lists, one value per input band")
+            if len(self.mean) != len(self.std):
+                raise ValueError(f"mean has {len(self.mean)} values but std has {len(self.std)}")
+            if any(s <= 0 for s in self.std):
+                raise ValueError(f"std values must be > 0, got {self.std}")
+        return self
+
+
+class InputSpec(_Strict):
+    bands: list[BandSpec] = Field(min_length=1)
+    normalization: Normalization = Normalization()
+
+    @model_validator(mode="after")
+    def _check(self) -> InputSpec:
+        names = [b.name.lower() for b in self.bands]
+        if len(set(names)) != len(names):
+            raise ValueError(f"input band names must be unique, got {names}")
+        n = self.normalization
+        if n.mode == "meanstd" and n.mean is not None and len(n.mean) != len(self.bands):
+            raise ValueError(f"normalization has {len(n.mean)} mean values for {len(self.bands)} input bands")
+        return self
+
+
+class ClassSpec(_Strict):
+    name: str = Field(min_length=1)
+    kind: Literal["stuff", "thing"] = "stuff"
+    color: tuple[int, int, int] | None = None
+
+    @field_validator("color")
+    @classmethod
+    def _color(cls, v: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
+        if v is not None and any(not 0 <= c <= 255 for c in v):
+            raise ValueError(f"color components must be 0..255, got {v}")
+        return v
+
+
+class OutputSpec(_Strict):
+    activation: Literal["softmax", "sigmoid", "none"] = "softmax"
+
+
+class ArchitectureSpec(_Strict):
+    name: str = Field(min_length=1)
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelSpec(_Strict):
+    """The contract of a model, as declared in ``model.yaml``."""
+
+    name: str = Field(min_length=1)
+    version: str = "0"
+    description: str = ""
+    license: str | None = None
+    spatial_dims: Literal[2, 3]
+    architecture: ArchitectureSpec | None = None
+    weights: str | None = None
+    input: InputSpec
+    tile: int | list[int]
+    overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
+    output: OutputSpec = OutputSpec()
+    classes: list[ClassSpec] = Field(min_length=2, max_length=MAX_CLASSES)
+    pixel_size: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelSpec:
+        tile = self.tile_shape
+        if any(t < 1 for t in tile):
+            raise ValueError(f"tile must be positive, got {self.tile}")
+        if len(tile) != self.spatial_dims:
+            raise ValueError(f"tile {self.tile} has {len(tile)} values for spatial_dims {self.spatial_dims}")
+        names = [c.name for c in self.classes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"class names must be unique, got {names}")
+        if self.output.activation == "sigmoid" and len(self.classes) != 2:
+            raise ValueError("activation sigmoid is for binary models: declare exactly 2 classes")
+        if self.weights is None and self.architecture is None:
+            raise ValueError("declare 'weights' (a file in the package) or an 'architecture' (or both)")
+        return self
+
+    @property
+    def tile_shape(self) -> tuple[int, ...]:
+        if isinstance(self.tile, int):
+            return (self.tile,) * self.spatial_dims
+        return tuple(self.tile)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.classes)
+
+    @property
+    def output_channels(self) -> int:
+        return 1 if self.output.activation == "sigmoid" else len(self.classes)
+
+
+@dataclass(frozen=True)
+class ModelPackage:
+    """A resolved model package: its contract, where it lives, and digests for provenance."""
+
+    spec: ModelSpec
+    root: Path
+    builtin: bool
+    yaml_sha256: str
+    weights_sha256: str | None
+
+    @property
+    def weights_path(self) -> Path | None:
+        return None if self.spec.weights is None else self.root / self.spec.weights
+
+    @property
+    def source(self) -> str:
+        return f"builtin:{self.spec.name}" if self.builtin else str(self.root)
+
+
+def _builtin_root() -> Path:
+    return Path(str(resources.files("segflow.models") / "builtin"))
+
+
+def builtin_names() -> list[str]:
+    """Names of the models that ship with segflow."""
+    root = _builtin_root()
+    return sorted(p.name for p in root.iterdir() if (p / "model.yaml").is_file())
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _format_validation(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        where = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+    more = f" (and {exc.error_count() - 3} more)" if exc.error_count() > 3 else ""
+    return "; ".join(parts) + more
+
+
+def load_spec(yaml_path: Path) -> ModelSpec:
+    """Parse and validate one ``model.yaml``."""
+    try:
+        raw = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelError(f"cannot read {yaml_path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ModelError(f"{yaml_path} is not valid YAML{where}; fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise ModelError(f"{yaml_path} must hold a mapping of fields (name, spatial_dims, input, ...)")
+    try:
+        return ModelSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise ModelError(f"{yaml_path} is invalid: {_format_validation(exc)}") from None
+
+
+def resolve_package(name_or_path: str | Path) -> ModelPackage:
+    """Find a model package by built-in name or by path (a directory, or its ``model.yaml``)."""
+    path = Path(name_or_path)
+    builtin = False
+    if path.exists():
+        root = path.parent if path.is_file() else path
+        yaml_path = path if path.is_file() else path / "model.yaml"
+        if not yaml_path.is_file():
+            raise ModelError(f"{path} is not a model package: it has no model.yaml")
+    elif str(name_or_path) in builtin_names():
+        root = _builtin_root() / str(name_or_path)
+        yaml_path = root / "model.yaml"
+        builtin = True
+    else:
+        raise ModelError(
+            f"unknown model {str(name_or_path)!r}: not a built-in ({', '.join(builtin_names())}) "
+            "and no model package directory at that path"
+        )
+    spec = load_spec(yaml_path)
+    weights_sha = None
+    if spec.weights is not None:
+        weights = root / spec.weights
+        if not weights.is_file():
+            raise ModelError(f"model {spec.name!r} declares weights {spec.weights!r} but {weights} does not exist")
+        weights_sha = _sha256(weights)
+    return ModelPackage(spec=spec, root=root, builtin=builtin, yaml_sha256=_sha256(yaml_path),
+                        weights_sha256=weights_sha)

@@ -1,0 +1,142 @@
+"""Predictor: batches windows through a model on a device and returns class probabilities.
+
+The CPU and CUDA paths are the same code: on CUDA the batch is staged in pinned memory, copied
+with ``non_blocking=True`` and run under autocast; on the CPU those steps are skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import DeviceError, ModelError
+from .models.package import ModelSpec, Normalization
+
+__all__ = ["Predictor", "resolve_device"]
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; ``cpu``; ``cuda`` or ``cuda:N`` (must exist)."""
+    name = device.strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {device!r} was asked for but CUDA is not available here; use --device cpu or auto")
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s) found")
+        return dev
+    raise DeviceError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
+
+
+class _Normalize(nn.Module):
+    def __init__(self, spec: Normalization, channels: int, spatial_dims: int):
+        super().__init__()
+        shape = (1, channels) + (1,) * spatial_dims
+        if spec.mode == "meanstd":
+            assert spec.mean is not None and spec.std is not None
+            mean = torch.tensor(spec.mean, dtype=torch.float32).reshape(shape)
+            scale = 1.0 / torch.tensor(spec.std, dtype=torch.float32).reshape(shape)
+        elif spec.mode == "scale":
+            mean = torch.full(shape, -spec.offset / spec.scale if spec.scale else 0.0)
+            scale = torch.full(shape, spec.scale)
+        else:
+            mean = torch.zeros(shape)
+            scale = torch.ones(shape)
+        self.register_buffer("mean", mean)
+        self.register_buffer("scale", scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) * self.scale
+
+
+class Predictor:
+    """Run a segmentation model over windows and return class probabilities.
+
+    Parameters
+    ----------
+    module:
+        Network taking ``(N, C_in, *tile)`` and returning ``(N, C_out, *tile)``.
+    spec:
+        The model's contract: normalisation, activation and classes.
+    device:
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    batch_size:
+        Windows per forward pass.
+    amp:
+        Use autocast (bfloat16 where supported, else float16) on CUDA. Ignored on the CPU.
+    """
+
+    def __init__(self, module: nn.Module, spec: ModelSpec, *, device: str = "auto", batch_size: int = 16,
+                 amp: bool = True):
+        self.device = resolve_device(device)
+        self.spec = spec
+        self.batch_size = int(batch_size)
+        self.module = module.to(self.device).eval()
+        channels = len(spec.input.bands)
+        self.normalize = _Normalize(spec.input.normalization, channels, spec.spatial_dims).to(self.device)
+        self.cuda = self.device.type == "cuda"
+        self.amp_dtype = None
+        if amp and self.cuda:
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.spec.classes)
+
+    def _to_device(self, batch: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        if self.cuda:
+            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor
+
+    def _activate(self, out: torch.Tensor, tile: Sequence[int]) -> torch.Tensor:
+        expected = (self.spec.output_channels, *tile)
+        if out.ndim != len(expected) + 1 or tuple(out.shape[1:]) != expected:
+            raise ModelError(
+                f"model {self.spec.name!r} returned shape {tuple(out.shape)} for input tiles {tuple(tile)}; "
+                f"its model.yaml promises (N, {', '.join(map(str, expected))}): check classes, "
+                "output.activation and that the network keeps the input's spatial size"
+            )
+        out = out.float()
+        activation = self.spec.output.activation
+        if activation == "softmax":
+            return torch.softmax(out, dim=1)
+        if activation == "sigmoid":
+            p = torch.sigmoid(out)
+            return torch.cat([1.0 - p, p], dim=1)
+        return out
+
+    @torch.inference_mode()
+    def predict_batch(self, batch: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """Probabilities ``(N, K, *tile)`` float32 for windows ``(N, C_in, *tile)``.
+
+        Pixels where ``valid`` (``(N, *tile)`` bool) is False are set to 0 after normalisation,
+        so nodata values never reach the network.
+        """
+        x = self.normalize(self._to_device(batch))
+        if valid is not None and not valid.all():
+            mask = torch.from_numpy(np.ascontiguousarray(valid)).to(self.device, non_blocking=self.cuda)
+            x = torch.where(mask.unsqueeze(1), x, torch.zeros((), device=self.device))
+        if self.amp_dtype is not None:
+            with torch.autocast(device_type="cuda", dtype=self.amp_dtype):
+                out = self.module(x)
+        else:
+            out = self.module(x)
+        return self._activate(out, batch.shape[2:]).cpu().numpy()
+
+    def __call__(self, windows: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """Like :meth:`predict_batch` for any number of windows, ``batch_size`` at a time."""
+        if len(windows) == 0:
+            return np.zeros((0, self.num_classes, *windows.shape[2:]), dtype=np.float32)
+        parts = []
+        for i in range(0, len(windows), self.batch_size):
+            v = None if valid is None else valid[i : i + self.batch_size]
+            parts.append(self.predict_batch(windows[i : i + self.batch_size], v))
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]

@@ -1,0 +1,111 @@
+"""The Scene: a lazy N-D image plus its geometry. Nothing reads pixels until a region is asked for."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from .errors import ConfigError
+from .tiling import Box
+
+__all__ = ["Scene"]
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A lazily read image with an explicit axis order and its geometry.
+
+    Attributes
+    ----------
+    data:
+        dask array ``(C, Y, X)`` for rasters or ``(C, Z, Y, X)`` for volumes; channels first.
+    axes:
+        ``"CYX"`` or ``"CZYX"``.
+    band_names:
+        One name per channel (lower case; ``"band1"``... when the file names none).
+    crs:
+        Coordinate reference system as WKT, or None when the source has none.
+    transform:
+        For rasters, the 6 affine coefficients ``(a, b, c, d, e, f)`` mapping (col, row) to
+        CRS coordinates as rasterio's ``Affine`` does; None when the source has none.
+    nodata:
+        The source's nodata value, or None.
+    mask:
+        Optional lazy boolean array over the spatial axes from the source's own mask (an
+        internal mask band or alpha): False where masked. None when the source has none.
+    source:
+        Where the pixels come from (a path), for messages and provenance.
+    meta:
+        Extra provenance (driver, dtype, block size...).
+    """
+
+    data: da.Array
+    axes: str
+    band_names: tuple[str, ...]
+    crs: str | None = None
+    transform: tuple[float, ...] | None = None
+    nodata: float | None = None
+    mask: da.Array | None = None
+    source: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.axes not in ("CYX", "CZYX"):
+            raise ConfigError(f"scene axes must be 'CYX' or 'CZYX', got {self.axes!r}")
+        if self.data.ndim != len(self.axes):
+            raise ConfigError(f"scene data has {self.data.ndim} dimensions but axes {self.axes!r}")
+        if len(self.band_names) != self.data.shape[0]:
+            raise ConfigError(f"{len(self.band_names)} band names for {self.data.shape[0]} channels")
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.data.shape[1:])
+
+    @property
+    def spatial_dims(self) -> int:
+        return self.data.ndim - 1
+
+    @property
+    def num_bands(self) -> int:
+        return int(self.data.shape[0])
+
+    @property
+    def valid(self) -> da.Array | None:
+        """Lazy boolean array over the spatial axes: True where the pixel holds data.
+
+        A pixel is invalid where the source mask says so, where every band equals ``nodata``
+        (rasterio's dataset-mask rule) or where any band is NaN or infinite. None when every
+        pixel is valid by construction (integer data, no nodata, no mask).
+        """
+        parts = [] if self.mask is None else [self.mask]
+        if self.nodata is not None and not np.isnan(self.nodata):
+            parts.append((self.data != self.nodata).any(axis=0))
+        if np.issubdtype(self.data.dtype, np.floating):
+            parts.append(da.isfinite(self.data).all(axis=0))
+        if not parts:
+            return None
+        valid = parts[0]
+        for part in parts[1:]:
+            valid = valid & part
+        return valid
+
+    def select_bands(self, indices: Sequence[int]) -> Scene:
+        """A scene holding only the channels ``indices`` (0-based), in that order."""
+        idx = [int(i) for i in indices]
+        return replace(self, data=self.data[idx], band_names=tuple(self.band_names[i] for i in idx))
+
+    def read(self, box: Box) -> tuple[np.ndarray, np.ndarray | None]:
+        """Read the pixels of ``box``: ``(C, *box.shape)`` data and the validity mask (or None).
+
+        Data and mask are computed together, so reads shared by both happen once.
+        """
+        data = self.data[(slice(None), *box.slices)]
+        valid_all = self.valid
+        if valid_all is None:
+            return np.asarray(data.compute(scheduler="threads")), None
+        values, valid = da.compute(data, valid_all[box.slices], scheduler="threads")
+        return np.asarray(values), np.asarray(valid, dtype=bool)

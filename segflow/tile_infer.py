@@ -1,0 +1,206 @@
+"""tile-infer: a raster of any size → overlapping-window inference → zarr mask → COG.
+
+This is the library call behind ``segflow run tile-infer`` and the Prefect flow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .bands import resolve_bands
+from .errors import ConfigError, InputError
+from .io.cog import LabelRasterWriter
+from .io.geotiff import open_geotiff
+from .io.publish import Staging
+from .io.zarr_store import LABEL_NODATA, MaskStore
+from .models import load_module, resolve_package
+from .predict import Predictor
+from .stitch import BlendedChunk, BlendStats, blend_chunks
+from .tiling import BLEND_MODES, ChunkGrid, WindowGrid, blend_weights
+
+__all__ = ["DEFAULT_MODEL", "RunResult", "TileInferParams", "tile_infer"]
+
+DEFAULT_MODEL = "spectral-landcover"
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class TileInferParams:
+    """Every knob of a tile-infer run (``None`` = the model package's default)."""
+
+    model: str = DEFAULT_MODEL
+    tile: int | None = None
+    overlap: float | None = None
+    blend: str = "gaussian"
+    chunk: int = 4096
+    batch: int = 16
+    device: str = "auto"
+    save_scores: bool = False
+    bands: Mapping[str, int] = field(default_factory=dict)
+    amp: bool = True
+
+    def check(self) -> None:
+        if self.blend not in BLEND_MODES:
+            raise ConfigError(f"blend must be one of {', '.join(BLEND_MODES)}, got {self.blend!r}")
+        if self.chunk < 1:
+            raise ConfigError(f"chunk must be >= 1 pixel, got {self.chunk}; e.g. --chunk 4096")
+        if self.batch < 1:
+            raise ConfigError(f"batch must be >= 1 window, got {self.batch}; e.g. --batch 16")
+        if self.tile is not None and self.tile < 1:
+            raise ConfigError(f"tile must be >= 1 pixel, got {self.tile}; e.g. --tile 512")
+        if self.overlap is not None and not 0.0 <= self.overlap < 1.0:
+            raise ConfigError(f"overlap must be >= 0 and < 1, got {self.overlap}; e.g. --overlap 0.25")
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run produced and how it went."""
+
+    outputs: dict[str, Path]
+    windows_total: int
+    windows_evaluated: int
+    windows_skipped: int
+    chunks: int
+    wall_seconds: float
+    megapixels: float
+
+    @property
+    def megapixels_per_second(self) -> float:
+        return self.megapixels / self.wall_seconds if self.wall_seconds > 0 else math.inf
+
+    def summary(self) -> str:
+        where = ", ".join(str(p) for p in self.outputs.values())
+        return (f"wrote {where} | {self.windows_evaluated} windows evaluated ({self.windows_skipped} nodata "
+                f"skipped) in {self.chunks} chunks | {self.wall_seconds:.1f} s | "
+                f"{self.megapixels_per_second:.2f} MP/s")
+
+
+def _labels(chunk: BlendedChunk) -> np.ndarray:
+    labels = np.argmax(chunk.scores, axis=0).astype(np.uint8)
+    labels[~chunk.valid] = LABEL_NODATA
+    return labels
+
+
+class _Writer:
+    """Writes finished chunks in a background thread, at most two chunks behind compute."""
+
+    def __init__(self, store: MaskStore, raster: LabelRasterWriter, save_scores: bool):
+        self.store, self.raster, self.save_scores = store, raster, save_scores
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segflow-write")
+        self.pending: list[Future[None]] = []
+
+    def _write(self, chunk: BlendedChunk) -> None:
+        labels = _labels(chunk)
+        scores = chunk.scores if self.save_scores else None
+        if scores is not None:
+            scores = np.where(chunk.valid, scores, np.float32(np.nan))
+        self.store.write(chunk.box, labels, scores)
+        self.raster.write(chunk.box, labels)
+
+    def submit(self, chunk: BlendedChunk) -> None:
+        while len(self.pending) >= 2:
+            self.pending.pop(0).result()
+        self.pending.append(self.pool.submit(self._write, chunk))
+
+    def drain(self) -> None:
+        try:
+            for f in self.pending:
+                f.result()
+        finally:
+            self.pool.shutdown(wait=True)
+
+
+def _provenance(input_path: Path, scene_meta: dict[str, Any], package: Any, params: TileInferParams,
+                grid: WindowGrid, stats: BlendStats, device: str, wall: float, started: str) -> dict[str, Any]:
+    spec = package.spec
+    p = asdict(params)
+    p["bands"] = dict(params.bands)
+    return {
+        "segflow_version": __version__,
+        "started_utc": started,
+        "wall_seconds": round(wall, 3),
+        "input": {"path": str(input_path.resolve()), "size_bytes": input_path.stat().st_size, **scene_meta},
+        "model": {
+            "name": spec.name, "version": spec.version, "source": package.source,
+            "weights_sha256": package.weights_sha256, "model_yaml_sha256": package.yaml_sha256,
+            "classes": list(spec.class_names),
+        },
+        "parameters": p,
+        "effective": {"tile": list(grid.tile), "stride": list(grid.stride), "device": device},
+        "windows": {"total": stats.windows_total, "evaluated": stats.windows_evaluated,
+                    "skipped_nodata": stats.windows_skipped},
+        "chunks_written": stats.chunks,
+        "environment": {"python": platform.python_version(), "torch": torch.__version__,
+                        "platform": platform.platform()},
+    }
+
+
+def tile_infer(input_path: str | os.PathLike[str], output_dir: str | os.PathLike[str],
+               params: TileInferParams | None = None, *, progress: Progress | None = None) -> RunResult:
+    """Segment a raster of any size window by window and publish ``mask.zarr``, ``labels.tif``, ``run.json``.
+
+    The scene is read lazily by chunks; windows of the model's tile size on a global grid are
+    evaluated once each, blended with ``params.blend`` weights, and written chunk by chunk. All
+    outputs are built in a staging folder inside ``output_dir`` and renamed into place only
+    when complete. ``progress(done, total)`` is called after each chunk.
+    """
+    params = params or TileInferParams()
+    params.check()
+    t0, started = time.perf_counter(), datetime.now(UTC).isoformat(timespec="seconds")
+    input_path = Path(input_path)
+    package = resolve_package(params.model)
+    spec = package.spec
+    scene = open_geotiff(input_path)
+    if spec.spatial_dims != scene.spatial_dims:
+        raise InputError(f"model {spec.name!r} is {spec.spatial_dims}D but {input_path} is a "
+                         f"{scene.spatial_dims}D raster; choose a {scene.spatial_dims}D model")
+    scene = scene.select_bands(resolve_bands(spec, scene, params.bands))
+    grid = WindowGrid.create(scene.spatial_shape, params.tile or spec.tile_shape,
+                             spec.overlap if params.overlap is None else params.overlap)
+    chunks = ChunkGrid.create(scene.spatial_shape, params.chunk)
+    predictor = Predictor(load_module(package), spec, device=params.device, batch_size=params.batch,
+                          amp=params.amp)
+    stats = BlendStats()
+    with Staging(output_dir) as staging:
+        attrs = {"crs": scene.crs, "transform": list(scene.transform) if scene.transform else None,
+                 "source": str(input_path), "model": spec.name}
+        store = MaskStore(staging.path / "mask.zarr", scene.spatial_shape, chunks.chunk, spec.class_names,
+                          save_scores=params.save_scores, attrs=attrs)
+        height, width = scene.spatial_shape
+        raster = LabelRasterWriter(staging.path / "labels.tif", width=width, height=height, crs=scene.crs,
+                                   transform=scene.transform, nodata=LABEL_NODATA, class_names=spec.class_names,
+                                   colors=[c.color for c in spec.classes])
+        writer = _Writer(store, raster, params.save_scores)
+        try:
+            weights = blend_weights(grid.tile, params.blend)
+            for chunk in blend_chunks(scene, grid, chunks, predictor, weights, len(spec.classes),
+                                      batch_size=params.batch, stats=stats):
+                writer.submit(chunk)
+                if progress is not None:
+                    progress(stats.chunks, len(chunks))
+        finally:
+            writer.drain()
+            raster.abort()
+        raster.finish()
+        wall = time.perf_counter() - t0
+        run = _provenance(input_path, scene.meta, package, params, grid, stats, str(predictor.device), wall,
+                          started)
+        (staging.path / "run.json").write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
+        outputs = staging.publish(["mask.zarr", "labels.tif", "run.json"])
+    return RunResult(outputs=outputs, windows_total=stats.windows_total, windows_evaluated=stats.windows_evaluated,
+                     windows_skipped=stats.windows_skipped, chunks=stats.chunks, wall_seconds=wall,
+                     megapixels=math.prod(scene.spatial_shape) / 1e6)
