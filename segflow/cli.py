@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("segflow: interrupted", err=True)
         return 130
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, no traceback
+    except Exception as exc:
         if os.environ.get("SEGFLOW_DEBUG"):
             traceback.print_exc()
         click.echo(f"segflow: internal error: {type(exc).__name__}: {exc} (set SEGFLOW_DEBUG=1 for details)",

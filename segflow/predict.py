@@ -27,7 +27,9 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise DeviceError(f"device {device!r} was asked for but CUDA is not available here; use --device cpu or auto")
+            raise DeviceError(
+                f"device {device!r} was asked for but CUDA is not available here; use --device cpu or auto"
+            )
         dev = torch.device(name)
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise DeviceError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s) found")
@@ -36,6 +38,9 @@ def resolve_device(device: str) -> torch.device:
 
 
 class _Normalize(nn.Module):
+    mean: torch.Tensor
+    scale: torch.Tensor
+
     def __init__(self, spec: Normalization, channels: int, spatial_dims: int):
         super().__init__()
         shape = (1, channels) + (1,) * spatial_dims

@@ -53,6 +53,17 @@ class Scene:
     source: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_array(cls, array: np.ndarray | da.Array, *, chunks: int | str = "auto", nodata: float | None = None,
+                   band_names: Sequence[str] | None = None, **geometry: Any) -> Scene:
+        """A scene over an in-memory (or dask) array ``(C, Y, X)`` or ``(C, Z, Y, X)``."""
+        data = array if isinstance(array, da.Array) else da.from_array(np.asarray(array), chunks=chunks)
+        axes = {3: "CYX", 4: "CZYX"}.get(data.ndim)
+        if axes is None:
+            raise ConfigError(f"array must be (C, Y, X) or (C, Z, Y, X), got shape {data.shape}")
+        names = tuple(band_names) if band_names else tuple(f"band{i + 1}" for i in range(data.shape[0]))
+        return cls(data=data, axes=axes, band_names=names, nodata=nodata, source="<array>", **geometry)
+
     def __post_init__(self) -> None:
         if self.axes not in ("CYX", "CZYX"):
             raise ConfigError(f"scene axes must be 'CYX' or 'CZYX', got {self.axes!r}")

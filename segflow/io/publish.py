@@ -23,7 +23,9 @@ def _prepare(output: Path) -> None:
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(f"cannot create output directory {output} ({exc.strerror}); choose another --output") from None
+        raise OutputError(
+            f"cannot create output directory {output} ({exc.strerror}); choose another --output"
+        ) from None
 
 
 class Staging:

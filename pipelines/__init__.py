@@ -1,0 +1,1 @@
+"""Prefect flows: wiring only; every step is one call into the segflow library."""

@@ -1,0 +1,44 @@
+"""Prefect flow for tile-infer: the same library call as ``segflow run tile-infer``.
+
+Run it locally with ``python -m pipelines.tile_infer_flow scene.tif out/`` or deploy it on a
+schedule (see configs/deployments.yaml).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+
+from segflow.tile_infer import DEFAULT_MODEL, TileInferParams, tile_infer
+
+
+@task(name="tile-infer", retries=0)
+def tile_infer_task(input_path: str, output_dir: str, params: TileInferParams) -> dict[str, Any]:
+    result = tile_infer(input_path, output_dir, params)
+    return {
+        "outputs": {k: str(v) for k, v in result.outputs.items()},
+        "windows_evaluated": result.windows_evaluated,
+        "windows_skipped": result.windows_skipped,
+        "chunks": result.chunks,
+        "wall_seconds": result.wall_seconds,
+        "summary": result.summary(),
+    }
+
+
+@flow(name="segflow-tile-infer", log_prints=False)
+def tile_infer_flow(input_path: str, output_dir: str, model: str = DEFAULT_MODEL, tile: int | None = None,
+                    overlap: float | None = None, blend: str = "gaussian", chunk: int = 4096, batch: int = 16,
+                    device: str = "auto", save_scores: bool = False,
+                    bands: dict[str, int] | None = None) -> dict[str, Any]:
+    """Segment one raster into mask.zarr, labels.tif (COG) and run.json under ``output_dir``."""
+    params = TileInferParams(model=model, tile=tile, overlap=overlap, blend=blend, chunk=chunk, batch=batch,
+                             device=device, save_scores=save_scores, bands=bands or {})
+    result = tile_infer_task(input_path, output_dir, params)
+    get_run_logger().info(result["summary"])
+    return result
+
+
+if __name__ == "__main__":
+    tile_infer_flow(sys.argv[1], sys.argv[2])

@@ -1,0 +1,7 @@
+"""``python -m segflow`` is the ``segflow`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,94 @@
+"""Test helpers: stand-in models that need no weights, model packages and GeoTIFFs written by code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import torch
+import yaml
+from rasterio.transform import from_origin
+from torch import nn
+
+from segflow.models.package import ModelSpec
+
+TRANSFORM = from_origin(600000.0, 5100000.0, 10.0, 10.0)
+CRS = "EPSG:32632"
+
+
+class RandomConvNet(nn.Module):
+    """A fixed random 2-layer conv net: a stand-in model with real spatial context."""
+
+    def __init__(self, in_channels: int, out_channels: int, seed: int = 0, spatial_dims: int = 2):
+        super().__init__()
+        conv = nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+        gen = torch.Generator().manual_seed(seed)
+        self.a = conv(in_channels, 8, 3, padding=1, padding_mode="replicate")
+        self.b = conv(8, out_channels, 3, padding=1, padding_mode="replicate")
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b(torch.tanh(self.a(x))) * 3.0
+
+
+def spec_dict(*, bands: int = 3, classes: int = 3, tile: int = 32, overlap: float = 0.25,
+              activation: str = "softmax", weights: str | None = "model.ts", **extra: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "name": "test-net",
+        "version": "0.1",
+        "spatial_dims": 2,
+        "weights": weights,
+        "input": {"bands": [{"name": f"b{i + 1}", "index": i + 1} for i in range(bands)],
+                  "normalization": {"mode": "scale", "scale": 0.001}},
+        "tile": tile,
+        "overlap": overlap,
+        "output": {"activation": activation},
+        "classes": [{"name": f"c{i}", "kind": "stuff"} for i in range(classes)],
+    }
+    if weights is None:
+        d["architecture"] = {"name": "unet"}
+    d.update(extra)
+    return d
+
+
+def make_spec(**kw: Any) -> ModelSpec:
+    return ModelSpec.model_validate(spec_dict(**kw))
+
+
+def make_ts_package(root: Path, *, bands: int = 3, classes: int = 3, tile: int = 32, seed: int = 0,
+                    **kw: Any) -> Path:
+    """Write a TorchScript model package (random conv net) to ``root`` and return it."""
+    root.mkdir(parents=True, exist_ok=True)
+    net = RandomConvNet(bands, classes, seed).eval()
+    traced = torch.jit.trace(net, torch.zeros(1, bands, tile, tile))
+    traced.save(str(root / "model.ts"))
+    (root / "model.yaml").write_text(yaml.safe_dump(spec_dict(bands=bands, classes=classes, tile=tile, **kw)))
+    return root
+
+
+def write_geotiff(path: Path, array: np.ndarray, *, nodata: float | None = None, tiled: bool = True,
+                  block: int = 64, crs: str | None = CRS, transform: Any = TRANSFORM,
+                  descriptions: list[str] | None = None) -> Path:
+    count, height, width = array.shape
+    profile: dict[str, Any] = {"driver": "GTiff", "width": width, "height": height, "count": count,
+                               "dtype": array.dtype.name, "nodata": nodata, "compress": "deflate"}
+    if crs:
+        profile.update(crs=crs, transform=transform)
+    if tiled:
+        profile.update(tiled=True, blockxsize=block, blockysize=block)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(array)
+        if descriptions:
+            dst.descriptions = tuple(descriptions)
+    return path
+
+
+def random_image(shape: tuple[int, ...], seed: int = 0, dtype: str = "uint16") -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    smooth = rng.random(shape).cumsum(axis=-1).cumsum(axis=-2)
+    smooth = smooth / smooth.max() * 4000 + rng.random(shape) * 500
+    return smooth.astype(dtype)

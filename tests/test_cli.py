@@ -1,0 +1,93 @@
+"""The command line: thin, helpful, and one clear line with a non-zero exit on bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import rasterio
+
+from .helpers import make_ts_package, random_image, write_geotiff
+
+
+def segflow(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "segflow", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
+    assert proc.returncode == code, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("segflow: error: ") and "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_geotiff(tmp_path_factory.mktemp("cli") / "scene.tif", random_image((4, 120, 90), seed=1))
+
+
+def test_tile_infer_prints_one_summary_line(scene: Path, tmp_path: Path) -> None:
+    proc = segflow("run", "tile-infer", "--input", scene, "--output", tmp_path / "out", "--tile", "64",
+                   "--chunk", "50")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1
+    assert "labels.tif" in lines[0] and "windows evaluated" in lines[0] and "MP/s" in lines[0]
+    assert proc.stderr == "", "no progress bar when stderr is not a terminal"
+    with rasterio.open(tmp_path / "out" / "labels.tif") as ds:
+        assert (ds.width, ds.height) == (90, 120)
+
+
+def test_quiet_prints_nothing(scene: Path, tmp_path: Path) -> None:
+    proc = segflow("run", "tile-infer", "-i", scene, "-o", tmp_path / "out", "--quiet", "--tile", "64")
+    assert proc.returncode == 0 and proc.stdout == "" and proc.stderr == ""
+
+
+def test_help_explains_every_option() -> None:
+    proc = segflow("run", "tile-infer", "--help")
+    assert proc.returncode == 0
+    for option in ("--input", "--output", "--model", "--tile", "--overlap", "--blend", "--chunk", "--batch",
+                   "--device", "--save-scores", "--band", "--quiet"):
+        assert option in proc.stdout
+    top = segflow("--help")
+    assert top.returncode == 0 and "run" in top.stdout and "models" in top.stdout
+
+
+def test_bad_inputs_get_one_line_and_nonzero_exit(scene: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert_one_line_error(segflow("run", "tile-infer", "-i", tmp_path / "missing.tif", "-o", out), 2,
+                          "input file not found", "missing.tif")
+    text = tmp_path / "notes.tif"
+    text.write_text("not a raster")
+    assert_one_line_error(segflow("run", "tile-infer", "-i", text, "-o", out), 2, "is not a raster GDAL can read")
+    assert_one_line_error(segflow("run", "tile-infer", "-i", scene, "-o", out, "--model", "no-such-model"), 3,
+                          "unknown model 'no-such-model'", "spectral-landcover")
+    assert_one_line_error(segflow("run", "tile-infer", "-i", scene, "-o", out, "--overlap", "1"), 2,
+                          "overlap must be >= 0 and < 1, got 1.0")
+    assert_one_line_error(segflow("run", "tile-infer", "-i", scene, "-o", out, "--band", "nir"), 2,
+                          "must look like NAME=N")
+    assert_one_line_error(segflow("run", "tile-infer", "-i", scene, "-o", out, "--device", "cuda:7"), 5,
+                          "cuda")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert_one_line_error(segflow("run", "tile-infer", "-i", scene, "-o", blocker / "x"), 4,
+                          "cannot create output directory")
+
+
+def test_model_whose_bands_do_not_fit_the_scene(tmp_path: Path) -> None:
+    pkg = make_ts_package(tmp_path / "pkg", bands=3, classes=2, tile=32)
+    one_band = write_geotiff(tmp_path / "one.tif", random_image((1, 40, 40)))
+    assert_one_line_error(segflow("run", "tile-infer", "-i", one_band, "-o", tmp_path / "o", "-m", pkg), 3,
+                          "needs band 2 (b2)", "has only 1 band")
+
+
+def test_models_list_and_show() -> None:
+    listed = segflow("models", "list")
+    assert listed.returncode == 0 and "spectral-landcover" in listed.stdout and "ndwi-water" in listed.stdout
+    shown = segflow("models", "show", "ndwi-water")
+    assert shown.returncode == 0 and "green=band 2" in shown.stdout and "class 1: water" in shown.stdout
