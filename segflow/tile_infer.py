@@ -30,7 +30,7 @@ from .io.zarr_store import LABEL_NODATA, MaskStore
 from .models import load_module, resolve_package
 from .predict import Predictor
 from .stitch import BlendedChunk, BlendStats, blend_chunks
-from .tiling import BLEND_MODES, ChunkGrid, WindowGrid, blend_weights
+from .tiling import BLEND_MODES, Box, ChunkGrid, WindowGrid, blend_weights
 
 __all__ = ["DEFAULT_MODEL", "RunResult", "TileInferParams", "tile_infer"]
 
@@ -96,30 +96,30 @@ def _labels(chunk: BlendedChunk) -> np.ndarray:
 
 
 class _Writer:
-    """Writes finished chunks in a background thread, at most two chunks behind compute."""
+    """Writes finished chunks in a background thread, at most one chunk behind compute."""
 
     def __init__(self, store: MaskStore, raster: LabelRasterWriter, save_scores: bool):
         self.store, self.raster, self.save_scores = store, raster, save_scores
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segflow-write")
-        self.pending: list[Future[None]] = []
+        self.pending: Future[None] | None = None
 
-    def _write(self, chunk: BlendedChunk) -> None:
-        labels = _labels(chunk)
-        scores = chunk.scores if self.save_scores else None
-        if scores is not None:
-            scores = np.where(chunk.valid, scores, np.float32(np.nan))
-        self.store.write(chunk.box, labels, scores)
-        self.raster.write(chunk.box, labels)
+    def _write(self, box: Box, labels: np.ndarray, scores: np.ndarray | None) -> None:
+        self.store.write(box, labels, scores)
+        self.raster.write(box, labels)
 
     def submit(self, chunk: BlendedChunk) -> None:
-        while len(self.pending) >= 2:
-            self.pending.pop(0).result()
-        self.pending.append(self.pool.submit(self._write, chunk))
+        labels = _labels(chunk)
+        scores = None
+        if self.save_scores:
+            scores = np.where(chunk.valid, chunk.scores, np.float32(np.nan)).astype(np.float16)
+        if self.pending is not None:
+            self.pending.result()
+        self.pending = self.pool.submit(self._write, chunk.box, labels, scores)
 
     def drain(self) -> None:
         try:
-            for f in self.pending:
-                f.result()
+            if self.pending is not None:
+                self.pending.result()
         finally:
             self.pool.shutdown(wait=True)
 
