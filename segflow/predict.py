@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
@@ -76,10 +78,14 @@ class Predictor:
         Windows per forward pass.
     amp:
         Use autocast (bfloat16 where supported, else float16) on CUDA. Ignored on the CPU.
+    optimize:
+        On the CPU, trace (if needed), freeze and optimise the network for inference
+        (conv/batch-norm folding, oneDNN kernels) before the first batch. The optimised network
+        is checked against the original on one window and dropped if they disagree.
     """
 
     def __init__(self, module: nn.Module, spec: ModelSpec, *, device: str = "auto", batch_size: int = 16,
-                 amp: bool = True):
+                 amp: bool = True, optimize: bool = True):
         self.device = resolve_device(device)
         self.spec = spec
         self.batch_size = int(batch_size)
@@ -87,6 +93,7 @@ class Predictor:
         channels = len(spec.input.bands)
         self.normalize = _Normalize(spec.input.normalization, channels, spec.spatial_dims).to(self.device)
         self.cuda = self.device.type == "cuda"
+        self.optimize_pending = optimize and not self.cuda
         self.amp_dtype = None
         if amp and self.cuda:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -94,6 +101,20 @@ class Predictor:
     @property
     def num_classes(self) -> int:
         return len(self.spec.classes)
+
+    def _optimized(self, example: torch.Tensor) -> nn.Module:
+        """A frozen, inference-optimised copy of the network, or the network itself if that fails."""
+        module = self.module
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                scripted = module if isinstance(module, torch.jit.ScriptModule) else torch.jit.trace(
+                    module, example, check_trace=False)
+                fast = torch.jit.optimize_for_inference(torch.jit.freeze(scripted.eval()))
+                same = torch.allclose(fast(example).float(), module(example).float(), rtol=1e-4, atol=1e-4)
+        except Exception:  # noqa: BLE001 - any failure means: keep the network as it is
+            return module
+        return fast if same else module
 
     def _to_device(self, batch: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
@@ -126,6 +147,9 @@ class Predictor:
         so nodata values never reach the network.
         """
         x = self.normalize(self._to_device(batch))
+        if self.optimize_pending:
+            self.optimize_pending = False
+            self.module = self._optimized(x[:1])
         if valid is not None and not valid.all():
             mask = torch.from_numpy(np.ascontiguousarray(valid)).to(self.device, non_blocking=self.cuda)
             x = torch.where(mask.unsqueeze(1), x, torch.zeros((), device=self.device))

@@ -83,18 +83,18 @@ class _Engine:
         self.predict, self.weights, self.num_classes = predict, weights, num_classes
         self.batch_size = batch_size
         self.cache: dict[tuple[int, ...], _Cached] = {}
+        self.current: tuple[int, ...] | None = None
         self.stats = BlendStats(windows_total=len(grid))
 
     def plan(self, chunk_box: Box) -> tuple[list[tuple[int, ...]], Box]:
         owned = self.grid.indices_starting_in(chunk_box)
         return owned, _read_box(self.grid, chunk_box, owned)
 
-    def evaluate(self, owned: list[tuple[int, ...]], region: Box, data: np.ndarray,
+    def evaluate(self, batch: list[tuple[int, ...]], region: Box, data: np.ndarray,
                  valid: np.ndarray | None) -> None:
-        """Run the model on the windows first needed by this chunk and cache ``w · p``."""
-        tile = self.grid.tile
+        """Run the model on a batch of windows first needed by this chunk and cache ``w · p``."""
         todo: list[tuple[tuple[int, ...], Box]] = []
-        for index in owned:
+        for index in batch:
             box = self.grid.window(index)
             crop = self.weights[tuple(slice(0, s) for s in box.shape)]
             uses = len(self.chunks.indices_touching(box))
@@ -103,24 +103,54 @@ class _Engine:
                 self.stats.windows_skipped += 1
                 continue
             todo.append((index, box))
-        for i in range(0, len(todo), self.batch_size):
-            part = todo[i : i + self.batch_size]
-            cut = [_window_input(data, valid, region, box, tile) for _, box in part]
-            x = np.stack([c[0] for c in cut])
-            v = None if valid is None else np.stack([c[1] for c in cut])  # type: ignore[misc]
-            probs = self.predict(x, v)
-            for (index, box), p in zip(part, probs, strict=True):
-                entry = self.cache[index]
-                p = p[(slice(None), *(slice(0, s) for s in box.shape))]
-                entry.weighted = p * entry.weights
-                self.stats.windows_evaluated += 1
-                self.stats.evaluated.add(index)
+        if not todo:
+            return
+        cut = [_window_input(data, valid, region, box, self.grid.tile) for _, box in todo]
+        x = np.stack([c[0] for c in cut])
+        v = None if valid is None else np.stack([c[1] for c in cut])  # type: ignore[misc]
+        del cut
+        probs = self.predict(x, v)
+        del x, v
+        for (index, box), p in zip(todo, probs, strict=True):
+            entry = self.cache[index]
+            entry.weighted = p[(slice(None), *(slice(0, s) for s in box.shape))] * entry.weights
+            self.stats.windows_evaluated += 1
+            self.stats.evaluated.add(index)
 
-    def blend(self, chunk_box: Box) -> tuple[np.ndarray, np.ndarray]:
-        """Sum the cached windows over one chunk in global window order and normalise."""
+    def _trim(self, entry: _Cached) -> None:
+        """Drop the rows (leading axis) of a cached window that lie in chunks already finished.
+
+        Chunks are visited in raster order, so once the last chunk of the window's first band
+        of chunks (along the leading axis) is done, that band is never needed again.
+        """
+        first, last = self.chunks.indices_touching(entry.box)[0], self.chunks.indices_touching(entry.box)[-1]
+        band_done = self.current is not None and self.current[0] == first[0] and self.current[1:] == last[1:]
+        if not band_done or first[0] == last[0]:
+            return
+        start = (first[0] + 1) * self.chunks.chunk[0]
+        cut = start - entry.box.start[0]
+        if entry.weighted is not None:
+            entry.weighted = entry.weighted[:, cut:].copy()
+        entry.weights = entry.weights[cut:]
+        entry.box = Box((start, *entry.box.start[1:]), entry.box.stop)
+
+    def blend(self, chunk_box: Box, owned: list[tuple[int, ...]], region: Box, data: np.ndarray,
+              valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Sum the windows over one chunk in global window order and normalise.
+
+        Windows not evaluated yet (those starting in this chunk, ``owned``, in grid order) are
+        evaluated a batch at a time as the walk reaches them, so only one batch of fresh
+        predictions plus the windows straddling later chunks are held at once.
+        """
         acc = np.zeros((self.num_classes, *chunk_box.shape), dtype=np.float32)
         wsum = np.zeros(chunk_box.shape, dtype=np.float32)
+        next_new = 0
         for index in self.grid.indices_touching(chunk_box):
+            if index not in self.cache:
+                assert owned[next_new] == index, "windows first needed here are evaluated in grid order"
+                batch = owned[next_new : next_new + self.batch_size]
+                next_new += len(batch)
+                self.evaluate(batch, region, data, valid)
             entry = self.cache[index]
             inter = entry.box.intersect(chunk_box)
             assert inter is not None
@@ -132,6 +162,8 @@ class _Engine:
             entry.uses_left -= 1
             if entry.uses_left == 0:
                 del self.cache[index]
+            else:
+                self._trim(entry)
         covered = wsum > 0
         np.divide(acc, wsum, out=acc, where=covered)
         return acc, covered
@@ -164,12 +196,14 @@ def blend_chunks(scene: Scene, grid: WindowGrid, chunks: ChunkGrid, predict: Pre
             if prefetch and k + 1 < len(order):
                 pending = pool.submit(scene.read, plans[k + 1][1])
             owned, region = plans[k]
-            engine.evaluate(owned, region, data, valid)
+            engine.current = index
+            scores, covered = engine.blend(box, owned, region, data, valid)
             rel = box.relative_to(region)
             del data
-            scores, covered = engine.blend(box)
             chunk_valid = covered if valid is None else covered & valid[rel]
+            del valid, covered
             engine.stats.chunks += 1
             yield BlendedChunk(index, box, scores, chunk_valid)
+            del scores, chunk_valid  # the caller owns them now: do not keep them alive here
             if not prefetch and k + 1 < len(order):
                 pending = pool.submit(scene.read, plans[k + 1][1])

@@ -24,7 +24,7 @@ from . import __version__
 from .bands import resolve_bands
 from .errors import ConfigError, InputError
 from .io.cog import LabelRasterWriter
-from .io.geotiff import open_geotiff
+from .io.geotiff import gdal_cache_limit, open_geotiff
 from .io.publish import Staging
 from .io.zarr_store import LABEL_NODATA, MaskStore
 from .models import load_module, resolve_package
@@ -89,8 +89,11 @@ class RunResult:
                 f"{self.megapixels_per_second:.2f} MP/s")
 
 
-def _labels(chunk: BlendedChunk) -> np.ndarray:
-    labels = np.argmax(chunk.scores, axis=0).astype(np.uint8)
+def _labels(chunk: BlendedChunk, rows: int = 256) -> np.ndarray:
+    """Arg-max class per pixel as uint8 (nodata where invalid), a slab of rows at a time."""
+    labels = np.empty(chunk.box.shape, dtype=np.uint8)
+    for r in range(0, chunk.box.shape[0], rows):
+        labels[r : r + rows] = np.argmax(chunk.scores[:, r : r + rows], axis=0)
     labels[~chunk.valid] = LABEL_NODATA
     return labels
 
@@ -158,6 +161,12 @@ def tile_infer(input_path: str | os.PathLike[str], output_dir: str | os.PathLike
     outputs are built in a staging folder inside ``output_dir`` and renamed into place only
     when complete. ``progress(done, total)`` is called after each chunk.
     """
+    with gdal_cache_limit():
+        return _tile_infer(input_path, output_dir, params, progress)
+
+
+def _tile_infer(input_path: str | os.PathLike[str], output_dir: str | os.PathLike[str],
+                params: TileInferParams | None, progress: Progress | None) -> RunResult:
     params = params or TileInferParams()
     params.check()
     t0, started = time.perf_counter(), datetime.now(UTC).isoformat(timespec="seconds")
@@ -190,6 +199,7 @@ def tile_infer(input_path: str | os.PathLike[str], output_dir: str | os.PathLike
             for chunk in blend_chunks(scene, grid, chunks, predictor, weights, len(spec.classes),
                                       batch_size=params.batch, stats=stats):
                 writer.submit(chunk)
+                del chunk
                 if progress is not None:
                     progress(stats.chunks, len(chunks))
         finally:

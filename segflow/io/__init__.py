@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from .geotiff import open_geotiff
+from .geotiff import gdal_cache_limit, open_geotiff
 
-__all__ = ["open_geotiff"]
+__all__ = ["gdal_cache_limit", "open_geotiff"]

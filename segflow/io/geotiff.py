@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +14,14 @@ import dask.array as da
 import numpy as np
 import rasterio
 from rasterio.enums import MaskFlags
+from rasterio.env import get_gdal_config, set_gdal_config
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from ..errors import InputError
 from ..scene import Scene
 
-__all__ = ["open_geotiff"]
+__all__ = ["gdal_cache_limit", "open_geotiff"]
 
 _local = threading.local()
 
@@ -31,6 +34,22 @@ def _dataset(path: str) -> Any:
     if path not in handles:
         handles[path] = rasterio.open(path)
     return handles[path]
+
+
+@contextmanager
+def gdal_cache_limit(nbytes: int = 256 << 20) -> Iterator[None]:
+    """Cap GDAL's block cache for the duration of a run, then restore the previous setting.
+
+    GDAL's default cache is 5 % of RAM and keeps decoded blocks of every raster read or
+    written, so without a cap the process grows with the scene even though each block is
+    needed only once.
+    """
+    previous = get_gdal_config("GDAL_CACHEMAX")
+    set_gdal_config("GDAL_CACHEMAX", int(nbytes))
+    try:
+        yield
+    finally:
+        set_gdal_config("GDAL_CACHEMAX", previous)
 
 
 def _read_error(path: str, what: str, exc: Exception) -> InputError:

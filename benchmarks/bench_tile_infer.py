@@ -1,0 +1,179 @@
+"""tile-infer benchmark: overhead over pure model time, memory scaling, and MONAI as the peer.
+
+Measured in one run, printed as ratios, and written to benchmarks/results/ with the machine:
+
+1. overhead = end-to-end tile-infer wall time / the model's forward passes alone over the same
+   number of windows at the same batch size (the same network the pipeline runs);
+2. memory   = peak RSS of tile-infer on a LARGE² x 3 scene / peak RSS on a SMALL² x 3 scene
+   (each in its own process, scene generated beforehand);
+3. peer     = end-to-end time file -> COG / monai.inferers.sliding_window_inference on the
+   same image already in memory, with the same model, tile, overlap and batch.
+
+Usage: python benchmarks/bench_tile_infer.py [--small 4096] [--large 16384] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+import yaml
+
+from segflow.models import load_module, resolve_package
+from segflow.models.arch import build_architecture
+from segflow.predict import Predictor
+from segflow.synthetic import write_synthetic_scene
+
+HERE = Path(__file__).resolve().parent
+WORK = HERE / "_work"
+TILE, OVERLAP, BATCH, CLASSES = 512, 0.25, 16, 4
+
+
+def make_package(root: Path) -> Path:
+    """A UNet-sized TorchScript package (segflow's 2D UNet, 0.48 M parameters, random weights)."""
+    root.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    net = build_architecture("unet", spatial_dims=2, in_channels=3, out_channels=CLASSES).eval()
+    torch.jit.trace(net, torch.zeros(1, 3, TILE, TILE)).save(str(root / "model.ts"))
+    spec = {
+        "name": "bench-unet", "version": "0", "spatial_dims": 2, "weights": "model.ts",
+        "input": {"bands": [{"name": n, "index": i + 1} for i, n in enumerate(["red", "green", "blue"])],
+                  "normalization": {"mode": "scale", "scale": 0.0001}},
+        "tile": TILE, "overlap": OVERLAP, "output": {"activation": "softmax"},
+        "classes": [{"name": f"class{i}"} for i in range(CLASSES)],
+    }
+    (root / "model.yaml").write_text(yaml.safe_dump(spec))
+    return root
+
+
+def scene(size: int) -> Path:
+    path = WORK / f"scene-{size}.tif"
+    if not path.exists():
+        write_synthetic_scene(path, width=size, height=size, seed=7, bands=("red", "green", "blue"))
+    return path
+
+
+def run_tile_infer(path: Path, pkg: Path, device: str, out: Path) -> dict:
+    """tile-infer in a fresh process; returns its run.json plus the process's peak RSS."""
+    code = (
+        "import json,resource,sys,time;"
+        "from segflow.tile_infer import tile_infer, TileInferParams;"
+        "t=time.perf_counter();"
+        f"r=tile_infer({str(path)!r},{str(out)!r},TileInferParams(model={str(pkg)!r},batch={BATCH},device={device!r}));"
+        "w=time.perf_counter()-t;"
+        "print(json.dumps({'wall':w,'windows':r.windows_evaluated,"
+        "'peak_rss_mb':resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024}))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def pure_model_seconds(pkg: Path, windows: int, device: str) -> float:
+    """Forward passes alone over ``windows`` windows at the same batch size, the network the pipeline runs."""
+    package = resolve_package(pkg)
+    predictor = Predictor(load_module(package), package.spec, device=device, batch_size=BATCH)
+    dev = predictor.device
+    x = torch.rand(BATCH, 3, TILE, TILE, device=dev)
+    predictor.predict_batch(np.random.rand(1, 3, TILE, TILE).astype(np.float32))  # optimise + warm up
+    module = predictor.module
+    with torch.inference_mode():
+        sync(dev)
+        t = time.perf_counter()
+        for start in range(0, windows, BATCH):
+            n = min(BATCH, windows - start)
+            if predictor.amp_dtype is not None:
+                with torch.autocast("cuda", dtype=predictor.amp_dtype):
+                    module(x[:n])
+            else:
+                module(x[:n])
+        sync(dev)
+        return time.perf_counter() - t
+
+
+def monai_seconds(path: Path, pkg: Path, device: str) -> float:
+    """MONAI's sliding window on the image already in memory, same model, tile, overlap, batch."""
+    from monai.inferers import sliding_window_inference
+
+    package = resolve_package(pkg)
+    dev = torch.device("cuda" if device != "cpu" and torch.cuda.is_available() else "cpu")
+    net = load_module(package).to(dev)
+    with rasterio.open(path) as ds:
+        image = torch.from_numpy(ds.read().astype(np.float32))[None].to(dev)
+
+    def predictor(x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(net(x * 1e-4), dim=1)
+
+    with torch.inference_mode():
+        for _ in range(3):  # warm up: TorchScript's profiling executor optimises after the first calls
+            predictor(image[:, :, :TILE, :TILE].expand(BATCH, -1, -1, -1).contiguous())
+        sync(dev)
+        t = time.perf_counter()
+        out = sliding_window_inference(image, (TILE, TILE), BATCH, predictor, overlap=OVERLAP, mode="gaussian")
+        out.argmax(1)
+        sync(dev)
+        return time.perf_counter() - t
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} CPU cores ({cpu}), {gpu}, torch {torch.__version__}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--small", type=int, default=4096)
+    parser.add_argument("--large", type=int, default=16384)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--results", type=Path, default=None)
+    args = parser.parse_args()
+    WORK.mkdir(exist_ok=True)
+    pkg = make_package(WORK / "unet-pkg")
+    small, large = scene(args.small), scene(args.large)
+
+    e2e = run_tile_infer(small, pkg, args.device, WORK / "out-small")
+    model = pure_model_seconds(pkg, e2e["windows"], args.device)
+    peer = monai_seconds(small, pkg, args.device)
+    big = run_tile_infer(large, pkg, args.device, WORK / "out-large")
+
+    results = {
+        "machine": machine(),
+        "device": args.device,
+        "settings": {"tile": TILE, "overlap": OVERLAP, "batch": BATCH, "chunk": 4096, "model": "unet 0.48M (TorchScript)"},
+        "small": {"size": args.small, "windows": e2e["windows"], "end_to_end_s": round(e2e["wall"], 2),
+                  "peak_rss_mb": round(e2e["peak_rss_mb"]), "pure_model_s": round(model, 2),
+                  "monai_in_memory_s": round(peer, 2)},
+        "large": {"size": args.large, "windows": big["windows"], "end_to_end_s": round(big["wall"], 2),
+                  "peak_rss_mb": round(big["peak_rss_mb"])},
+        "ratios": {
+            "overhead_end_to_end_over_model": round(e2e["wall"] / model, 3),
+            "memory_large_over_small": round(big["peak_rss_mb"] / e2e["peak_rss_mb"], 3),
+            "end_to_end_over_monai": round(e2e["wall"] / peer, 3),
+        },
+    }
+    print(json.dumps(results, indent=2))
+    target = args.results or HERE / "results" / f"tile_infer-{args.device}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
