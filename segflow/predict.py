@@ -93,6 +93,8 @@ class Predictor:
         self.normalize = _Normalize(spec.input.normalization, channels, spec.spatial_dims).to(self.device)
         self.cuda = self.device.type == "cuda"
         self.optimize_pending = optimize and not self.cuda
+        self._pinned: list[tuple[torch.Tensor, torch.cuda.Event | None] | None] = [None, None]
+        self._turn = 0
         self.amp_dtype = None
         if amp and self.cuda:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -116,9 +118,23 @@ class Predictor:
         return fast if same else module
 
     def _to_device(self, batch: np.ndarray) -> torch.Tensor:
-        tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-        if self.cuda:
-            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+        """Host batch → device tensor; on CUDA through two reused pinned buffers, asynchronously."""
+        if not self.cuda:
+            return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        n = len(batch)
+        shape = (max(self.batch_size, n), *batch.shape[1:])
+        slot = self._pinned[self._turn]
+        if slot is None or tuple(slot[0].shape) != shape:
+            slot = (torch.empty(shape, dtype=torch.float32, pin_memory=True), None)
+        buffer, copied = slot
+        if copied is not None:
+            copied.synchronize()  # the previous copy out of this buffer has finished
+        buffer[:n].numpy()[...] = batch
+        tensor = buffer[:n].to(self.device, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self._pinned[self._turn] = (buffer, event)
+        self._turn ^= 1
         return tensor
 
     def _activate(self, out: torch.Tensor, tile: Sequence[int]) -> torch.Tensor:
@@ -139,11 +155,12 @@ class Predictor:
         return out
 
     @torch.inference_mode()
-    def predict_batch(self, batch: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
-        """Probabilities ``(N, K, *tile)`` float32 for windows ``(N, C_in, *tile)``.
+    def predict_tensor(self, batch: np.ndarray, valid: np.ndarray | None = None) -> torch.Tensor:
+        """Probabilities ``(N, K, *tile)`` float32 on the device for windows ``(N, C_in, *tile)``.
 
         Pixels where ``valid`` (``(N, *tile)`` bool) is False are set to 0 after normalisation,
-        so nodata values never reach the network.
+        so nodata values never reach the network. On CUDA this returns without waiting for
+        the GPU.
         """
         x = self.normalize(self._to_device(batch))
         if self.optimize_pending:
@@ -157,7 +174,11 @@ class Predictor:
                 out = self.module(x)
         else:
             out = self.module(x)
-        return self._activate(out, batch.shape[2:]).cpu().numpy()
+        return self._activate(out, batch.shape[2:])
+
+    def predict_batch(self, batch: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """Like :meth:`predict_tensor`, as a numpy array on the host."""
+        return self.predict_tensor(batch, valid).cpu().numpy()
 
     def __call__(self, windows: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """Like :meth:`predict_batch` for any number of windows, ``batch_size`` at a time."""

@@ -6,8 +6,10 @@ dropped after the last one. Each chunk sums ``w · p`` and ``w`` over the window
 always in global window order, so a pixel's value is computed by the same operations in the
 same order whatever the chunking: the stitched result does not depend on the chunk size.
 
-Memory is bounded by one chunk (plus its halo) and the windows that straddle the chunk seams
-still ahead, never by the scene.
+Accumulation runs with torch on the predictor's device: on a GPU the chunk accumulators and
+the windows kept for later chunks stay on the GPU, and only labels (and scores, if asked)
+come back to the host. Memory is bounded by one chunk plus the windows straddling the seams
+ahead, never by the scene.
 """
 
 from __future__ import annotations
@@ -17,23 +19,32 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from .scene import Scene
 from .tiling import Box, ChunkGrid, WindowGrid
 
-__all__ = ["BlendStats", "BlendedChunk", "blend_chunks"]
+__all__ = ["LABEL_NODATA", "BlendStats", "BlendedChunk", "blend_chunks"]
 
-PredictFn = Callable[[np.ndarray, "np.ndarray | None"], np.ndarray]
+LABEL_NODATA = 255
+PredictFn = Callable[[np.ndarray, "np.ndarray | None"], "np.ndarray | torch.Tensor"]
+Index = tuple[int, ...]
 
 
 @dataclass(frozen=True)
 class BlendedChunk:
-    """One finished chunk: ``scores`` ``(K, *box.shape)`` float32 and ``valid`` ``box.shape`` bool."""
+    """One finished chunk.
 
-    index: tuple[int, ...]
+    ``labels`` ``box.shape`` uint8: arg-max class, :data:`LABEL_NODATA` where not ``valid``;
+    ``valid`` ``box.shape`` bool: the input holds data and some window covers the pixel;
+    ``scores`` ``(K, *box.shape)`` float32 blended probabilities, only when asked for.
+    """
+
+    index: Index
     box: Box
-    scores: np.ndarray
+    labels: np.ndarray
     valid: np.ndarray
+    scores: np.ndarray | None = None
 
 
 @dataclass
@@ -44,18 +55,18 @@ class BlendStats:
     windows_evaluated: int = 0
     windows_skipped: int = 0
     chunks: int = 0
-    evaluated: set[tuple[int, ...]] = field(default_factory=set, repr=False)
+    evaluated: set[Index] = field(default_factory=set, repr=False)
 
 
 @dataclass
 class _Cached:
-    weighted: np.ndarray | None  # w * p over the window's box, (K, *box.shape); None if skipped
-    weights: np.ndarray
+    weighted: torch.Tensor | None  # w * p over the window's box, (K, *box.shape); None if skipped
+    weights: torch.Tensor
     box: Box
     uses_left: int
 
 
-def _read_box(grid: WindowGrid, chunk_box: Box, owned: list[tuple[int, ...]]) -> Box:
+def _read_box(grid: WindowGrid, chunk_box: Box, owned: list[Index]) -> Box:
     """The region to read for a chunk: the chunk itself plus every window it evaluates."""
     box = chunk_box
     for index in owned:
@@ -76,29 +87,37 @@ def _window_input(data: np.ndarray, valid: np.ndarray | None, region: Box, box: 
     return x, v
 
 
+def _argmax_labels(acc: torch.Tensor, valid: np.ndarray, rows: int = 512) -> np.ndarray:
+    """uint8 arg-max over classes, a slab of rows at a time, nodata where not valid."""
+    labels = np.empty(acc.shape[1:], dtype=np.uint8)
+    for r in range(0, acc.shape[1], rows):
+        labels[r : r + rows] = acc[:, r : r + rows].argmax(dim=0).to(torch.uint8).cpu().numpy()
+    labels[~valid] = LABEL_NODATA
+    return labels
+
+
 class _Engine:
-    def __init__(self, scene: Scene, grid: WindowGrid, chunks: ChunkGrid, predict: PredictFn,
-                 weights: np.ndarray, num_classes: int, batch_size: int):
-        self.scene, self.grid, self.chunks = scene, grid, chunks
-        self.predict, self.weights, self.num_classes = predict, weights, num_classes
-        self.batch_size = batch_size
-        self.cache: dict[tuple[int, ...], _Cached] = {}
-        self.current: tuple[int, ...] | None = None
+    def __init__(self, grid: WindowGrid, chunks: ChunkGrid, predict: PredictFn, weights: np.ndarray,
+                 num_classes: int, batch_size: int, device: torch.device):
+        self.grid, self.chunks, self.predict = grid, chunks, predict
+        self.device = device
+        self.weights = torch.as_tensor(np.ascontiguousarray(weights, dtype=np.float32), device=device)
+        self.num_classes, self.batch_size = num_classes, batch_size
+        self.cache: dict[Index, _Cached] = {}
+        self.current: Index | None = None
         self.stats = BlendStats(windows_total=len(grid))
 
-    def plan(self, chunk_box: Box) -> tuple[list[tuple[int, ...]], Box]:
+    def plan(self, chunk_box: Box) -> tuple[list[Index], Box]:
         owned = self.grid.indices_starting_in(chunk_box)
         return owned, _read_box(self.grid, chunk_box, owned)
 
-    def evaluate(self, batch: list[tuple[int, ...]], region: Box, data: np.ndarray,
-                 valid: np.ndarray | None) -> None:
+    def evaluate(self, batch: list[Index], region: Box, data: np.ndarray, valid: np.ndarray | None) -> None:
         """Run the model on a batch of windows first needed by this chunk and cache ``w · p``."""
-        todo: list[tuple[tuple[int, ...], Box]] = []
+        todo: list[tuple[Index, Box]] = []
         for index in batch:
             box = self.grid.window(index)
             crop = self.weights[tuple(slice(0, s) for s in box.shape)]
-            uses = len(self.chunks.indices_touching(box))
-            self.cache[index] = _Cached(None, crop, box, uses)
+            self.cache[index] = _Cached(None, crop, box, len(self.chunks.indices_touching(box)))
             if valid is not None and not valid[box.relative_to(region)].any():
                 self.stats.windows_skipped += 1
                 continue
@@ -109,7 +128,7 @@ class _Engine:
         x = np.stack([c[0] for c in cut])
         v = None if valid is None else np.stack([c[1] for c in cut])  # type: ignore[misc]
         del cut
-        probs = self.predict(x, v)
+        probs = torch.as_tensor(self.predict(x, v), device=self.device)
         del x, v
         for (index, box), p in zip(todo, probs, strict=True):
             entry = self.cache[index]
@@ -123,27 +142,28 @@ class _Engine:
         Chunks are visited in raster order, so once the last chunk of the window's first band
         of chunks (along the leading axis) is done, that band is never needed again.
         """
-        first, last = self.chunks.indices_touching(entry.box)[0], self.chunks.indices_touching(entry.box)[-1]
+        touching = self.chunks.indices_touching(entry.box)
+        first, last = touching[0], touching[-1]
         band_done = self.current is not None and self.current[0] == first[0] and self.current[1:] == last[1:]
         if not band_done or first[0] == last[0]:
             return
         start = (first[0] + 1) * self.chunks.chunk[0]
         cut = start - entry.box.start[0]
         if entry.weighted is not None:
-            entry.weighted = entry.weighted[:, cut:].copy()
+            entry.weighted = entry.weighted[:, cut:].clone()
         entry.weights = entry.weights[cut:]
         entry.box = Box((start, *entry.box.start[1:]), entry.box.stop)
 
-    def blend(self, chunk_box: Box, owned: list[tuple[int, ...]], region: Box, data: np.ndarray,
-              valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    def blend(self, chunk_box: Box, owned: list[Index], region: Box, data: np.ndarray,
+              valid: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Sum the windows over one chunk in global window order and normalise.
 
         Windows not evaluated yet (those starting in this chunk, ``owned``, in grid order) are
         evaluated a batch at a time as the walk reaches them, so only one batch of fresh
         predictions plus the windows straddling later chunks are held at once.
         """
-        acc = np.zeros((self.num_classes, *chunk_box.shape), dtype=np.float32)
-        wsum = np.zeros(chunk_box.shape, dtype=np.float32)
+        acc = torch.zeros((self.num_classes, *chunk_box.shape), dtype=torch.float32, device=self.device)
+        wsum = torch.zeros(chunk_box.shape, dtype=torch.float32, device=self.device)
         next_new = 0
         for index in self.grid.indices_touching(chunk_box):
             if index not in self.cache:
@@ -165,28 +185,31 @@ class _Engine:
             else:
                 self._trim(entry)
         covered = wsum > 0
-        np.divide(acc, wsum, out=acc, where=covered)
+        acc /= torch.where(covered, wsum, torch.ones((), device=self.device))
         return acc, covered
 
 
 def blend_chunks(scene: Scene, grid: WindowGrid, chunks: ChunkGrid, predict: PredictFn, weights: np.ndarray,
                  num_classes: int, *, batch_size: int = 16, stats: BlendStats | None = None,
+                 keep_scores: bool = False, device: torch.device | str | None = None,
                  prefetch: bool = True) -> Iterator[BlendedChunk]:
-    """Yield blended class scores chunk by chunk, in raster order.
+    """Yield blended chunks, in raster order.
 
     ``predict`` maps windows ``(N, C, *tile)`` (and their validity ``(N, *tile)`` or None) to
-    probabilities ``(N, K, *tile)``. Windows whose pixels are all invalid are not evaluated;
-    a pixel is valid in the output where the input is valid and some window covers it. With
-    ``prefetch`` the next chunk's pixels are read in a background thread while the current one
-    is computed. Counters go to ``stats`` when given.
+    probabilities ``(N, K, *tile)``, as numpy or as a torch tensor. Accumulation runs on
+    ``device`` (default: ``predict.device`` if it has one, else the CPU). Windows whose pixels
+    are all invalid are not evaluated; a pixel is valid in the output where the input is valid
+    and some window covers it. With ``prefetch`` the next chunk's pixels are read in a
+    background thread while the current one is computed. Counters go to ``stats`` when given.
     """
-    engine = _Engine(scene, grid, chunks, predict, weights, num_classes, batch_size)
+    dev = torch.device(device if device is not None else getattr(predict, "device", "cpu"))
+    engine = _Engine(grid, chunks, predict, weights, num_classes, batch_size, dev)
     if stats is not None:
         engine.stats = stats
         stats.windows_total = len(grid)
     order = list(chunks)
     plans = [engine.plan(box) for _, box in order]
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segflow-read") as pool:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segflow-read") as pool, torch.inference_mode():
         pending: Future[tuple[np.ndarray, np.ndarray | None]] | None = None
         if order:
             pending = pool.submit(scene.read, plans[0][1])
@@ -197,13 +220,17 @@ def blend_chunks(scene: Scene, grid: WindowGrid, chunks: ChunkGrid, predict: Pre
                 pending = pool.submit(scene.read, plans[k + 1][1])
             owned, region = plans[k]
             engine.current = index
-            scores, covered = engine.blend(box, owned, region, data, valid)
+            acc, covered = engine.blend(box, owned, region, data, valid)
             rel = box.relative_to(region)
-            del data
-            chunk_valid = covered if valid is None else covered & valid[rel]
-            del valid, covered
+            chunk_valid = covered.cpu().numpy()
+            if valid is not None:
+                chunk_valid &= valid[rel]
+            del data, valid, covered
+            labels = _argmax_labels(acc, chunk_valid)
+            scores = acc.cpu().numpy() if keep_scores else None
+            del acc
             engine.stats.chunks += 1
-            yield BlendedChunk(index, box, scores, chunk_valid)
-            del scores, chunk_valid  # the caller owns them now: do not keep them alive here
+            yield BlendedChunk(index, box, labels, chunk_valid, scores)
+            del labels, scores, chunk_valid  # the caller owns them now: do not keep them alive here
             if not prefetch and k + 1 < len(order):
                 pending = pool.submit(scene.read, plans[k + 1][1])

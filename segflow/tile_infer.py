@@ -89,15 +89,6 @@ class RunResult:
                 f"{self.megapixels_per_second:.2f} MP/s")
 
 
-def _labels(chunk: BlendedChunk, rows: int = 256) -> np.ndarray:
-    """Arg-max class per pixel as uint8 (nodata where invalid), a slab of rows at a time."""
-    labels = np.empty(chunk.box.shape, dtype=np.uint8)
-    for r in range(0, chunk.box.shape[0], rows):
-        labels[r : r + rows] = np.argmax(chunk.scores[:, r : r + rows], axis=0)
-    labels[~chunk.valid] = LABEL_NODATA
-    return labels
-
-
 class _Writer:
     """Writes finished chunks in a background thread, at most one chunk behind compute."""
 
@@ -111,13 +102,12 @@ class _Writer:
         self.raster.write(box, labels)
 
     def submit(self, chunk: BlendedChunk) -> None:
-        labels = _labels(chunk)
         scores = None
-        if self.save_scores:
+        if self.save_scores and chunk.scores is not None:
             scores = np.where(chunk.valid, chunk.scores, np.float32(np.nan)).astype(np.float16)
         if self.pending is not None:
             self.pending.result()
-        self.pending = self.pool.submit(self._write, chunk.box, labels, scores)
+        self.pending = self.pool.submit(self._write, chunk.box, chunk.labels, scores)
 
     def drain(self) -> None:
         try:
@@ -196,8 +186,9 @@ def _tile_infer(input_path: str | os.PathLike[str], output_dir: str | os.PathLik
         writer = _Writer(store, raster, params.save_scores)
         try:
             weights = blend_weights(grid.tile, params.blend)
-            for chunk in blend_chunks(scene, grid, chunks, predictor, weights, len(spec.classes),
-                                      batch_size=params.batch, stats=stats):
+            for chunk in blend_chunks(scene, grid, chunks, predictor.predict_tensor, weights, len(spec.classes),
+                                      batch_size=params.batch, stats=stats, keep_scores=params.save_scores,
+                                      device=predictor.device):
                 writer.submit(chunk)
                 del chunk
                 if progress is not None:

@@ -98,8 +98,17 @@ def test_device_names() -> None:
             resolve_device("cuda")
 
 
+@pytest.fixture
+def no_tf32():  # type: ignore[no-untyped-def]
+    """cuDNN convolutions default to TF32 on Ampere and newer; compare float32 with float32."""
+    before = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = before
+
+
 @cuda
-def test_cuda_path_matches_cpu_without_amp_and_closely_with_amp() -> None:
+def test_cuda_path_matches_cpu_without_amp_and_closely_with_amp(no_tf32) -> None:  # type: ignore[no-untyped-def]
     net = RandomConvNet(3, 3, seed=5).eval()
     spec = make_spec(tile=32)
     x = windows(9)
@@ -113,7 +122,7 @@ def test_cuda_path_matches_cpu_without_amp_and_closely_with_amp() -> None:
 
 
 @cuda
-def test_tile_infer_on_cuda_agrees_with_cpu(tmp_path: Path) -> None:
+def test_tile_infer_on_cuda_agrees_with_cpu(tmp_path: Path, no_tf32) -> None:  # type: ignore[no-untyped-def]
     pkg = make_ts_package(tmp_path / "pkg", tile=48)
     scene = write_geotiff(tmp_path / "s.tif", random_image((3, 300, 260), seed=9))
     cpu = tile_infer(scene, tmp_path / "cpu", TileInferParams(model=str(pkg), device="cpu", chunk=128))

@@ -54,7 +54,7 @@ def run_chunked(image: np.ndarray, tile: int, overlap: float, mode: str, chunk: 
     scores = np.full((3, *scene.spatial_shape), np.nan, dtype=np.float32)
     valid = np.zeros(scene.spatial_shape, dtype=bool)
     for part in blend_chunks(scene, grid, chunks, double_softmax, blend_weights(grid.tile, mode), 3,
-                             batch_size=batch, stats=stats):
+                             batch_size=batch, stats=stats, keep_scores=True):
         scores[(slice(None), *part.box.slices)] = part.scores
         valid[part.box.slices] = part.valid
     return scores, valid
@@ -96,7 +96,7 @@ def test_agrees_with_monai_sliding_window_inference(shape: tuple[int, int], tile
     grid = WindowGrid.create(shape, tile, overlap)
     ours = np.zeros((3, *shape), dtype=np.float32)
     for part in blend_chunks(scene, grid, ChunkGrid.create(shape, chunk), predictor, blend_weights(grid.tile, mode),
-                             3, batch_size=4):
+                             3, batch_size=4, keep_scores=True):
         ours[(slice(None), *part.box.slices)] = part.scores
     x = torch.from_numpy(image.astype(np.float32) * 0.001)[None]
     with torch.inference_mode():
