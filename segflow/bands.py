@@ -1,17 +1,27 @@
-"""Match a model's declared input bands to the bands of a scene."""
+"""Match a model's declared inputs to scenes: which raster, which band, in which order.
+
+A model reads one raster (``image``) or several co-registered ones (``image``, ``dem``...),
+each input band naming its ``source`` in ``model.yaml``. Rasters must share one grid.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
-from .errors import ConfigError, ModelError
+import dask.array as da
+
+from .errors import ConfigError, InputError, ModelError
 from .models.package import ModelSpec
 from .scene import Scene
 
-__all__ = ["parse_band_overrides", "resolve_bands"]
+__all__ = ["assemble_scene", "check_same_grid", "parse_band_overrides", "parse_inputs", "resolve_bands"]
+
+PRIMARY = "image"
 
 
-def parse_band_overrides(items: list[str] | tuple[str, ...]) -> dict[str, int]:
+def parse_band_overrides(items: Sequence[str]) -> dict[str, int]:
     """Parse ``["nir=4", "red=3"]`` into ``{"nir": 4, "red": 3}`` (1-based band numbers)."""
     out: dict[str, int] = {}
     for item in items:
@@ -22,8 +32,28 @@ def parse_band_overrides(items: list[str] | tuple[str, ...]) -> dict[str, int]:
     return out
 
 
-def resolve_bands(spec: ModelSpec, scene: Scene, overrides: Mapping[str, int] | None = None) -> list[int]:
-    """0-based scene band indices feeding the model's inputs, in the model's order.
+def parse_inputs(items: Sequence[str | os.PathLike[str]]) -> dict[str, Path]:
+    """Parse ``--input`` values: ``scene.tif`` is the ``image`` input, ``dem=dem.tif`` a named one."""
+    out: dict[str, Path] = {}
+    for item in items:
+        text = str(item)
+        name, sep, path = text.partition("=")
+        if sep and name.replace("_", "").replace("-", "").isalnum() and path and not Path(text).exists():
+            key, value = name, Path(path)
+        else:
+            key, value = PRIMARY, Path(text)
+        if key in out:
+            raise ConfigError(f"input {key!r} given twice ({out[key]} and {value}); name extra rasters, "
+                              "e.g. --input dem=dem.tif")
+        out[key] = value
+    if not out:
+        raise ConfigError("no input given; pass --input scene.tif")
+    return out
+
+
+def resolve_bands(spec: ModelSpec, scene: Scene, overrides: Mapping[str, int] | None = None,
+                  source: str = PRIMARY) -> list[int]:
+    """0-based band indices of ``scene`` feeding the model's inputs from ``source``, in model order.
 
     For each declared input band, in order of precedence: the user's override (``--band
     nir=4``), a scene band whose description equals the band's name, the ``index`` the
@@ -31,18 +61,16 @@ def resolve_bands(spec: ModelSpec, scene: Scene, overrides: Mapping[str, int] | 
     then the counts must match exactly.
     """
     overrides = dict(overrides or {})
-    roles = [b.name.lower() for b in spec.input.bands]
-    unknown = sorted(set(overrides) - set(roles))
-    if unknown:
-        raise ConfigError(f"--band names {unknown} are not inputs of model {spec.name!r}; its inputs are {roles}")
-    declared = all(b.index is not None for b in spec.input.bands)
-    if not declared and not overrides and scene.num_bands != len(roles):
+    bands = [b for b in spec.input.bands if b.source == source]
+    roles = [b.name.lower() for b in bands]
+    declared = all(b.index is not None for b in bands)
+    if not declared and not any(r in overrides for r in roles) and scene.num_bands != len(roles):
         raise ModelError(
-            f"model {spec.name!r} takes {len(roles)} band(s) {roles} but {scene.source} has {scene.num_bands}; "
-            "choose bands with --band NAME=N or declare their index in model.yaml"
+            f"model {spec.name!r} takes {len(roles)} band(s) {roles} from {source!r} but {scene.source} has "
+            f"{scene.num_bands}; choose bands with --band NAME=N or declare their index in model.yaml"
         )
     chosen = []
-    for position, (role, band) in enumerate(zip(roles, spec.input.bands, strict=True)):
+    for position, (role, band) in enumerate(zip(roles, bands, strict=True)):
         if role in overrides:
             number = overrides[role]
         elif role in scene.band_names:
@@ -58,3 +86,63 @@ def resolve_bands(spec: ModelSpec, scene: Scene, overrides: Mapping[str, int] | 
             )
         chosen.append(number - 1)
     return chosen
+
+
+def check_same_grid(first: Scene, other: Scene) -> None:
+    """Refuse rasters that are not on one grid (shape, CRS, transform)."""
+    fix = "resample one onto the other's grid (e.g. gdalwarp -t_srs/-tr/-te) before running"
+    if first.spatial_shape != other.spatial_shape:
+        raise InputError(f"{other.source} is {other.spatial_shape} pixels but {first.source} is "
+                         f"{first.spatial_shape}; {fix}")
+    if (first.crs is None) != (other.crs is None) or (first.crs and other.crs and
+                                                     _crs_differs(first.crs, other.crs)):
+        raise InputError(f"{other.source} has a different CRS from {first.source}; {fix}")
+    if first.transform is not None and other.transform is not None:
+        if any(abs(a - b) > 1e-9 * max(1.0, abs(a)) for a, b in zip(first.transform, other.transform, strict=True)):
+            raise InputError(f"{other.source} has transform {other.transform} but {first.source} has "
+                             f"{first.transform}; {fix}")
+    elif (first.transform is None) != (other.transform is None):
+        raise InputError(f"only one of {first.source} and {other.source} is georeferenced; {fix}")
+
+
+def _crs_differs(a: str, b: str) -> bool:
+    from rasterio.crs import CRS
+
+    return CRS.from_wkt(a) != CRS.from_wkt(b)
+
+
+def assemble_scene(spec: ModelSpec, scenes: Mapping[str, Scene], overrides: Mapping[str, int] | None = None) -> Scene:
+    """One scene holding exactly the model's input bands, in its order, from one or more rasters."""
+    overrides = dict(overrides or {})
+    roles = {b.name.lower() for b in spec.input.bands}
+    unknown = sorted(set(overrides) - roles)
+    if unknown:
+        raise ConfigError(f"--band names {unknown} are not inputs of model {spec.name!r}; its inputs are "
+                          f"{[b.name.lower() for b in spec.input.bands]}")
+    missing = [s for s in spec.sources if s not in scenes]
+    extra = sorted(set(scenes) - set(spec.sources))
+    if missing or extra:
+        needs = ", ".join(spec.sources)
+        raise ConfigError(f"model {spec.name!r} reads the raster(s) {needs}; got {', '.join(scenes) or 'none'}"
+                          f" (give each with --input NAME=PATH, the first as --input PATH)")
+    first = scenes[spec.sources[0]]
+    for source in spec.sources[1:]:
+        check_same_grid(first, scenes[source])
+    if len(spec.sources) == 1:
+        return first.select_bands(resolve_bands(spec, first, overrides, spec.sources[0]))
+    selected = {s: scenes[s].select_bands(resolve_bands(spec, scenes[s], overrides, s)) for s in spec.sources}
+    taken = dict.fromkeys(spec.sources, 0)
+    parts, names = [], []
+    for band in spec.input.bands:
+        part = selected[band.source]
+        parts.append(part.data[taken[band.source] : taken[band.source] + 1])
+        names.append(part.band_names[taken[band.source]])
+        taken[band.source] += 1
+    valid = None
+    for part in selected.values():
+        v = part.valid
+        if v is not None:
+            valid = v if valid is None else valid & v
+    return Scene(data=da.concatenate(parts, axis=0), axes=first.axes, band_names=tuple(names), crs=first.crs,
+                 transform=first.transform, nodata=None, mask=valid,
+                 source=" + ".join(scenes[s].source for s in spec.sources), meta=first.meta)

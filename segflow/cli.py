@@ -56,8 +56,9 @@ def run_group() -> None:
 
 
 @run_group.command("tile-infer")
-@click.option("--input", "-i", "input_path", required=True, type=click.Path(path_type=Path),
-              help="Input raster (GeoTIFF or any GDAL raster).")
+@click.option("--input", "-i", "inputs", required=True, multiple=True, metavar="[NAME=]PATH",
+              help="Input raster (GeoTIFF or any GDAL raster). Models that read several co-registered "
+                   "rasters take the others by name, e.g. --input scene.tif --input dem=dem.tif.")
 @click.option("--output", "-o", "output_dir", default="out", show_default=True, type=click.Path(path_type=Path),
               help="Output directory; gets mask.zarr, labels.tif and run.json.")
 @click.option("--model", "-m", default=None,
@@ -77,18 +78,18 @@ def run_group() -> None:
 @click.option("--save-scores", is_flag=True, help="Also store blended class scores (float16) in mask.zarr.")
 @click.option("--no-amp", is_flag=True, help="Disable mixed precision on CUDA.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary line.")
-def tile_infer_cmd(input_path: Path, output_dir: Path, model: str | None, tile: int | None, overlap: float | None,
-                   blend: str, chunk: int, batch: int, device: str, bands: tuple[str, ...], save_scores: bool,
-                   no_amp: bool, quiet: bool) -> None:
+def tile_infer_cmd(inputs: tuple[str, ...], output_dir: Path, model: str | None, tile: int | None,
+                   overlap: float | None, blend: str, chunk: int, batch: int, device: str, bands: tuple[str, ...],
+                   save_scores: bool, no_amp: bool, quiet: bool) -> None:
     """Segment a raster of any size by overlapping windows into mask.zarr + labels.tif (COG)."""
-    from .bands import parse_band_overrides
+    from .bands import parse_band_overrides, parse_inputs
     from .tile_infer import DEFAULT_MODEL, TileInferParams, tile_infer
 
     params = TileInferParams(model=model or DEFAULT_MODEL, tile=tile, overlap=overlap, blend=blend, chunk=chunk,
                              batch=batch, device=device, save_scores=save_scores,
                              bands=parse_band_overrides(bands), amp=not no_amp)
     with _progress_bar(not quiet, "chunk") as progress:
-        result = tile_infer(input_path, output_dir, params, progress=progress)
+        result = tile_infer(parse_inputs(inputs), output_dir, params, progress=progress)
     if not quiet:
         click.echo(result.summary())
 
@@ -161,6 +162,16 @@ def models_show_cmd(name_or_path: str) -> None:
                + (f" (sha256 {package.weights_sha256[:12]})" if package.weights_sha256 else ""))
     for i, c in enumerate(spec.classes):
         click.echo(f"  class {i}: {c.name} ({c.kind})")
+
+
+def _register() -> None:
+    from .commands import eval_cmd, export_cmd
+
+    models_group.add_command(export_cmd)
+    cli.add_command(eval_cmd)
+
+
+_register()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -104,15 +104,20 @@ class Predictor:
         return len(self.spec.classes)
 
     def _optimized(self, example: torch.Tensor) -> nn.Module:
-        """A frozen, inference-optimised copy of the network, or the network itself if that fails."""
+        """A frozen, inference-optimised copy of the network, or the network itself if that fails.
+
+        Traced at batch 1 and checked on a batch of 2 different windows, so a network whose
+        trace would freeze data-dependent behaviour (or that runs outside torch) is kept as is.
+        """
         module = self.module
+        check = torch.cat([example, example.flip(-1) * 0.5])
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 scripted = module if isinstance(module, torch.jit.ScriptModule) else torch.jit.trace(
                     module, example, check_trace=False)
                 fast = torch.jit.optimize_for_inference(torch.jit.freeze(scripted.eval()))
-                same = torch.allclose(fast(example).float(), module(example).float(), rtol=1e-4, atol=1e-4)
+                same = torch.allclose(fast(check).float(), module(check).float(), rtol=1e-4, atol=1e-4)
         except Exception:
             return module
         return fast if same else module

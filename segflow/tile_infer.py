@@ -21,13 +21,13 @@ import numpy as np
 import torch
 
 from . import __version__
-from .bands import resolve_bands
+from .bands import assemble_scene, parse_inputs
 from .errors import ConfigError, InputError
 from .io.cog import LabelRasterWriter
 from .io.geotiff import gdal_cache_limit, open_geotiff
 from .io.publish import Staging
 from .io.zarr_store import LABEL_NODATA, MaskStore
-from .models import load_module, resolve_package
+from .models import ModelPackage, load_module, resolve_package
 from .predict import Predictor
 from .stitch import BlendedChunk, BlendStats, blend_chunks
 from .tiling import BLEND_MODES, Box, ChunkGrid, WindowGrid, blend_weights
@@ -117,9 +117,8 @@ class _Writer:
             self.pool.shutdown(wait=True)
 
 
-def _provenance(input_path: Path, scene_meta: dict[str, Any], package: Any, params: TileInferParams,
+def _provenance(input_path: Path, scene_meta: dict[str, Any], package: ModelPackage, params: TileInferParams,
                 grid: WindowGrid, stats: BlendStats, device: str, wall: float, started: str) -> dict[str, Any]:
-    spec = package.spec
     p = asdict(params)
     p["bands"] = dict(params.bands)
     return {
@@ -127,11 +126,7 @@ def _provenance(input_path: Path, scene_meta: dict[str, Any], package: Any, para
         "started_utc": started,
         "wall_seconds": round(wall, 3),
         "input": {"path": str(input_path.resolve()), "size_bytes": input_path.stat().st_size, **scene_meta},
-        "model": {
-            "name": spec.name, "version": spec.version, "source": package.source,
-            "weights_sha256": package.weights_sha256, "model_yaml_sha256": package.yaml_sha256,
-            "classes": list(spec.class_names),
-        },
+        "model": package.provenance(),
         "parameters": p,
         "effective": {"tile": list(grid.tile), "stride": list(grid.stride), "device": device},
         "windows": {"total": stats.windows_total, "evaluated": stats.windows_evaluated,
@@ -142,7 +137,10 @@ def _provenance(input_path: Path, scene_meta: dict[str, Any], package: Any, para
     }
 
 
-def tile_infer(input_path: str | os.PathLike[str], output_dir: str | os.PathLike[str],
+InputPaths = str | os.PathLike[str] | Mapping[str, str | os.PathLike[str]]
+
+
+def tile_infer(input_path: InputPaths, output_dir: str | os.PathLike[str],
                params: TileInferParams | None = None, *, progress: Progress | None = None) -> RunResult:
     """Segment a raster of any size window by window and publish ``mask.zarr``, ``labels.tif``, ``run.json``.
 
@@ -150,24 +148,30 @@ def tile_infer(input_path: str | os.PathLike[str], output_dir: str | os.PathLike
     evaluated once each, blended with ``params.blend`` weights, and written chunk by chunk. All
     outputs are built in a staging folder inside ``output_dir`` and renamed into place only
     when complete. ``progress(done, total)`` is called after each chunk.
+
+    ``input_path`` is one raster, or a mapping ``{"image": scene, "dem": dem}`` for a model that
+    reads several co-registered rasters (its ``model.yaml`` names each band's ``source``).
     """
     with gdal_cache_limit():
         return _tile_infer(input_path, output_dir, params, progress)
 
 
-def _tile_infer(input_path: str | os.PathLike[str], output_dir: str | os.PathLike[str],
+def _tile_infer(input_path: InputPaths, output_dir: str | os.PathLike[str],
                 params: TileInferParams | None, progress: Progress | None) -> RunResult:
     params = params or TileInferParams()
     params.check()
     t0, started = time.perf_counter(), datetime.now(UTC).isoformat(timespec="seconds")
-    input_path = Path(input_path)
+    inputs = dict(input_path) if isinstance(input_path, Mapping) else parse_inputs([input_path])
+    inputs = {k: Path(v) for k, v in inputs.items()}
     package = resolve_package(params.model)
     spec = package.spec
-    scene = open_geotiff(input_path)
-    if spec.spatial_dims != scene.spatial_dims:
-        raise InputError(f"model {spec.name!r} is {spec.spatial_dims}D but {input_path} is a "
-                         f"{scene.spatial_dims}D raster; choose a {scene.spatial_dims}D model")
-    scene = scene.select_bands(resolve_bands(spec, scene, params.bands))
+    scenes = {name: open_geotiff(path) for name, path in inputs.items()}
+    for name, opened in scenes.items():
+        if spec.spatial_dims != opened.spatial_dims:
+            raise InputError(f"model {spec.name!r} is {spec.spatial_dims}D but {inputs[name]} is a "
+                             f"{opened.spatial_dims}D raster; choose a {opened.spatial_dims}D model")
+    scene = assemble_scene(spec, scenes, params.bands)
+    input_path = inputs[spec.sources[0]]
     grid = WindowGrid.create(scene.spatial_shape, params.tile or spec.tile_shape,
                              spec.overlap if params.overlap is None else params.overlap)
     chunks = ChunkGrid.create(scene.spatial_shape, params.chunk)
@@ -200,6 +204,8 @@ def _tile_infer(input_path: str | os.PathLike[str], output_dir: str | os.PathLik
         wall = time.perf_counter() - t0
         run = _provenance(input_path, scene.meta, package, params, grid, stats, str(predictor.device), wall,
                           started)
+        if len(inputs) > 1:
+            run["inputs"] = {k: str(v.resolve()) for k, v in inputs.items()}
         (staging.path / "run.json").write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
         outputs = staging.publish(["mask.zarr", "labels.tif", "run.json"])
     return RunResult(outputs=outputs, windows_total=stats.windows_total, windows_evaluated=stats.windows_evaluated,

@@ -1,14 +1,20 @@
-"""Turn a model package into a ``torch.nn.Module`` in eval mode, on the CPU."""
+"""Turn a model package into a ``torch.nn.Module`` in eval mode, on the CPU.
+
+The weights format follows the suffix of ``model.yaml``'s ``weights:`` file (see
+:mod:`segflow.models.formats`): ``.safetensors`` / ``.pt`` / ``.pth`` hold parameters for the
+declared ``architecture``, ``.ts`` is TorchScript, ``.onnx`` runs through onnxruntime. A
+package without weights is its architecture (e.g. the built-in spectral-index models).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..errors import ConfigError, ModelError
+from .formats import SUPPORTED_SUFFIXES, apply_state_dict, load_onnx, load_state_dict_file, load_torchscript
 from .package import ModelPackage
 from .spectral import build_spectral_index
 
@@ -35,26 +41,46 @@ def _build_architecture(package: ModelPackage) -> nn.Module:
         raise ModelError(f"model {spec.name!r}: cannot build architecture {spec.architecture.name!r}: {exc}") from None
 
 
-def _load_torchscript(path: Path, name: str) -> nn.Module:
-    try:
-        module = torch.jit.load(str(path), map_location="cpu")
-    except (RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"model {name!r}: {path} is not a loadable TorchScript file ({first})") from None
+def _load_parameters(package: ModelPackage, weights: Path) -> nn.Module:
+    spec = package.spec
+    if spec.architecture is None:
+        raise ModelError(
+            f"model {spec.name!r}: weights {weights.name} hold only parameters but model.yaml declares no "
+            "architecture; add architecture: {name: unet, args: {...}} (see segflow.models.arch)"
+        )
+    module = _build_architecture(package)
+    apply_state_dict(module, load_state_dict_file(weights), spec, weights.name)
     return module
 
 
 def load_module(package: ModelPackage) -> nn.Module:
-    """The package's network in eval mode on the CPU, weights loaded."""
+    """The package's network in eval mode on the CPU, weights loaded.
+
+    Parameters
+    ----------
+    package : ModelPackage
+        A package from :func:`~segflow.models.package.resolve_package`.
+
+    Returns
+    -------
+    torch.nn.Module
+        Maps float32 ``(N, C_in, *spatial)`` to ``(N, C_out, *spatial)`` (``spatial`` = ``(Y, X)`` or
+        ``(Z, Y, X)``); for ONNX weights an :class:`~segflow.models.formats.OnnxModule`.
+    """
     spec = package.spec
     weights = package.weights_path
+    suffix = "" if weights is None else weights.suffix.lower()
     if weights is None:
         module = _build_architecture(package)
-    elif weights.suffix == ".ts":
-        module = _load_torchscript(weights, spec.name)
+    elif suffix in (".safetensors", ".pt", ".pth"):
+        module = _load_parameters(package, weights)
+    elif suffix == ".ts":
+        module = load_torchscript(weights, spec.name)
+    elif suffix == ".onnx":
+        module = load_onnx(weights, spec)
     else:
         raise ModelError(
             f"model {spec.name!r}: weights {weights.name!r} have an unsupported format; "
-            "use TorchScript saved as model.ts"
+            f"use one of {', '.join(SUPPORTED_SUFFIXES)} (safetensors preferred)"
         )
     return module.eval()

@@ -8,7 +8,8 @@
     license: Apache-2.0
     spatial_dims: 2               # 2 (Y, X) or 3 (Z, Y, X)
     architecture: {name: unet, args: {...}}   # for weights that hold only parameters
-    weights: model.ts             # file in the package: .ts (TorchScript)
+    weights: model.safetensors    # file in the package: .safetensors / .pt / .pth (parameters for
+                                  # `architecture`), .ts (TorchScript) or .onnx (ONNX), see formats.py
     input:
       bands:                      # model input channels, in order
         - {name: green, index: 2} # name = role; index = default 1-based band in the scene
@@ -19,11 +20,14 @@
     classes:
       - {name: background, kind: stuff, color: [0, 0, 0]}
       - {name: building, kind: thing}
+
+A package is found by built-in name, by directory (or its ``model.yaml``), or as a single
+archive of the directory (``.zip``, ``.tar``, ``.tar.gz``, ``.tgz``), unpacked safely into a
+cache (see :mod:`segflow.models.archive`).
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -33,6 +37,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import ModelError
+from .archive import extract_package_archive, is_archive, sha256_file
 
 __all__ = [
     "ClassSpec",
@@ -53,6 +58,7 @@ class _Strict(BaseModel):
 class BandSpec(_Strict):
     name: str = Field(min_length=1)
     index: int | None = Field(default=None, ge=1)
+    source: str = Field(default="image", pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
 class Normalization(_Strict):
@@ -151,6 +157,11 @@ class ModelSpec(_Strict):
         return tuple(self.tile)
 
     @property
+    def sources(self) -> tuple[str, ...]:
+        """Names of the rasters the model reads, in order of first use (``image`` by default)."""
+        return tuple(dict.fromkeys(b.source for b in self.input.bands))
+
+    @property
     def class_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.classes)
 
@@ -161,13 +172,19 @@ class ModelSpec(_Strict):
 
 @dataclass(frozen=True)
 class ModelPackage:
-    """A resolved model package: its contract, where it lives, and digests for provenance."""
+    """A resolved model package: its contract, where it lives, and digests for provenance.
+
+    ``archive`` / ``archive_sha256`` are set when the package came from an archive file; ``root``
+    is then the unpacked folder in the cache.
+    """
 
     spec: ModelSpec
     root: Path
     builtin: bool
     yaml_sha256: str
     weights_sha256: str | None
+    archive: Path | None = None
+    archive_sha256: str | None = None
 
     @property
     def weights_path(self) -> Path | None:
@@ -175,7 +192,20 @@ class ModelPackage:
 
     @property
     def source(self) -> str:
-        return f"builtin:{self.spec.name}" if self.builtin else str(self.root)
+        if self.builtin:
+            return f"builtin:{self.spec.name}"
+        return str(self.archive) if self.archive is not None else str(self.root)
+
+    def provenance(self) -> dict[str, Any]:
+        """What a run record should say about the model (names, source and digests)."""
+        record: dict[str, Any] = {
+            "name": self.spec.name, "version": self.spec.version, "source": self.source,
+            "weights_sha256": self.weights_sha256, "model_yaml_sha256": self.yaml_sha256,
+            "classes": list(self.spec.class_names),
+        }
+        if self.archive is not None:
+            record["archive_sha256"] = self.archive_sha256
+        return record
 
 
 def _builtin_root() -> Path:
@@ -189,11 +219,7 @@ def builtin_names() -> list[str]:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def _format_validation(exc: ValidationError) -> str:
@@ -223,15 +249,50 @@ def load_spec(yaml_path: Path) -> ModelSpec:
         raise ModelError(f"{yaml_path} is invalid: {_format_validation(exc)}") from None
 
 
+def _weights_file(spec: ModelSpec, root: Path) -> Path:
+    """The declared weights file, which must lie inside the package."""
+    assert spec.weights is not None
+    rel = Path(spec.weights)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise ModelError(
+            f"model {spec.name!r} declares weights {spec.weights!r} outside its package; "
+            "give a file name relative to the folder of model.yaml, e.g. weights: model.safetensors"
+        )
+    weights = root / rel
+    if not weights.is_file():
+        raise ModelError(f"model {spec.name!r} declares weights {spec.weights!r} but {weights} does not exist")
+    return weights
+
+
 def resolve_package(name_or_path: str | Path) -> ModelPackage:
-    """Find a model package by built-in name or by path (a directory, or its ``model.yaml``)."""
+    """Find a model package by built-in name or by path.
+
+    Parameters
+    ----------
+    name_or_path : str or Path
+        A built-in name (see :func:`builtin_names`), a package directory, its ``model.yaml``, or an
+        archive of the directory (``.zip``, ``.tar``, ``.tar.gz``, ``.tgz``).
+
+    Returns
+    -------
+    ModelPackage
+        The validated contract, its folder and the SHA-256 digests of ``model.yaml``, the weights
+        and (for archives) the archive file.
+    """
     path = Path(name_or_path)
     builtin = False
+    archive: Path | None = None
+    archive_sha: str | None = None
     if path.exists():
-        root = path.parent if path.is_file() else path
-        yaml_path = path if path.is_file() else path / "model.yaml"
-        if not yaml_path.is_file():
-            raise ModelError(f"{path} is not a model package: it has no model.yaml")
+        if is_archive(path):
+            archive, archive_sha = path.resolve(), sha256_file(path)
+            root = extract_package_archive(path, archive_sha)
+            yaml_path = root / "model.yaml"
+        else:
+            root = path.parent if path.is_file() else path
+            yaml_path = path if path.is_file() else path / "model.yaml"
+            if not yaml_path.is_file():
+                raise ModelError(f"{path} is not a model package: it has no model.yaml")
     elif str(name_or_path) in builtin_names():
         root = _builtin_root() / str(name_or_path)
         yaml_path = root / "model.yaml"
@@ -239,14 +300,9 @@ def resolve_package(name_or_path: str | Path) -> ModelPackage:
     else:
         raise ModelError(
             f"unknown model {str(name_or_path)!r}: not a built-in ({', '.join(builtin_names())}) "
-            "and no model package directory at that path"
+            "and no model package directory or archive at that path"
         )
     spec = load_spec(yaml_path)
-    weights_sha = None
-    if spec.weights is not None:
-        weights = root / spec.weights
-        if not weights.is_file():
-            raise ModelError(f"model {spec.name!r} declares weights {spec.weights!r} but {weights} does not exist")
-        weights_sha = _sha256(weights)
+    weights_sha = None if spec.weights is None else _sha256(_weights_file(spec, root))
     return ModelPackage(spec=spec, root=root, builtin=builtin, yaml_sha256=_sha256(yaml_path),
-                        weights_sha256=weights_sha)
+                        weights_sha256=weights_sha, archive=archive, archive_sha256=archive_sha)
