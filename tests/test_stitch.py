@@ -127,3 +127,33 @@ def test_all_nodata_windows_are_skipped_and_nodata_pixels_stay_invalid() -> None
     assert stats.windows_skipped == 10 and stats.windows_evaluated == 15 == sum(seen)
     assert not valid[:40].any() and not valid[60, 60]
     assert valid[40:].sum() == 40 * 80 - 1
+
+
+NET3D = RandomConvNet(2, 3, seed=6, spatial_dims=3).double().eval()
+
+
+@torch.inference_mode()
+def softmax3d(x: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    return torch.softmax(NET3D(torch.from_numpy(x.astype(np.float64) / 1000.0)), dim=1).float().numpy()
+
+
+@settings(max_examples=10)
+@given(shape=st.tuples(st.integers(1, 24), st.integers(1, 30), st.integers(1, 30)), tile=st.integers(3, 16),
+       overlap=st.floats(0.0, 0.6), chunk=st.tuples(st.integers(1, 24), st.integers(1, 30), st.integers(1, 30)))
+def test_volumes_blend_the_same_whatever_the_chunking(shape: tuple[int, int, int], tile: int, overlap: float,
+                                                      chunk: tuple[int, int, int]) -> None:
+    image = random_image((2, *shape), seed=sum(shape))
+    scene = Scene.from_array(image)
+    assert scene.axes == "CZYX"
+    grid = WindowGrid.create(shape, tile, overlap)
+    results = []
+    for c in (chunk, shape):
+        stats = BlendStats()
+        out = np.full((3, *shape), np.nan, dtype=np.float32)
+        for part in blend_chunks(scene, grid, ChunkGrid.create(shape, c), softmax3d, blend_weights(grid.tile), 3,
+                                 batch_size=4, stats=stats, keep_scores=True):
+            out[(slice(None), *part.box.slices)] = part.scores
+        assert stats.windows_evaluated == len(grid)
+        results.append(out)
+    np.testing.assert_array_equal(results[0], results[1])
+    assert not np.isnan(results[0]).any()
