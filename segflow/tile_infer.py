@@ -26,10 +26,10 @@ from .errors import ConfigError, InputError
 from .io.cog import LabelRasterWriter
 from .io.geotiff import gdal_cache_limit, open_geotiff
 from .io.publish import Staging
-from .io.zarr_store import LABEL_NODATA, MaskStore
+from .io.zarr_store import MaskStore
 from .models import ModelPackage, load_module, resolve_package
 from .predict import Predictor
-from .stitch import BlendedChunk, BlendStats, blend_chunks
+from .stitch import LABEL_NODATA, BlendedChunk, BlendStats, blend_chunks
 from .tiling import BLEND_MODES, Box, ChunkGrid, WindowGrid, blend_weights
 
 __all__ = ["DEFAULT_MODEL", "RunResult", "TileInferParams", "tile_infer"]
@@ -197,9 +197,11 @@ def _tile_infer(input_path: InputPaths, output_dir: str | os.PathLike[str],
                 del chunk
                 if progress is not None:
                     progress(stats.chunks, len(chunks))
-        finally:
+            writer.drain()
+        except BaseException:
             writer.drain()
             raster.abort()
+            raise
         raster.finish()
         wall = time.perf_counter() - t0
         run = _provenance(input_path, scene.meta, package, params, grid, stats, str(predictor.device), wall,

@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import zarr
 
+from ..stitch import LABEL_NODATA
 from ..tiling import Box
 
-__all__ = ["LABEL_NODATA", "MaskStore"]
+__all__ = ["MaskStore"]
 
-LABEL_NODATA = 255
 _INNER = 512  # inner chunk of a shard, for readers that want small tiles
 
 
