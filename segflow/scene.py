@@ -112,11 +112,15 @@ class Scene:
     def read(self, box: Box) -> tuple[np.ndarray, np.ndarray | None]:
         """Read the pixels of ``box``: ``(C, *box.shape)`` data and the validity mask (or None).
 
-        Data and mask are computed together, so reads shared by both happen once.
+        Data and mask are computed together, so reads shared by both happen once, and each
+        block is stored straight into the result (no concatenation copy).
         """
         data = self.data[(slice(None), *box.slices)]
+        values = np.empty(data.shape, dtype=data.dtype)
         valid_all = self.valid
         if valid_all is None:
-            return np.asarray(data.compute(scheduler="threads")), None
-        values, valid = da.compute(data, valid_all[box.slices], scheduler="threads")
-        return np.asarray(values), np.asarray(valid, dtype=bool)
+            da.store(data, values, lock=False, scheduler="threads")
+            return values, None
+        valid = np.empty(box.shape, dtype=bool)
+        da.store([data, valid_all[box.slices]], [values, valid], lock=False, scheduler="threads")
+        return values, valid

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from ._memory import limit_heap_fragmentation
 from .bands import assemble_scene, parse_inputs
 from .errors import ConfigError, InputError
 from .io.cog import LabelRasterWriter
@@ -152,6 +153,7 @@ def tile_infer(input_path: InputPaths, output_dir: str | os.PathLike[str],
     ``input_path`` is one raster, or a mapping ``{"image": scene, "dem": dem}`` for a model that
     reads several co-registered rasters (its ``model.yaml`` names each band's ``source``).
     """
+    limit_heap_fragmentation()
     with gdal_cache_limit():
         return _tile_infer(input_path, output_dir, params, progress)
 
