@@ -119,7 +119,7 @@ def sample_scene_cmd(output: Path, width: int, height: int, seed: int, truth: Pa
 @click.option("--output", "-o", "output_dir", default="demo", show_default=True, type=click.Path(path_type=Path),
               help="Folder for the sample scene, its truth and the outputs.")
 @click.option("--size", type=int, default=2048, show_default=True, help="Scene width and height in pixels.")
-@click.option("--model", "-m", default=None, help="Model to run (default: the built-in demo model).")
+@click.option("--model", "-m", default=None, help="Model to run (default: demo-unet-2d, the trained demo UNet).")
 def demo_cmd(output_dir: Path, size: int, model: str | None) -> None:
     """Make a sample scene, run tile-infer on it and print per-class IoU against its truth."""
     from .demo import run_demo
