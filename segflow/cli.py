@@ -165,10 +165,11 @@ def models_show_cmd(name_or_path: str) -> None:
 
 
 def _register() -> None:
-    from .commands import eval_cmd, export_cmd
+    from .commands import eval_cmd, export_cmd, train_cmd
 
     models_group.add_command(export_cmd)
     cli.add_command(eval_cmd)
+    cli.add_command(train_cmd)
 
 
 _register()

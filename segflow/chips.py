@@ -1,0 +1,599 @@
+"""Labelled training chips, read window by window from scenes and volumes of any size.
+
+A :class:`ChipSource` is one labelled image: a GeoTIFF with a label raster, a GeoTIFF with
+GeoJSON polygons (rasterised per chip on the image grid), a synthetic scene generated block by
+block, or a synthetic volume. ``source.read(start, shape)`` returns a :class:`Chip`: image
+``(C, *shape)`` float32, labels ``shape`` uint8 (:data:`IGNORE` = unlabelled) and validity
+``shape`` bool, padded with ignored pixels where the window leaves the source. A raster is never
+read whole: each chip is one windowed read.
+
+:class:`ChipSampler` draws chip positions from a ``numpy.random.Generator`` (deterministic
+under its seed), avoiding the grid cells held out for validation by :func:`hold_out`.
+Spatial axes are ``(Y, X)`` for rasters and ``(Z, Y, X)`` for volumes; channels come first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import dask.array as da
+import numpy as np
+import numpy.typing as npt
+import rasterio
+from rasterio.crs import CRS
+from rasterio.errors import CRSError, RasterioError
+from rasterio.features import rasterize
+from rasterio.transform import Affine
+from rasterio.warp import transform_geom
+from rasterio.windows import Window
+
+from . import synthetic, synthetic_volume
+from .errors import ConfigError, InputError
+from .scene import Scene
+from .train_config import IGNORE_INDEX, DataConfig, ModelConfig
+
+__all__ = [
+    "IGNORE",
+    "Chip",
+    "ChipSampler",
+    "ChipSource",
+    "Holdout",
+    "RasterPairSource",
+    "SyntheticSceneSource",
+    "VectorSource",
+    "VolumeSource",
+    "build_sources",
+    "grid_cells",
+    "hold_out",
+    "source_scene",
+]
+
+IGNORE = IGNORE_INDEX
+"""Label of pixels that carry no label (nodata, unlabelled, padding)."""
+
+Start = tuple[int, ...]
+
+
+class Chip(NamedTuple):
+    """One chip: ``image`` ``(C, *shape)`` float32, ``labels`` ``shape`` uint8, ``valid`` ``shape`` bool."""
+
+    image: npt.NDArray[np.float32]
+    labels: npt.NDArray[np.uint8]
+    valid: npt.NDArray[np.bool_]
+
+
+def _class_table(source_names: Sequence[str], model_names: Sequence[str], what: str) -> npt.NDArray[np.uint8]:
+    """Lookup table from source label values to model class indices (unknown names -> class 0)."""
+    table = np.zeros(256, dtype=np.uint8)
+    table[IGNORE] = IGNORE
+    for value, name in enumerate(source_names):
+        table[value] = model_names.index(name) if name in model_names else 0
+    if not any(name in model_names for name in source_names[1:]) or model_names[0] not in source_names:
+        raise ConfigError(
+            f"model classes {list(model_names)} do not match the {what} classes {list(source_names)}: expected "
+            f"the first class to be {source_names[0]!r} and some of the others named as in {list(source_names)}; "
+            "rename the model classes"
+        )
+    return table
+
+
+class ChipSource:
+    """Base of every source: a labelled image with ``spatial_shape`` and ``num_bands`` channels."""
+
+    spatial_shape: tuple[int, ...]
+    num_bands: int
+    description: str
+
+    def read_inside(self, start: Start, shape: tuple[int, ...]) -> Chip:
+        """Read a box that lies inside the source (subclasses implement this)."""
+        raise NotImplementedError
+
+    def read(self, start: Start, shape: tuple[int, ...]) -> Chip:
+        """Read the box ``[start, start + shape)``; parts outside the source are padded as ignored.
+
+        Parameters
+        ----------
+        start : tuple of int
+            First pixel of the box, one value per spatial axis (may be beyond the source).
+        shape : tuple of int
+            Box size per spatial axis.
+
+        Returns
+        -------
+        Chip
+            ``image`` ``(C, *shape)`` float32 (0 where padded), ``labels`` ``shape`` uint8
+            (:data:`IGNORE` where padded or unlabelled), ``valid`` ``shape`` bool.
+        """
+        lo = [max(0, s) for s in start]
+        hi = [min(s + n, size) for s, n, size in zip(start, shape, self.spatial_shape, strict=True)]
+        inside = all(a == s for a, s in zip(lo, start, strict=True))
+        if inside and all(h - s == n for h, s, n in zip(hi, start, shape, strict=True)):
+            return self.read_inside(tuple(start), tuple(shape))
+        image = np.zeros((self.num_bands, *shape), dtype=np.float32)
+        labels = np.full(shape, IGNORE, dtype=np.uint8)
+        valid = np.zeros(shape, dtype=bool)
+        if all(h > a for a, h in zip(lo, hi, strict=True)):
+            inner = self.read_inside(tuple(lo), tuple(h - a for a, h in zip(lo, hi, strict=True)))
+            where = tuple(slice(a - s, h - s) for a, h, s in zip(lo, hi, start, strict=True))
+            image[(slice(None), *where)] = inner.image
+            labels[where] = inner.labels
+            valid[where] = inner.valid
+        return Chip(image, labels, valid)
+
+    def close(self) -> None:
+        """Release open files (a source can still be read afterwards; files reopen on demand)."""
+
+
+class _Handles:
+    """One rasterio dataset per (thread, path): GDAL handles must not be shared across threads."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._all: list[Any] = []
+
+    def get(self, path: Path) -> Any:
+        handles = getattr(self._local, "handles", None)
+        if handles is None:
+            handles = self._local.handles = {}
+        if path not in handles:
+            ds = rasterio.open(path)
+            handles[path] = ds
+            with self._lock:
+                self._all.append(ds)
+        return handles[path]
+
+    def close(self) -> None:
+        with self._lock:
+            for ds in self._all:
+                ds.close()
+            self._all.clear()
+        self._local = threading.local()
+
+
+def _open_meta(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise InputError(f"{what} {path} not found; check the path in the training config")
+    try:
+        with rasterio.open(path) as ds:
+            return {"count": ds.count, "width": ds.width, "height": ds.height, "crs": ds.crs,
+                    "transform": ds.transform, "dtypes": ds.dtypes, "nodata": ds.nodata,
+                    "descriptions": tuple((d or "").strip().lower() for d in ds.descriptions),
+                    "tags": ds.tags()}
+    except RasterioError as exc:
+        raise InputError(
+            f"{what} {path} is not a raster GDAL can read ({str(exc).strip()}); expected a GeoTIFF"
+        ) from None
+
+
+def _band_numbers(bands: Sequence[tuple[str, int | None]], meta: dict[str, Any], path: Path) -> list[int]:
+    """1-based band numbers of the model inputs: declared index, else matching description, else position."""
+    numbers = []
+    for position, (name, index) in enumerate(bands):
+        if index is not None:
+            number = index
+        elif name.lower() in meta["descriptions"]:
+            number = meta["descriptions"].index(name.lower()) + 1
+        else:
+            number = position + 1
+        if number > meta["count"]:
+            raise InputError(
+                f"model band {name!r} is band {number} but {path} has {meta['count']} band(s); "
+                "fix the band's index in model.bands"
+            )
+        numbers.append(number)
+    return numbers
+
+
+class _ImageReader:
+    """Windowed reads of selected bands of a GeoTIFF, with its validity mask."""
+
+    def __init__(self, path: Path, bands: Sequence[tuple[str, int | None]]) -> None:
+        self.path = path
+        self.meta = _open_meta(path, "image")
+        self.bands = _band_numbers(bands, self.meta, path)
+        self.handles = _Handles()
+        self.masked = self.meta["nodata"] is not None
+
+    def read(self, start: Start, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        window = Window(start[1], start[0], shape[1], shape[0])
+        try:
+            ds = self.handles.get(self.path)
+            image = ds.read(self.bands, window=window).astype(np.float32)
+            valid = ds.dataset_mask(window=window) > 0 if self.masked else np.ones(shape, dtype=bool)
+        except RasterioError as exc:
+            raise InputError(
+                f"cannot read rows {start[0]}:{start[0] + shape[0]} cols {start[1]}:{start[1] + shape[1]} of "
+                f"{self.path} ({str(exc).strip()}); the file may be truncated, re-create it"
+            ) from None
+        return image, valid
+
+
+def _check_labels(labels: np.ndarray, num_classes: int, path: Path, start: Start) -> None:
+    bad = (labels != IGNORE) & (labels >= num_classes)
+    if bad.any():
+        value = int(labels[bad][0])
+        raise InputError(
+            f"{path} holds label {value} near row {start[0]} col {start[1]}: expected class indices "
+            f"0..{num_classes - 1} or {IGNORE} (unlabelled); fix the labels or declare more classes"
+        )
+
+
+class RasterPairSource(ChipSource):
+    """A GeoTIFF image and a single-band ``uint8`` label raster on exactly the same grid.
+
+    Label values are class indices; the label raster's nodata value and 255 mean unlabelled,
+    and image nodata pixels are unlabelled too.
+    """
+
+    def __init__(self, image: Path, labels: Path, bands: Sequence[tuple[str, int | None]], num_classes: int):
+        self.image = _ImageReader(Path(image), bands)
+        self.labels_path = Path(labels)
+        meta = _open_meta(self.labels_path, "label raster")
+        _check_same_grid(self.image.meta, meta, self.image.path, self.labels_path)
+        if meta["count"] != 1 or meta["dtypes"][0] != "uint8":
+            raise InputError(
+                f"label raster {self.labels_path} has {meta['count']} band(s) of {meta['dtypes'][0]}: expected one "
+                "uint8 band of class indices (255 = unlabelled); convert it, e.g. gdal_translate -ot Byte -b 1"
+            )
+        self.label_nodata = meta["nodata"]
+        self.num_classes = num_classes
+        self.spatial_shape = (self.image.meta["height"], self.image.meta["width"])
+        self.num_bands = len(self.image.bands)
+        self.description = f"{self.image.path} with labels {self.labels_path}"
+
+    def read_inside(self, start: Start, shape: tuple[int, ...]) -> Chip:
+        image, valid = self.image.read(start, shape)
+        window = Window(start[1], start[0], shape[1], shape[0])
+        try:
+            labels = self.image.handles.get(self.labels_path).read(1, window=window)
+        except RasterioError as exc:
+            raise InputError(f"cannot read {self.labels_path} ({str(exc).strip()}); re-create the file") from None
+        if self.label_nodata is not None and 0 <= self.label_nodata <= 255:
+            labels[labels == int(self.label_nodata)] = IGNORE
+        _check_labels(labels, self.num_classes, self.labels_path, start)
+        labels[~valid] = IGNORE
+        return Chip(image, labels, valid)
+
+    def close(self) -> None:
+        self.image.handles.close()
+
+
+def _check_same_grid(image: dict[str, Any], labels: dict[str, Any], image_path: Path, labels_path: Path) -> None:
+    """Raise InputError unless both rasters have the same shape, CRS and transform."""
+    if (image["height"], image["width"]) != (labels["height"], labels["width"]):
+        raise InputError(
+            f"label raster {labels_path} is {labels['width']}x{labels['height']} px but image {image_path} is "
+            f"{image['width']}x{image['height']} px: expected the same grid; resample the labels onto the image grid"
+        )
+    if image["crs"] != labels["crs"]:
+        raise InputError(
+            f"label raster {labels_path} has CRS {labels['crs']} but image {image_path} has {image['crs']}: expected "
+            "the same CRS; reproject the labels onto the image grid (gdalwarp -tr/-te/-t_srs)"
+        )
+    if not image["transform"].almost_equals(labels["transform"]):
+        raise InputError(
+            f"label raster {labels_path} has transform {tuple(labels['transform'])[:6]} but image {image_path} has "
+            f"{tuple(image['transform'])[:6]}: expected the same pixel grid; resample the labels onto the image grid"
+        )
+
+
+def _crs_of(value: object, what: str) -> CRS:
+    try:
+        return CRS.from_user_input(value)
+    except CRSError:
+        raise InputError(f"{what} CRS {value!r} is not understood; give e.g. EPSG:4326 or EPSG:32633") from None
+
+
+def _geojson_features(path: Path) -> tuple[list[dict[str, Any]], object]:
+    """The features of a GeoJSON file and its legacy ``crs`` name (or None)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"vector labels {path} not found; check the path in the training config") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(
+            f"vector labels {path} are not readable GeoJSON ({exc}); expected a FeatureCollection"
+        ) from None
+    kind = data.get("type") if isinstance(data, dict) else None
+    if kind == "Feature":
+        features = [data]
+    elif kind == "FeatureCollection" and isinstance(data.get("features"), list):
+        features = data["features"]
+    else:
+        raise InputError(f"vector labels {path} hold a GeoJSON {kind!r}: expected a FeatureCollection of polygons")
+    crs = data.get("crs", {}).get("properties", {}).get("name") if isinstance(data.get("crs"), dict) else None
+    return features, crs
+
+
+def _feature_class(feature: object, key: str, names: Sequence[str], path: Path, number: int) -> int:
+    props = feature.get("properties") if isinstance(feature, dict) else None
+    value = props.get(key) if isinstance(props, dict) else None
+    if isinstance(value, str) and value in names:
+        return names.index(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(names):
+        return value
+    raise InputError(
+        f"feature {number} of {path} has {key}={value!r}: expected a class name from {list(names)} or an index "
+        f"0..{len(names) - 1}; fix the feature or set the vector 'property' to the right attribute"
+    )
+
+
+def _geometry_bounds(geometry: dict[str, Any]) -> tuple[float, float, float, float]:
+    coords = np.asarray(list(_flatten(geometry.get("coordinates", []))), dtype=np.float64).reshape(-1, 2)
+    if coords.size == 0:
+        return (math.inf, math.inf, -math.inf, -math.inf)
+    return (float(coords[:, 0].min()), float(coords[:, 1].min()), float(coords[:, 0].max()), float(coords[:, 1].max()))
+
+
+def _flatten(coords: object) -> Any:
+    if isinstance(coords, list | tuple) and coords and isinstance(coords[0], int | float):
+        yield from coords[:2]
+    elif isinstance(coords, list | tuple):
+        for item in coords:
+            yield from _flatten(item)
+
+
+class VectorSource(ChipSource):
+    """A GeoTIFF image labelled by GeoJSON polygons, rasterised per chip on the image grid.
+
+    Each feature's ``property`` holds a class name or index; pixels under no polygon are class 0.
+    Polygons are reprojected to the image CRS when the file's CRS (``crs`` argument, else the
+    file's legacy ``crs`` member, else EPSG:4326 as RFC 7946 says) differs from it.
+    """
+
+    def __init__(self, image: Path, labels: Path, bands: Sequence[tuple[str, int | None]],
+                 class_names: Sequence[str], *, key: str = "class", crs: str | None = None,
+                 all_touched: bool = False):
+        self.image = _ImageReader(Path(image), bands)
+        self.path = Path(labels)
+        features, file_crs = _geojson_features(self.path)
+        image_crs = self.image.meta["crs"]
+        source_crs = crs or file_crs
+        geometries, values, boxes = [], [], []
+        for number, feature in enumerate(features):
+            geometry = feature.get("geometry") if isinstance(feature, dict) else None
+            if not isinstance(geometry, dict) or "type" not in geometry:
+                raise InputError(f"feature {number} of {self.path} has no geometry; remove it or give it a polygon")
+            values.append(_feature_class(feature, key, class_names, self.path, number))
+            if image_crs is not None:
+                vector_crs = _crs_of(source_crs or "EPSG:4326", f"vector labels {self.path}")
+                if vector_crs != image_crs:
+                    geometry = transform_geom(vector_crs, image_crs, geometry)
+            geometries.append(geometry)
+            boxes.append(_geometry_bounds(geometry))
+        self.geometries, self.values = geometries, np.asarray(values, dtype=np.uint8)
+        self.boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        self.all_touched = all_touched
+        self.spatial_shape = (self.image.meta["height"], self.image.meta["width"])
+        self.num_bands = len(self.image.bands)
+        self.description = f"{self.image.path} with {len(geometries)} polygons from {self.path}"
+
+    def read_inside(self, start: Start, shape: tuple[int, ...]) -> Chip:
+        image, valid = self.image.read(start, shape)
+        transform = self.image.meta["transform"] @ Affine.translation(start[1], start[0])
+        corners = np.array([transform @ (0, 0), transform @ (shape[1], shape[0])])
+        x0, y0 = corners.min(axis=0)
+        x1, y1 = corners.max(axis=0)
+        b = self.boxes
+        hits = np.flatnonzero((b[:, 0] <= x1) & (b[:, 2] >= x0) & (b[:, 1] <= y1) & (b[:, 3] >= y0))
+        labels = np.zeros(shape, dtype=np.uint8)
+        if hits.size:
+            shapes = [(self.geometries[i], int(self.values[i])) for i in hits]
+            labels = rasterize(shapes, out_shape=shape, transform=transform, fill=0, dtype="uint8",
+                               all_touched=self.all_touched)
+        labels[~valid] = IGNORE
+        return Chip(image, labels, valid)
+
+    def close(self) -> None:
+        self.image.handles.close()
+
+
+class SyntheticSceneSource(ChipSource):
+    """A synthetic multispectral scene of :mod:`segflow.synthetic`, generated chip by chip."""
+
+    def __init__(self, seed: int, shape: tuple[int, int], bands: Sequence[str], class_names: Sequence[str]):
+        self.seed = int(seed)
+        self.bands = tuple(b.lower() for b in bands)
+        self.table = _class_table(synthetic.CLASSES, class_names, "synthetic scene")
+        self.spatial_shape = (int(shape[0]), int(shape[1]))
+        self.num_bands = len(self.bands)
+        self.description = f"synthetic scene seed {seed}, {shape[1]}x{shape[0]} px"
+
+    def read_inside(self, start: Start, shape: tuple[int, ...]) -> Chip:
+        image, truth = synthetic.synthesize_block(start[0], start[1], shape[0], shape[1], seed=self.seed,
+                                                  bands=self.bands)
+        return Chip(image.astype(np.float32), self.table[truth], truth != synthetic.TRUTH_NODATA)
+
+
+class VolumeSource(ChipSource):
+    """A volume held in memory: image ``(C, Z, Y, X)`` and labels ``(Z, Y, X)`` uint8."""
+
+    def __init__(self, image: np.ndarray, labels: np.ndarray, description: str):
+        if image.ndim == 3:
+            image = image[None]
+        if image.ndim != 4 or labels.shape != image.shape[1:]:
+            raise InputError(f"volume {description}: image {image.shape} and labels {labels.shape} do not match; "
+                             "expected (C, Z, Y, X) and (Z, Y, X)")
+        self.image_array, self.labels_array = image, labels
+        self.spatial_shape = tuple(int(s) for s in labels.shape)
+        self.num_bands = int(image.shape[0])
+        self.description = description
+
+    def read_inside(self, start: Start, shape: tuple[int, ...]) -> Chip:
+        where = tuple(slice(s, s + n) for s, n in zip(start, shape, strict=True))
+        labels = np.array(self.labels_array[where], dtype=np.uint8)
+        return Chip(np.asarray(self.image_array[(slice(None), *where)], dtype=np.float32), labels,
+                    np.ones(shape, dtype=bool))
+
+
+def _synthetic_shape(size: int | list[int], dims: int) -> tuple[int, ...]:
+    return (size,) * dims if isinstance(size, int) else tuple(size) * (dims if len(size) == 1 else 1)
+
+
+def build_sources(data: DataConfig, model: ModelConfig) -> list[ChipSource]:
+    """Every labelled source of ``data``, in config order: pairs, vectors, then synthetic items.
+
+    Raises
+    ------
+    InputError
+        If a file is missing, unreadable, or its labels are not on the image grid.
+    """
+    bands = [(b.name, b.index) for b in model.bands]
+    names = model.class_names
+    sources: list[ChipSource] = []
+    for pair in data.pairs:
+        sources.append(RasterPairSource(pair.image, pair.labels, bands, len(names)))
+    for vector in data.vectors:
+        sources.append(VectorSource(vector.image, vector.labels, bands, names, key=vector.property,
+                                    crs=vector.crs, all_touched=vector.all_touched))
+    spec = data.synthetic
+    if spec is not None:
+        shape = _synthetic_shape(spec.size, model.spatial_dims)
+        for k in range(spec.count):
+            if spec.kind == "scenes":
+                sources.append(SyntheticSceneSource(spec.seed + k, (shape[0], shape[1]), [b.name for b in model.bands],
+                                                    names))
+            else:
+                image, truth = synthetic_volume.synthesize_volume(shape, seed=spec.seed + k)
+                table = _class_table(synthetic_volume.CLASSES, names, "synthetic volume")
+                sources.append(VolumeSource(image, table[truth],
+                                            f"synthetic volume seed {spec.seed + k}, {'x'.join(map(str, shape))} vox"))
+    return sources
+
+
+# --------------------------------------------------------------------------- hold-out and sampling
+
+
+def grid_cells(shape: tuple[int, ...], chip: tuple[int, ...]) -> tuple[int, ...]:
+    """Number of whole chip-sized cells along each axis (at least 1)."""
+    return tuple(max(1, s // c) for s, c in zip(shape, chip, strict=True))
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """Grid cells (chip-sized, aligned to multiples of the chip) held out for validation.
+
+    ``masks[i]`` is a bool array over source ``i``'s cell grid; True = held out.
+    """
+
+    chip: tuple[int, ...]
+    masks: tuple[np.ndarray, ...]
+
+    def overlaps(self, source: int, start: Start) -> bool:
+        """Whether the chip at ``start`` in ``source`` touches a held-out cell."""
+        mask = self.masks[source]
+        index = []
+        for s, c, n in zip(start, self.chip, mask.shape, strict=True):
+            index.append(slice(min(s // c, n), min((s + c - 1) // c + 1, n)))
+        return bool(mask[tuple(index)].any())
+
+    def cells(self) -> list[tuple[int, Start]]:
+        """Every held-out cell as ``(source index, start)``, in source and raster order."""
+        out = []
+        for i, mask in enumerate(self.masks):
+            for idx in np.argwhere(mask):
+                out.append((i, tuple(int(k) * c for k, c in zip(idx, self.chip, strict=True))))
+        return out
+
+
+def hold_out(sources: Sequence[ChipSource], chip: tuple[int, ...], fraction: float,
+             rng: np.random.Generator) -> Holdout:
+    """Hold out ``fraction`` of all chip-sized grid cells (at least one), chosen by ``rng``.
+
+    Raises
+    ------
+    ConfigError
+        If the sources hold fewer than two cells (nothing would be left to train on).
+    """
+    grids = [grid_cells(s.spatial_shape, chip) for s in sources]
+    sizes = [math.prod(g) for g in grids]
+    total = sum(sizes)
+    if total < 2:
+        raise ConfigError(
+            f"the training data holds {total} chip(s) of {chip}: too few to hold out validation chips; "
+            "give validation data of its own (validation.pairs/synthetic) or a smaller model.chip"
+        )
+    count = min(total - 1, max(1, round(fraction * total)))
+    chosen = np.zeros(total, dtype=bool)
+    chosen[rng.choice(total, size=count, replace=False)] = True
+    masks, offset = [], 0
+    for grid, size in zip(grids, sizes, strict=True):
+        masks.append(chosen[offset : offset + size].reshape(grid))
+        offset += size
+    return Holdout(chip, tuple(masks))
+
+
+class ChipSampler:
+    """Random chip positions over several sources, avoiding held-out cells.
+
+    A source is picked with probability proportional to its pixel count, then a start position
+    uniformly (whole chip inside the source when it is large enough). Positions that touch a
+    held-out cell are redrawn; after ``tries`` misses a free grid cell is taken instead.
+    """
+
+    def __init__(self, sources: Sequence[ChipSource], chip: tuple[int, ...], holdout: Holdout | None = None,
+                 tries: int = 32):
+        if not sources:
+            raise ConfigError("no training data: the config's data section yields no source; add pairs or synthetic")
+        self.sources, self.chip, self.holdout, self.tries = list(sources), chip, holdout, tries
+        sizes = np.array([math.prod(s.spatial_shape) for s in self.sources], dtype=np.float64)
+        self.weights = sizes / sizes.sum()
+        free = [] if holdout is None else [(i, idx) for i, m in enumerate(holdout.masks) for idx in np.argwhere(~m)]
+        if holdout is not None and not free:
+            raise ConfigError("every training cell is held out for validation; lower validation.fraction")
+        self.free = free
+
+    def sample(self, rng: np.random.Generator) -> tuple[int, Start]:
+        """Draw ``(source index, start)`` from ``rng``."""
+        for _ in range(self.tries):
+            i = int(rng.choice(len(self.sources), p=self.weights))
+            shape = self.sources[i].spatial_shape
+            start = tuple(int(rng.integers(0, max(0, s - c) + 1)) for s, c in zip(shape, self.chip, strict=True))
+            if self.holdout is None or not self.holdout.overlaps(i, start):
+                return i, start
+        i, idx = self.free[int(rng.integers(len(self.free)))]
+        return i, tuple(int(k) * c for k, c in zip(idx, self.chip, strict=True))
+
+
+# --------------------------------------------------------------------------- sources as lazy scenes
+
+
+class _SourceArray:
+    """Array-like over a source for dask: ``[c, *spatial slices]`` reads one box (image or validity)."""
+
+    def __init__(self, source: ChipSource, part: str):
+        self.source, self.part = source, part
+        spatial = source.spatial_shape
+        self.shape = (source.num_bands, *spatial) if part == "image" else spatial
+        self.dtype = np.dtype(np.float32 if part == "image" else bool)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        spatial = key[-len(self.source.spatial_shape):]
+        start = tuple(int(k.start or 0) for k in spatial)
+        stop = tuple(int(s if k.stop is None else k.stop) for k, s in zip(spatial, self.source.spatial_shape,
+                                                                           strict=True))
+        chip = self.source.read(start, tuple(b - a for a, b in zip(start, stop, strict=True)))
+        if self.part == "image":
+            return chip.image[key[0]] if len(key) > len(spatial) else chip.image
+        return chip.valid
+
+
+def source_scene(source: ChipSource, chunk: int = 1024) -> Scene:
+    """A lazy :class:`~segflow.scene.Scene` over a source's image (read chunk by chunk)."""
+    dims = len(source.spatial_shape)
+    chunks = tuple(min(chunk, s) for s in source.spatial_shape)
+    data = da.from_array(_SourceArray(source, "image"), chunks=(source.num_bands, *chunks), asarray=True,
+                         lock=False, meta=np.empty((0,) * (dims + 1), dtype=np.float32))
+    mask = da.from_array(_SourceArray(source, "valid"), chunks=chunks, asarray=True, lock=False,
+                         meta=np.empty((0,) * dims, dtype=bool))
+    names = tuple(f"band{i + 1}" for i in range(source.num_bands))
+    return Scene(data=data, axes="CYX" if dims == 2 else "CZYX", band_names=names, mask=mask,
+                 source=source.description)

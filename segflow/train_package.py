@@ -1,0 +1,227 @@
+"""Write a trained network as a model package: ``model.yaml`` + ``model.safetensors`` + ``README.md``.
+
+The ``model.yaml`` follows :mod:`segflow.models.package` exactly (it is validated with
+``ModelSpec.model_validate`` before anything is written); the weights are the network's state
+dict saved with ``safetensors.torch.save_file``, loadable strictly into
+``build_architecture(architecture.name, spatial_dims, in_channels=len(input.bands),
+out_channels=len(classes), **architecture.args)``. The directory is built next to its target
+and renamed into place, so a reader never sees a half-written package.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from pydantic import ValidationError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import ConfigError, OutputError
+from .models.arch import build_architecture
+from .models.package import ModelSpec, Normalization
+from .train_config import TrainConfig
+from .train_eval import Metrics
+
+__all__ = [
+    "WEIGHTS",
+    "build_network",
+    "metrics_table",
+    "package_contract",
+    "plain",
+    "readme_text",
+    "validate_contract",
+    "write_package",
+]
+
+WEIGHTS = "model.safetensors"
+
+
+def plain(value: Any) -> Any:
+    """``value`` with tuples turned into lists, recursively (YAML- and JSON-friendly)."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def build_network(spec: ModelSpec, state: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
+    """The package's network, built from ``spec.architecture`` and loaded strictly with ``state``."""
+    assert spec.architecture is not None
+    module = build_architecture(spec.architecture.name, spatial_dims=spec.spatial_dims,
+                                in_channels=len(spec.input.bands), out_channels=spec.output_channels,
+                                **spec.architecture.args)
+    if state is not None:
+        module.load_state_dict(dict(state), strict=True)
+    return module.eval()
+
+
+def _tile(shape: Sequence[int]) -> int | list[int]:
+    return int(shape[0]) if len(set(shape)) == 1 else [int(s) for s in shape]
+
+
+def package_contract(config: TrainConfig, normalization: Normalization, description: str) -> dict[str, Any]:
+    """The ``model.yaml`` content of the trained model, as plain data (keys in file order)."""
+    model = config.model
+    norm: dict[str, Any] = {"mode": normalization.mode}
+    if normalization.mode == "meanstd":
+        norm.update(mean=normalization.mean, std=normalization.std)
+    elif normalization.mode == "scale":
+        norm.update(scale=normalization.scale, offset=normalization.offset)
+    raw: dict[str, Any] = {
+        "name": model.name,
+        "version": model.version,
+        "description": description,
+        "license": model.license,
+        "spatial_dims": model.spatial_dims,
+        "architecture": {"name": model.architecture.name, "args": model.architecture.args},
+        "weights": WEIGHTS,
+        "input": {
+            "bands": [{"name": b.name, "index": b.index} if b.index else {"name": b.name} for b in model.bands],
+            "normalization": norm,
+        },
+        "tile": _tile(model.tile_shape),
+        "overlap": model.overlap,
+        "output": {"activation": "softmax"},
+        "classes": [c.model_dump(exclude_none=True) for c in model.classes],
+        "pixel_size": model.pixel_size,
+    }
+    return plain({k: v for k, v in raw.items() if v is not None})
+
+
+def validate_contract(contract: Mapping[str, Any]) -> ModelSpec:
+    """``contract`` validated as a :class:`~segflow.models.package.ModelSpec`.
+
+    Raises
+    ------
+    ConfigError
+        If the contract does not validate (the message names the field).
+    """
+    try:
+        return ModelSpec.model_validate(dict(contract))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise ConfigError(f"the trained model's model.yaml would be invalid at {where}: {first['msg']}; "
+                          "fix the model section of the training config") from None
+
+
+def _check_target(target: Path) -> None:
+    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / "model.yaml").exists())):
+        raise OutputError(
+            f"refusing to replace {target}: it exists and is not a model package directory (no model.yaml); "
+            "choose another 'package' path or remove it"
+        )
+
+
+def write_package(directory: str | os.PathLike[str], contract: Mapping[str, Any],
+                  state: Mapping[str, torch.Tensor], readme: str) -> Path:
+    """Write (or replace) the package directory atomically and return its path.
+
+    ``contract`` is the ``model.yaml`` content (see :func:`package_contract`); it is validated,
+    and the weights are checked to load strictly into the network it describes, before the
+    directory is renamed into place.
+    """
+    target = Path(directory)
+    spec = validate_contract(contract)
+    _check_target(target)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging.mkdir()
+        save_file(tensors, str(staging / WEIGHTS), metadata={"format": "pt", "model": spec.name})
+        text = yaml.safe_dump(plain(dict(contract)), sort_keys=False, width=100, allow_unicode=True,
+                              default_flow_style=None)
+        (staging / "model.yaml").write_text(text, encoding="utf-8")
+        (staging / "README.md").write_text(readme, encoding="utf-8")
+        for item in staging.iterdir():
+            item.chmod(0o644)
+        ModelSpec.model_validate(yaml.safe_load((staging / "model.yaml").read_text(encoding="utf-8")))
+        build_network(spec, load_file(str(staging / WEIGHTS)))
+        _swap_in(staging, target)
+    except OSError as exc:
+        raise OutputError(f"cannot write model package {target}: {exc.strerror or exc}; check the path and "
+                          "free space") from None
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _swap_in(staging: Path, target: Path) -> None:
+    """Rename ``staging`` to ``target``, replacing an existing package directory."""
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+    os.replace(target, old)
+    try:
+        os.replace(staging, target)
+    except OSError:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- README
+
+
+def _fmt(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:.4f}"
+
+
+def metrics_table(metrics: Metrics, kinds: Sequence[str]) -> str:
+    """Markdown table: one row per class with IoU, Dice and (for things) object F1."""
+    rows = ["| class | kind | IoU | Dice | object F1 (IoU ≥ 0.5) |", "| --- | --- | --- | --- | --- |"]
+    for name, kind, iou, dice in zip(metrics.class_names, kinds, metrics.iou, metrics.dice, strict=True):
+        f1 = _fmt(metrics.object_f1[name]) if name in metrics.object_f1 else ""
+        rows.append(f"| {name} | {kind} | {_fmt(iou)} | {_fmt(dice)} | {f1} |")
+    rows.append(f"| **mean IoU** | | **{_fmt(metrics.mean_iou)}** | | |")
+    rows.append(f"| pixel accuracy | | {_fmt(metrics.pixel_accuracy)} | | |")
+    return "\n".join(rows)
+
+
+def readme_text(spec: ModelSpec, sections: Mapping[str, str]) -> str:
+    """The package README: contract, then the given sections (training data, training, quality...)."""
+    bands = ", ".join(f"{b.name} (band {b.index})" if b.index else b.name for b in spec.input.bands)
+    norm = spec.input.normalization
+    norm_text: str = norm.mode
+    if norm.mode == "meanstd" and norm.mean is not None and norm.std is not None:
+        norm_text += f" (mean {[round(m, 2) for m in norm.mean]}, std {[round(s, 2) for s in norm.std]})"
+    elif norm.mode == "scale":
+        norm_text += f" (x * {norm.scale} + {norm.offset})"
+    classes = "\n".join(
+        f"| {i} | {c.name} | {c.kind} | {list(c.color) if c.color else ''} |" for i, c in enumerate(spec.classes)
+    )
+    parts = [
+        f"# {spec.name} {spec.version}",
+        "",
+        spec.description,
+        "",
+        "## Contract",
+        "",
+        f"- spatial dims: {spec.spatial_dims} ({'Y, X' if spec.spatial_dims == 2 else 'Z, Y, X'})",
+        f"- architecture: `{spec.architecture.name if spec.architecture else '?'}` "
+        f"{plain(spec.architecture.args) if spec.architecture else ''}",
+        f"- input bands: {bands}",
+        f"- normalization: {norm_text}",
+        f"- tile {spec.tile_shape}, overlap {spec.overlap}, output {spec.output.activation}",
+        f"- weights: `{spec.weights}` (safetensors state dict)",
+        f"- license: {spec.license or 'not stated'}",
+        "",
+        "| value | class | kind | color |",
+        "| --- | --- | --- | --- |",
+        classes,
+    ]
+    for title, body in sections.items():
+        parts += ["", f"## {title}", "", body.rstrip()]
+    return "\n".join(parts) + "\n"
