@@ -39,12 +39,15 @@ def resolve_device(device: str) -> torch.device:
 
 
 class _Normalize(nn.Module):
+    """The package's normalisation as a torch module (same arithmetic as segflow.normalize)."""
+
     mean: torch.Tensor
     scale: torch.Tensor
 
     def __init__(self, spec: Normalization, channels: int, spatial_dims: int):
         super().__init__()
         shape = (1, channels) + (1,) * spatial_dims
+        self.low = self.high = None
         if spec.mode == "meanstd":
             assert spec.mean is not None and spec.std is not None
             mean = torch.tensor(spec.mean, dtype=torch.float32).reshape(shape)
@@ -52,6 +55,11 @@ class _Normalize(nn.Module):
         elif spec.mode == "scale":
             mean = torch.full(shape, -spec.offset / spec.scale if spec.scale else 0.0)
             scale = torch.full(shape, spec.scale)
+        elif spec.mode == "ct_window":
+            assert spec.center is not None and spec.width is not None
+            self.low, self.high = spec.center - spec.width / 2, spec.center + spec.width / 2
+            mean = torch.full(shape, self.low)
+            scale = torch.full(shape, 1.0 / spec.width)
         else:
             mean = torch.zeros(shape)
             scale = torch.ones(shape)
@@ -59,6 +67,8 @@ class _Normalize(nn.Module):
         self.register_buffer("scale", scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.low is not None:
+            x = x.clamp(self.low, self.high)
         return (x - self.mean) * self.scale
 
 

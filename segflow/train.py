@@ -37,6 +37,7 @@ from .errors import ConfigError, InputError, OutputError
 from .losses import build_loss
 from .models.arch import build_architecture
 from .models.package import Normalization
+from .normalize import normalize_array
 from .predict import resolve_device
 from .train_config import TrainConfig
 from .train_eval import Metrics, MetricsAccumulator, evaluate_chips, evaluate_sliding_window
@@ -148,18 +149,6 @@ class TrainResult:
 # --------------------------------------------------------------------------- data
 
 
-def _apply_normalization(image: np.ndarray, norm: Normalization) -> np.ndarray:
-    """Normalise ``(C, *spatial)`` as :class:`segflow.predict.Predictor` does."""
-    shape = (image.shape[0],) + (1,) * (image.ndim - 1)
-    if norm.mode == "meanstd":
-        assert norm.mean is not None and norm.std is not None
-        mean = np.asarray(norm.mean, dtype=np.float32).reshape(shape)
-        return (image - mean) * (1.0 / np.asarray(norm.std, dtype=np.float32).reshape(shape))
-    if norm.mode == "scale":
-        return image * np.float32(norm.scale) + np.float32(norm.offset)
-    return image.astype(np.float32, copy=False)
-
-
 @dataclass
 class _Data:
     """Training sources, sampler, normalisation and the pre-read validation chips."""
@@ -179,7 +168,7 @@ class _Data:
         rng = np.random.default_rng([self.config.seed, 1, epoch, index])
         source, start = self.sampler.sample(rng)
         chip = self.sources[source].read(start, self.config.model.chip_shape)
-        image = np.where(chip.valid, _apply_normalization(chip.image, self.normalization), np.float32(0))
+        image = np.where(chip.valid, normalize_array(chip.image, self.normalization), np.float32(0))
         return augment(image, chip.labels, rng, self.augment)
 
     def batch(self, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,6 +210,8 @@ def _configured_normalization(config: TrainConfig) -> Normalization | None:
         return Normalization(mode="meanstd", mean=norm.mean, std=norm.std)
     if norm.mode == "scale":
         return Normalization(mode="scale", scale=norm.scale, offset=norm.offset)
+    if norm.mode == "ct_window":
+        return Normalization(mode="ct_window", center=norm.center, width=norm.width)
     return Normalization(mode="none")
 
 
@@ -262,7 +253,7 @@ def _prepare_data(config: TrainConfig, normalization: Normalization | None) -> _
         images, labels = [], []
         for i, start in cells:
             chip = val_sources[i].read(start, config.model.chip_shape)
-            images.append(np.where(chip.valid, _apply_normalization(chip.image, norm), np.float32(0)))
+            images.append(np.where(chip.valid, normalize_array(chip.image, norm), np.float32(0)))
             labels.append(chip.labels)
     except BaseException:
         for source in [*sources, *val_sources]:

@@ -96,18 +96,23 @@ class BandConfig(_Strict):
 
 
 class NormalizationConfig(_Strict):
-    """``meanstd`` (mean/std computed from training chips when omitted), ``scale`` or ``none``."""
+    """``meanstd`` (mean/std computed from training chips when omitted), ``scale``,
+    ``ct_window`` (``center`` and ``width`` in HU) or ``none``."""
 
-    mode: Literal["meanstd", "scale", "none"] = "meanstd"
+    mode: Literal["meanstd", "scale", "ct_window", "none"] = "meanstd"
     mean: list[float] | None = None
     std: list[float] | None = None
     scale: float = 1.0
     offset: float = 0.0
+    center: float | None = None
+    width: float | None = None
 
     @model_validator(mode="after")
     def _check(self) -> NormalizationConfig:
         if (self.mean is None) != (self.std is None):
             raise ValueError("give both mean and std, or neither (then they are computed from training chips)")
+        if self.mode == "ct_window" and (self.center is None or self.width is None or self.width <= 0):
+            raise ValueError("mode ct_window needs 'center' and a positive 'width' in HU, e.g. center: 40, width: 400")
         if self.std is not None and any(not s > 0 for s in self.std):
             raise ValueError(f"std values must be > 0, got {self.std}")
         return self

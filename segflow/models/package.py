@@ -62,11 +62,21 @@ class BandSpec(_Strict):
 
 
 class Normalization(_Strict):
-    mode: Literal["none", "scale", "meanstd"] = "none"
+    """How raw pixel values become network inputs.
+
+    ``none``: as they are; ``scale``: ``x * scale + offset``; ``meanstd``: ``(x - mean) / std``
+    per band; ``ct_window``: a CT intensity window in Hounsfield units, ``clip(x, center -
+    width/2, center + width/2)`` mapped linearly to ``[0, 1]`` (e.g. soft tissue: center 40,
+    width 400).
+    """
+
+    mode: Literal["none", "scale", "meanstd", "ct_window"] = "none"
     scale: float = 1.0
     offset: float = 0.0
     mean: list[float] | None = None
     std: list[float] | None = None
+    center: float | None = None
+    width: float | None = None
 
     @model_validator(mode="after")
     def _check(self) -> Normalization:
@@ -77,6 +87,11 @@ class Normalization(_Strict):
                 raise ValueError(f"mean has {len(self.mean)} values but std has {len(self.std)}")
             if any(s <= 0 for s in self.std):
                 raise ValueError(f"std values must be > 0, got {self.std}")
+        if self.mode == "ct_window":
+            if self.center is None or self.width is None:
+                raise ValueError("mode ct_window needs 'center' and 'width' in HU, e.g. center: 40, width: 400")
+            if self.width <= 0:
+                raise ValueError(f"ct_window width must be > 0 HU, got {self.width}")
         return self
 
 

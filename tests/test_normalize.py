@@ -1,0 +1,44 @@
+"""Normalisation: the predictor (torch, on the device) and training (numpy) do the same arithmetic."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from segflow.models.package import Normalization
+from segflow.normalize import normalize_array
+from segflow.predict import _Normalize
+
+MODES = [
+    Normalization(mode="none"),
+    Normalization(mode="scale", scale=0.0001, offset=-0.5),
+    Normalization(mode="meanstd", mean=[100.0, -20.0], std=[50.0, 4.0]),
+    Normalization(mode="ct_window", center=40.0, width=400.0),
+]
+
+
+@pytest.mark.parametrize("norm", MODES, ids=lambda n: n.mode)
+@pytest.mark.parametrize("spatial", [(5, 6), (3, 4, 5)])
+def test_predictor_and_training_normalise_alike(norm: Normalization, spatial: tuple[int, ...]) -> None:
+    x = np.random.default_rng(0).uniform(-1200, 3000, size=(2, *spatial)).astype(np.float32)
+    ours = normalize_array(x, norm)
+    theirs = _Normalize(norm, 2, len(spatial))(torch.from_numpy(x)[None])[0].numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
+
+
+def test_ct_window_maps_the_window_to_unit_range() -> None:
+    norm = Normalization(mode="ct_window", center=40.0, width=400.0)
+    hu = np.array([[[-1000.0, -160.0, 40.0, 240.0, 3000.0]]], dtype=np.float32)
+    np.testing.assert_allclose(normalize_array(hu, norm), [[[0.0, 0.0, 0.5, 1.0, 1.0]]], atol=1e-6)
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"mode": "ct_window", "center": 40.0}, "needs 'center' and 'width'"),
+    ({"mode": "ct_window", "center": 40.0, "width": 0.0}, "width must be > 0"),
+    ({"mode": "meanstd", "mean": [1.0]}, "needs both 'mean' and 'std'"),
+])
+def test_bad_normalisation_is_refused(fields: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Normalization(**fields)
