@@ -87,13 +87,21 @@ def _window_input(data: np.ndarray, valid: np.ndarray | None, region: Box, box: 
     return x, v
 
 
-def _argmax_labels(acc: torch.Tensor, valid: np.ndarray, rows: int = 512) -> np.ndarray:
-    """uint8 arg-max over classes, a slab of rows at a time, nodata where not valid."""
-    labels = np.empty(acc.shape[1:], dtype=np.uint8)
-    for r in range(0, acc.shape[1], rows):
-        labels[r : r + rows] = acc[:, r : r + rows].argmax(dim=0).to(torch.uint8).cpu().numpy()
-    labels[~valid] = LABEL_NODATA
-    return labels
+def _argmax_labels(acc: torch.Tensor, valid: np.ndarray) -> np.ndarray:
+    """uint8 arg-max over classes (the first class wins ties), nodata where not valid.
+
+    One elementwise pass per class: much faster on the CPU than ``argmax(dim=0)`` over a
+    large class-first array, with the same result.
+    """
+    best = acc[0].clone()
+    labels = torch.zeros(acc.shape[1:], dtype=torch.uint8, device=acc.device)
+    for k in range(1, acc.shape[0]):
+        better = acc[k] > best
+        best = torch.where(better, acc[k], best)
+        labels.masked_fill_(better, k)
+    out = labels.cpu().numpy()
+    out[~valid] = LABEL_NODATA
+    return out
 
 
 class _Engine:
