@@ -163,7 +163,7 @@ def test_labels_are_the_first_maximum_like_argmax() -> None:
     from segflow.stitch import LABEL_NODATA, _argmax_labels
 
     scores = torch.rand(5, 60, 40, generator=torch.Generator().manual_seed(0))
-    scores[3, :10] = scores[1, :10] = scores[:, :10].max(0).values  # exact ties: the first class wins
+    scores[3, :10] = scores[1, :10] = scores[:, :10].max(0).values + 1  # exact ties: the first class wins
     valid = np.ones((60, 40), dtype=bool)
     valid[5, 7] = False
     expected = scores.argmax(0).numpy().astype(np.uint8)
