@@ -64,12 +64,34 @@ def test_a_network_that_cannot_be_traced_runs_as_it_is() -> None:
             out = torch.stack([x[:, 0], -x[:, 0], x[:, 1]], dim=1)
             return out if float(x.mean()) > 0 else -out  # traced, this branch would be frozen
 
+    net = DataDependent()
     spec = make_spec(tile=8)
-    predictor = Predictor(DataDependent(), spec, device="cpu")
-    a = predictor(np.ones((1, 3, 8, 8), dtype=np.float32))
-    b = predictor(-np.ones((1, 3, 8, 8), dtype=np.float32))
-    assert a.shape == b.shape == (1, 3, 8, 8)
-    assert not np.allclose(a, b)
+    predictor = Predictor(net, spec, device="cpu", batch_size=1)  # the branch looks at the whole batch
+    x = np.stack([np.ones((3, 8, 8)), -np.ones((3, 8, 8))]).astype(np.float32)
+    got = predictor(x)
+    assert predictor.module is net
+    with torch.inference_mode():
+        expected = torch.cat([torch.softmax(net(t[None] * 0.001), dim=1) for t in torch.from_numpy(x)]).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+def test_an_optimised_network_that_disagrees_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Wrong(nn.Module):
+        def __init__(self, inner: torch.jit.ScriptModule):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.inner(x) + 1.0
+
+    monkeypatch.setattr(torch.jit, "optimize_for_inference", lambda m: Wrong(m))
+    net = RandomConvNet(3, 3, seed=4).eval()
+    spec = make_spec(tile=32)
+    x = windows(4)
+    plain = Predictor(net, spec, device="cpu", optimize=False)(x)
+    predictor = Predictor(net, spec, device="cpu", batch_size=4)
+    np.testing.assert_allclose(predictor(x), plain, rtol=1e-5, atol=1e-6)
+    assert predictor.module is net
 
 
 def test_invalid_pixels_are_zeroed_before_the_network() -> None:
