@@ -12,7 +12,9 @@ from pathlib import Path
 
 import dask.array as da
 
-from .errors import ConfigError, InputError, ModelError
+from . import georef
+from .errors import ConfigError, ModelError
+from .georef import PixelGrid
 from .models.package import ModelSpec
 from .scene import Scene
 
@@ -88,27 +90,12 @@ def resolve_bands(spec: ModelSpec, scene: Scene, overrides: Mapping[str, int] | 
     return chosen
 
 
-def check_same_grid(first: Scene, other: Scene) -> None:
-    """Refuse rasters that are not on one grid (shape, CRS, transform)."""
-    fix = "resample one onto the other's grid (e.g. gdalwarp -t_srs/-tr/-te) before running"
-    if first.spatial_shape != other.spatial_shape:
-        raise InputError(f"{other.source} is {other.spatial_shape} pixels but {first.source} is "
-                         f"{first.spatial_shape}; {fix}")
-    if (first.crs is None) != (other.crs is None) or (first.crs and other.crs and
-                                                     _crs_differs(first.crs, other.crs)):
-        raise InputError(f"{other.source} has a different CRS from {first.source}; {fix}")
-    if first.transform is not None and other.transform is not None:
-        if any(abs(a - b) > 1e-9 * max(1.0, abs(a)) for a, b in zip(first.transform, other.transform, strict=True)):
-            raise InputError(f"{other.source} has transform {other.transform} but {first.source} has "
-                             f"{first.transform}; {fix}")
-    elif (first.transform is None) != (other.transform is None):
-        raise InputError(f"only one of {first.source} and {other.source} is georeferenced; {fix}")
-
-
-def _crs_differs(a: str, b: str) -> bool:
-    from rasterio.crs import CRS
-
-    return CRS.from_wkt(a) != CRS.from_wkt(b)
+def check_same_grid(first: Scene, other: Scene, names: tuple[str, str] = ("first raster", "other raster")
+                    ) -> None:
+    """Refuse rasters that are not on one grid (shape, CRS, transform), naming every difference."""
+    georef.check_same_grid(PixelGrid.of(first.spatial_shape, first.crs, first.transform),
+                           PixelGrid.of(other.spatial_shape, other.crs, other.transform),
+                           names=names, paths=(Path(first.source), Path(other.source)))
 
 
 def assemble_scene(spec: ModelSpec, scenes: Mapping[str, Scene], overrides: Mapping[str, int] | None = None) -> Scene:
@@ -127,7 +114,7 @@ def assemble_scene(spec: ModelSpec, scenes: Mapping[str, Scene], overrides: Mapp
                           f" (give each with --input NAME=PATH, the first as --input PATH)")
     first = scenes[spec.sources[0]]
     for source in spec.sources[1:]:
-        check_same_grid(first, scenes[source])
+        check_same_grid(first, scenes[source], names=(f"input {spec.sources[0]!r}", f"input {source!r}"))
     if len(spec.sources) == 1:
         return first.select_bands(resolve_bands(spec, first, overrides, spec.sources[0]))
     selected = {s: scenes[s].select_bands(resolve_bands(spec, scenes[s], overrides, s)) for s in spec.sources}

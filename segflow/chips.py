@@ -33,8 +33,9 @@ from rasterio.transform import Affine
 from rasterio.warp import transform_geom
 from rasterio.windows import Window
 
-from . import synthetic, synthetic_volume
+from . import georef, synthetic, synthetic_volume
 from .errors import ConfigError, InputError
+from .georef import PixelGrid
 from .scene import Scene
 from .train_config import IGNORE_INDEX, DataConfig, ModelConfig
 
@@ -267,21 +268,9 @@ class RasterPairSource(ChipSource):
 
 def _check_same_grid(image: dict[str, Any], labels: dict[str, Any], image_path: Path, labels_path: Path) -> None:
     """Raise InputError unless both rasters have the same shape, CRS and transform."""
-    if (image["height"], image["width"]) != (labels["height"], labels["width"]):
-        raise InputError(
-            f"label raster {labels_path} is {labels['width']}x{labels['height']} px but image {image_path} is "
-            f"{image['width']}x{image['height']} px: expected the same grid; resample the labels onto the image grid"
-        )
-    if image["crs"] != labels["crs"]:
-        raise InputError(
-            f"label raster {labels_path} has CRS {labels['crs']} but image {image_path} has {image['crs']}: expected "
-            "the same CRS; reproject the labels onto the image grid (gdalwarp -tr/-te/-t_srs)"
-        )
-    if not image["transform"].almost_equals(labels["transform"]):
-        raise InputError(
-            f"label raster {labels_path} has transform {tuple(labels['transform'])[:6]} but image {image_path} has "
-            f"{tuple(image['transform'])[:6]}: expected the same pixel grid; resample the labels onto the image grid"
-        )
+    georef.check_same_grid(PixelGrid.of((image["height"], image["width"]), image["crs"], image["transform"]),
+                           PixelGrid.of((labels["height"], labels["width"]), labels["crs"], labels["transform"]),
+                           names=("image", "label raster"), paths=(image_path, labels_path))
 
 
 def _crs_of(value: object, what: str) -> CRS:

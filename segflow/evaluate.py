@@ -31,7 +31,9 @@ from rasterio.errors import CRSError, RasterioError
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
+from . import georef
 from .errors import ConfigError, InputError, OutputError
+from .georef import PixelGrid
 from .metrics import ConfusionMatrix
 
 __all__ = ["ClassScore", "EvalReport", "LabelRaster", "evaluate", "open_labels"]
@@ -200,56 +202,11 @@ def open_labels(path: str | os.PathLike[str], what: str = "prediction") -> Label
 # --------------------------------------------------------------------------- grid check
 
 
-def _crs_text(crs: CRS | None) -> str:
-    if crs is None:
-        return "none"
-    text = crs.to_string()
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _transform_text(t: Affine | None) -> str:
-    if t is None:
-        return "none"
-    return f"({t.a:g}, {t.b:g}, {t.c:.10g}, {t.d:g}, {t.e:g}, {t.f:.10g})"
-
-
-def _same_transform(a: Affine | None, b: Affine | None) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    pixel = max(abs(a.a), abs(a.e), abs(b.a), abs(b.e), 1e-12)
-    close_scale = all(math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12) for x, y in
-                      ((a.a, b.a), (a.b, b.b), (a.d, b.d), (a.e, b.e)))
-    close_origin = abs(a.c - b.c) <= 1e-6 * pixel and abs(a.f - b.f) <= 1e-6 * pixel
-    return close_scale and close_origin
-
-
-def _warp_hint(pred: LabelRaster, truth: LabelRaster) -> str:
-    t, (rows, cols) = pred.transform, pred.shape
-    if t is None or t.b != 0 or t.d != 0:
-        return "resample the truth onto the prediction grid (gdalwarp -tr/-te) or predict on the truth's grid"
-    xs, ys = (t.c, t.c + cols * t.a), (t.f, t.f + rows * t.e)
-    srs = f"-t_srs {pred.crs.to_string()} " if pred.crs is not None else ""
-    return (f"resample the truth onto the prediction grid: gdalwarp {srs}-te {min(xs):.10g} {min(ys):.10g} "
-            f"{max(xs):.10g} {max(ys):.10g} -tr {abs(t.a):g} {abs(t.e):g} -r near {truth.path} "
-            f"{truth.path.with_name(truth.path.stem + '_on_grid.tif')}")
-
-
 def check_same_grid(pred: LabelRaster, truth: LabelRaster) -> None:
     """Refuse with one :class:`InputError` line naming every grid property that differs."""
-    diffs = []
-    if pred.crs != truth.crs:
-        diffs.append(f"different CRS (prediction {_crs_text(pred.crs)}, truth {_crs_text(truth.crs)})")
-    if pred.shape != truth.shape:
-        diffs.append(f"different shape (prediction {pred.shape[0]}x{pred.shape[1]}, "
-                     f"truth {truth.shape[0]}x{truth.shape[1]} rows x cols)")
-    if not _same_transform(pred.transform, truth.transform):
-        diffs.append(f"different transform (prediction {_transform_text(pred.transform)}, "
-                     f"truth {_transform_text(truth.transform)})")
-    if diffs:
-        raise InputError(
-            f"prediction {pred.path} and truth {truth.path} are not on the same grid: {'; '.join(diffs)}; "
-            f"{_warp_hint(pred, truth)}"
-        )
+    georef.check_same_grid(PixelGrid(pred.shape, pred.crs, pred.transform),
+                           PixelGrid(truth.shape, truth.crs, truth.transform),
+                           names=("prediction", "truth"), paths=(pred.path, truth.path))
 
 
 # --------------------------------------------------------------------------- report
