@@ -93,8 +93,8 @@ def resolve_bands(spec: ModelSpec, scene: Scene, overrides: Mapping[str, int] | 
 def check_same_grid(first: Scene, other: Scene, names: tuple[str, str] = ("first raster", "other raster")
                     ) -> None:
     """Refuse rasters that are not on one grid (shape, CRS, transform), naming every difference."""
-    georef.check_same_grid(PixelGrid.of(first.spatial_shape, first.crs, first.transform),
-                           PixelGrid.of(other.spatial_shape, other.crs, other.transform),
+    georef.check_same_grid(PixelGrid.of(first.spatial_shape, first.crs or first.gcp_crs, first.transform, first.gcps),
+                           PixelGrid.of(other.spatial_shape, other.crs or other.gcp_crs, other.transform, other.gcps),
                            names=names, paths=(Path(first.source), Path(other.source)))
 
 
@@ -131,5 +131,5 @@ def assemble_scene(spec: ModelSpec, scenes: Mapping[str, Scene], overrides: Mapp
         if v is not None:
             valid = v if valid is None else valid & v
     return Scene(data=da.concatenate(parts, axis=0), axes=first.axes, band_names=tuple(names), crs=first.crs,
-                 transform=first.transform, nodata=None, mask=valid,
-                 source=" + ".join(scenes[s].source for s in spec.sources), meta=first.meta)
+                 transform=first.transform, nodata=None, mask=valid, gcps=first.gcps, gcp_crs=first.gcp_crs,
+                 rpcs=first.rpcs, source=" + ".join(scenes[s].source for s in spec.sources), meta=first.meta)

@@ -23,15 +23,20 @@ __all__ = ["PixelGrid", "check_same_grid", "grid_differences", "same_transform",
 
 @dataclass(frozen=True)
 class PixelGrid:
-    """Where a raster's pixels lie: spatial ``shape`` (``(rows, cols)`` in 2D), CRS and 2D affine (None if absent)."""
+    """Where a raster's pixels lie: spatial ``shape`` (``(rows, cols)`` in 2D), CRS and 2D affine (None if absent).
+
+    A raster georeferenced by ground control points instead of a transform has its ``gcps``
+    ``(row, col, x, y, z)`` here.
+    """
 
     shape: tuple[int, ...]
     crs: CRS | None
     transform: Affine | None
+    gcps: tuple[tuple[float, ...], ...] = ()
 
     @classmethod
-    def of(cls, shape: Sequence[int], crs: CRS | str | None, transform: Affine | Sequence[float] | None
-           ) -> PixelGrid:
+    def of(cls, shape: Sequence[int], crs: CRS | str | None, transform: Affine | Sequence[float] | None,
+           gcps: Sequence[Sequence[float]] = ()) -> PixelGrid:
         """Build from a CRS as a rasterio CRS, WKT or ``EPSG:n``, and a transform as an Affine or 6 numbers."""
         if isinstance(crs, str):
             try:
@@ -40,7 +45,8 @@ class PixelGrid:
                 raise InputError(f"CRS {crs[:60]!r} is not understood") from None
         if transform is not None and not isinstance(transform, Affine):
             transform = Affine(*list(transform)[:6])
-        return cls(tuple(int(s) for s in shape), crs or None, transform)
+        return cls(tuple(int(s) for s in shape), crs or None, transform,
+                   tuple(tuple(float(v) for v in g) for g in gcps))
 
 
 def same_transform(a: Affine | None, b: Affine | None) -> bool:
@@ -85,6 +91,8 @@ def grid_differences(reference: PixelGrid, other: PixelGrid, names: tuple[str, s
     if not same_transform(reference.transform, other.transform):
         diffs.append(f"different transform ({first} {_transform_text(reference.transform)}, "
                      f"{second} {_transform_text(other.transform)})")
+    if reference.gcps != other.gcps:
+        diffs.append(f"different ground control points ({first} {len(reference.gcps)}, {second} {len(other.gcps)})")
     return diffs
 
 

@@ -137,7 +137,9 @@ class Predictor:
                     module, x[:1], check_trace=False)
             if any(issubclass(w.category, torch.jit.TracerWarning) for w in caught):
                 return self._run(module, x)  # the trace froze a data-dependent branch or value
-            fast = torch.jit.optimize_for_inference(torch.jit.freeze(scripted.eval()))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # torch points to torch.compile
+                fast = torch.jit.optimize_for_inference(torch.jit.freeze(scripted.eval()))
             out = fast(x)
             last = len(x) - 1
             same = torch.allclose(out[last:].float(), module(x[last:]).float(), rtol=1e-4, atol=1e-4)

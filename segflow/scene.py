@@ -37,6 +37,13 @@ class Scene:
     mask:
         Optional lazy boolean array over the spatial axes from the source's own mask (an
         internal mask band or alpha): False where masked. None when the source has none.
+    gcps:
+        Ground control points ``(row, col, x, y, z)`` of a raster georeferenced by GCPs
+        instead of a transform (e.g. Sentinel-1 GRD), in ``gcp_crs`` (WKT); empty when none.
+    rpcs:
+        Rational polynomial camera model as GDAL's ``RPC`` metadata strings (e.g. a Level-1
+        optical scene), or None. GCPs and RPCs are carried to the outputs so that a mask can
+        be orthorectified the same way as its scene.
     source:
         Where the pixels come from (a path), for messages and provenance.
     meta:
@@ -50,6 +57,9 @@ class Scene:
     transform: tuple[float, ...] | None = None
     nodata: float | None = None
     mask: da.Array | None = None
+    gcps: tuple[tuple[float, float, float, float, float], ...] = ()
+    gcp_crs: str | None = None
+    rpcs: dict[str, str] | None = None
     source: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
 

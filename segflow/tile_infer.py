@@ -181,14 +181,19 @@ def _tile_infer(input_path: InputPaths, output_dir: str | os.PathLike[str],
                           amp=params.amp)
     stats = BlendStats()
     with Staging(output_dir) as staging:
-        attrs = {"crs": scene.crs, "transform": list(scene.transform) if scene.transform else None,
-                 "source": str(input_path), "model": spec.name}
+        attrs: dict[str, Any] = {"crs": scene.crs, "transform": list(scene.transform) if scene.transform else None,
+                                 "source": str(input_path), "model": spec.name}
+        if scene.gcps:
+            attrs.update(gcps=[list(g) for g in scene.gcps], gcp_crs=scene.gcp_crs)
+        if scene.rpcs:
+            attrs["rpcs"] = dict(scene.rpcs)
         store = MaskStore(staging.path / "mask.zarr", scene.spatial_shape, chunks.chunk, spec.class_names,
                           save_scores=params.save_scores, attrs=attrs)
         height, width = scene.spatial_shape
         raster = LabelRasterWriter(staging.path / "labels.tif", width=width, height=height, crs=scene.crs,
                                    transform=scene.transform, nodata=LABEL_NODATA, class_names=spec.class_names,
-                                   colors=[c.color for c in spec.classes])
+                                   colors=[c.color for c in spec.classes], gcps=scene.gcps,
+                                   gcp_crs=scene.gcp_crs, rpcs=scene.rpcs)
         writer = _Writer(store, raster, params.save_scores)
         try:
             weights = blend_weights(grid.tile, params.blend)

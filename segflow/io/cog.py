@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import rasterio
+from rasterio.control import GroundControlPoint
+from rasterio.crs import CRS
+from rasterio.rpc import RPC
 from rasterio.shutil import copy as gdal_copy
 from rasterio.transform import Affine
 from rasterio.windows import Window
@@ -20,12 +23,16 @@ __all__ = ["LabelRasterWriter"]
 class LabelRasterWriter:
     """Write uint8 labels by windows on the exact grid of the input, then publish as COG.
 
-    ``crs`` is WKT (or None) and ``transform`` the 6 affine coefficients of the input.
+    ``crs`` is WKT (or None) and ``transform`` the 6 affine coefficients of the input. A
+    scene georeferenced by ground control points (``gcps`` ``(row, col, x, y, z)`` in
+    ``gcp_crs``) or by an RPC camera model (``rpcs``, GDAL metadata strings) gets the same.
     """
 
     def __init__(self, path: Path, *, width: int, height: int, crs: str | None,
                  transform: Sequence[float] | None, nodata: int, class_names: Sequence[str],
-                 colors: Sequence[tuple[int, int, int] | None] | None = None):
+                 colors: Sequence[tuple[int, int, int] | None] | None = None,
+                 gcps: Sequence[Sequence[float]] = (), gcp_crs: str | None = None,
+                 rpcs: Mapping[str, str] | None = None):
         self.path = path
         self.raw = path.with_name(path.stem + ".raw.tif")
         profile: dict[str, Any] = {
@@ -38,6 +45,11 @@ class LabelRasterWriter:
         if transform is not None:
             profile["transform"] = Affine(*transform[:6])
         self.dataset = rasterio.open(self.raw, "w", **profile)
+        if gcps and transform is None:
+            points = [GroundControlPoint(row=g[0], col=g[1], x=g[2], y=g[3], z=g[4]) for g in gcps]
+            self.dataset.gcps = (points, CRS.from_wkt(gcp_crs) if gcp_crs else None)
+        if rpcs:
+            self.dataset.rpcs = RPC.from_gdal(dict(rpcs))
         self.dataset.set_band_description(1, "labels")
         self.dataset.update_tags(class_names=",".join(class_names))
         self.dataset.update_tags(1, **{f"class_{i}": n for i, n in enumerate(class_names)})

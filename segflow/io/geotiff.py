@@ -135,6 +135,9 @@ def open_geotiff(path: str | os.PathLike[str], *, chunk: int = 1024) -> Scene:
         )
         crs = ds.crs.to_wkt() if ds.crs else None
         transform = tuple(ds.transform)[:6] if not ds.transform.is_identity else None
+        points, gcp_crs = ds.gcps
+        gcps = tuple((g.row, g.col, g.x, g.y, g.z or 0.0) for g in points)
+        rpcs = {k: str(v) for k, v in ds.rpcs.to_gdal().items()} if ds.rpcs else None
         meta = {
             "driver": ds.driver,
             "dtype": str(dtype),
@@ -153,4 +156,5 @@ def open_geotiff(path: str | os.PathLike[str], *, chunk: int = 1024) -> Scene:
             mask = da.from_array(mreader, chunks=(ch, cw), lock=False, asarray=True,
                                  meta=np.empty((0, 0), dtype=bool), name=f"mask-{p.name}-{os.stat(p).st_mtime_ns}")
         return Scene(data=data, axes="CYX", band_names=names, crs=crs, transform=transform,
-                     nodata=ds.nodata, mask=mask, source=str(p), meta=meta)
+                     nodata=ds.nodata, mask=mask, gcps=gcps, gcp_crs=gcp_crs.to_wkt() if gcps and gcp_crs else None,
+                     rpcs=rpcs, source=str(p), meta=meta)
