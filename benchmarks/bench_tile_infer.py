@@ -144,7 +144,7 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=16384)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--results", type=Path, default=None)
-    parser.add_argument("--repeats", type=int, default=2, help="repeats of the small-scene measurements")
+    parser.add_argument("--repeats", type=int, default=5, help="repeats of the small-scene measurements")
     args = parser.parse_args()
     WORK.mkdir(exist_ok=True)
     pkg = make_package(WORK / "unet-pkg")
