@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -177,6 +178,9 @@ _register()
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the CLI, turning every error into one line on stderr and an exit code."""
+    # A raster without georeferencing is valid input (its outputs keep pixel coordinates);
+    # rasterio's warning about it would only add noise lines to the CLI's output.
+    warnings.filterwarnings("ignore", message="Dataset has no geotransform")
     try:
         cli.main(args=argv, prog_name="segflow", standalone_mode=False)
     except SegflowError as exc:

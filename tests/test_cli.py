@@ -79,6 +79,24 @@ def test_bad_inputs_get_one_line_and_nonzero_exit(scene: Path, tmp_path: Path) -
                           "cannot create output directory")
 
 
+def test_complex_samples_are_refused_with_the_conversion_command(tmp_path: Path) -> None:
+    slc = write_geotiff(tmp_path / "slc.tif", (random_image((2, 40, 40)) * (1 + 1j)).astype("complex64"))
+    assert_one_line_error(segflow("run", "tile-infer", "-i", slc, "-o", tmp_path / "o"), 2,
+                          "holds complex64 samples", "gdal_calc.py -A", "numpy.absolute(A)")
+    assert not (tmp_path / "o" / "labels.tif").exists()
+
+
+def test_an_ungeoreferenced_raster_runs_without_noise(tmp_path: Path) -> None:
+    png = tmp_path / "photo.png"
+    with rasterio.open(png, "w", driver="PNG", width=70, height=50, count=3, dtype="uint8") as dst:
+        dst.write(random_image((3, 50, 70), dtype="uint8"))
+    pkg = make_ts_package(tmp_path / "pkg", bands=3, classes=2, tile=32)
+    proc = segflow("run", "tile-infer", "-i", png, "-o", tmp_path / "o", "-m", pkg, "-q")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    with rasterio.open(tmp_path / "o" / "labels.tif") as ds:
+        assert (ds.width, ds.height) == (70, 50) and ds.crs is None
+
+
 def test_model_whose_bands_do_not_fit_the_scene(tmp_path: Path) -> None:
     pkg = make_ts_package(tmp_path / "pkg", bands=3, classes=2, tile=32)
     one_band = write_geotiff(tmp_path / "one.tif", random_image((1, 40, 40)))

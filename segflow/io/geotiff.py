@@ -125,6 +125,11 @@ def open_geotiff(path: str | os.PathLike[str], *, chunk: int = 1024) -> Scene:
             raise InputError(f"{p} has no pixels ({ds.count} bands, {ds.width}x{ds.height})")
         if len(set(ds.dtypes)) != 1:
             raise InputError(f"{p} mixes band data types {sorted(set(ds.dtypes))}; convert it to one type")
+        if np.issubdtype(np.dtype(ds.dtypes[0]), np.complexfloating):
+            raise InputError(
+                f"{p} holds {ds.dtypes[0]} samples (complex, e.g. SAR single-look complex); models take real bands: "
+                f"compute amplitude first, e.g. gdal_calc.py -A {p} --allBands=A --calc='numpy.absolute(A)' "
+                f"--type=Float32 --outfile={p.with_name(p.stem + '_amplitude.tif')}")
         _check_end_blocks(ds, str(p))
         dtype = np.dtype(ds.dtypes[0])
         names = tuple(
