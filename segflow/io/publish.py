@@ -1,20 +1,26 @@
 """Atomic publication of outputs: build everything in a staging folder, then rename into place.
 
 A failed run leaves the output folder as it was: earlier good outputs are never damaged and
-nothing half-written appears under the final names.
+nothing half-written appears under the final names. A run killed outright (out of memory,
+SIGKILL, power loss) cannot clean up after itself; the next run into the same folder removes
+what it left — staging folders whose owning process is gone — and puts back an earlier
+output that was moved aside when the kill came between the two renames that replace it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
+import time
 import uuid
 from pathlib import Path
 from types import TracebackType
 
 from ..errors import OutputError
 
-__all__ = ["Staging"]
+__all__ = ["Staging", "remove_orphans"]
 
 
 def _prepare(output: Path) -> None:
@@ -28,15 +34,81 @@ def _prepare(output: Path) -> None:
         ) from None
 
 
+STAGING_PREFIX = ".segflow-staging-"
+OLD_PREFIX = ".segflow-old-"
+OWNER = "owner.json"
+ORPHAN_AGE_S = 24 * 3600  # a staging folder without an owner record is left alone this long
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _orphaned(staging: Path) -> bool:
+    """True when the run that made ``staging`` cannot be running any more (on this host)."""
+    try:
+        owner = json.loads((staging / OWNER).read_text(encoding="utf-8"))
+        pid, host = int(owner["pid"]), str(owner["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        try:
+            return time.time() - staging.stat().st_mtime > ORPHAN_AGE_S
+        except OSError:
+            return False
+    return host == socket.gethostname() and not _alive(pid)
+
+
+def remove_orphans(output: Path) -> list[Path]:
+    """Clean up after runs into ``output`` that were killed; returns what was removed or restored.
+
+    An output moved aside as ``.segflow-old-<id>-<name>`` whose final ``<name>`` is missing
+    was interrupted mid-replacement: it is renamed back. Staging folders of dead runs and
+    moved-aside outputs that were replaced are deleted.
+    """
+    touched = []
+    live = False
+    for staging in sorted(output.glob(STAGING_PREFIX + "*")):
+        if not staging.is_dir():
+            continue
+        if _orphaned(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+            touched.append(staging)
+        else:
+            live = True
+    if live:  # another run into this folder may be between its two renames right now
+        return touched
+    for entry in sorted(output.glob(OLD_PREFIX + "*")):
+        final = output / entry.name[len(OLD_PREFIX):].split("-", 1)[-1]
+        try:
+            if not final.exists():
+                os.replace(entry, final)
+            elif entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except OSError:
+            continue
+        touched.append(entry)
+    return touched
+
+
 class Staging:
     """A hidden staging folder inside ``output``; :meth:`publish` renames its entries into place."""
 
     def __init__(self, output: str | os.PathLike[str]):
         self.output = Path(output)
         _prepare(self.output)
-        self.path = self.output / f".segflow-staging-{uuid.uuid4().hex[:12]}"
+        remove_orphans(self.output)
+        self.path = self.output / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
         try:
             self.path.mkdir()
+            owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+            (self.path / OWNER).write_text(json.dumps(owner), encoding="utf-8")
         except OSError as exc:
             raise OutputError(
                 f"cannot write to output directory {self.output} ({exc.strerror}); choose a writable --output"
@@ -55,7 +127,7 @@ class Staging:
         for name in names:
             staged, final = self.path / name, self.output / name
             if staged.is_dir() and final.exists():
-                old = self.output / f".segflow-old-{uuid.uuid4().hex[:12]}-{name}"
+                old = self.output / f"{OLD_PREFIX}{uuid.uuid4().hex[:12]}-{name}"
                 os.replace(final, old)
                 os.replace(staged, final)
                 shutil.rmtree(old, ignore_errors=True)
