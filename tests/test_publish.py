@@ -14,7 +14,7 @@ from pathlib import Path
 
 import rasterio
 
-from segflow.io.publish import OLD_PREFIX, STAGING_PREFIX, Staging, remove_orphans
+from segflow.io.publish import OLD_PREFIX, STAGING_PREFIX, Staging, _process_space, remove_orphans
 from segflow.synthetic import write_synthetic_scene
 
 
@@ -29,7 +29,7 @@ def _staging(output: Path, pid: int | None, name: str = "abc") -> Path:
     path.mkdir(parents=True)
     (path / "labels.raw.tif").write_bytes(b"partial")
     if pid is not None:
-        (path / "owner.json").write_text(json.dumps({"pid": pid, "host": socket.gethostname()}))
+        (path / "owner.json").write_text(json.dumps({"pid": pid, "space": _process_space()}))
     return path
 
 
@@ -38,7 +38,7 @@ def test_staging_of_a_dead_run_is_removed_and_a_live_one_kept(tmp_path: Path) ->
     live = _staging(tmp_path, os.getpid(), "live")
     elsewhere = tmp_path / f"{STAGING_PREFIX}other-host"
     elsewhere.mkdir()
-    (elsewhere / "owner.json").write_text(json.dumps({"pid": _dead_pid(), "host": "some-other-host"}))
+    (elsewhere / "owner.json").write_text(json.dumps({"pid": _dead_pid(), "space": "other-host pid:[4026531836]"}))
     young_unknown = _staging(tmp_path, None, "young")
     old_unknown = _staging(tmp_path, None, "ancient")
     os.utime(old_unknown, (time.time() - 3 * 86400, time.time() - 3 * 86400))
@@ -65,7 +65,7 @@ def test_an_output_moved_aside_by_a_killed_run_is_put_back(tmp_path: Path) -> No
 def test_a_new_staging_records_its_owner_and_is_removed_on_exit(tmp_path: Path) -> None:
     with Staging(tmp_path / "out") as staging:
         owner = json.loads((staging.path / "owner.json").read_text())
-        assert owner["pid"] == os.getpid() and owner["host"] == socket.gethostname()
+        assert owner["pid"] == os.getpid() and owner["space"].startswith(socket.gethostname())
     assert not staging.path.exists()
 
 

@@ -50,17 +50,30 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _process_space() -> str:
+    """This host and PID namespace: where a PID names one process (containers share hostnames)."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()} {namespace}".strip()
+
+
 def _orphaned(staging: Path) -> bool:
-    """True when the run that made ``staging`` cannot be running any more (on this host)."""
+    """True when the run that made ``staging`` cannot be running any more.
+
+    Only a run from this host and PID namespace can be known dead; a folder without an owner
+    record counts as orphaned once it has not changed for :data:`ORPHAN_AGE_S`.
+    """
     try:
         owner = json.loads((staging / OWNER).read_text(encoding="utf-8"))
-        pid, host = int(owner["pid"]), str(owner["host"])
+        pid, space = int(owner["pid"]), str(owner["space"])
     except (OSError, ValueError, KeyError, TypeError):
         try:
             return time.time() - staging.stat().st_mtime > ORPHAN_AGE_S
         except OSError:
             return False
-    return host == socket.gethostname() and not _alive(pid)
+    return space == _process_space() and not _alive(pid)
 
 
 def remove_orphans(output: Path) -> list[Path]:
@@ -107,7 +120,7 @@ class Staging:
         self.path = self.output / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
         try:
             self.path.mkdir()
-            owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+            owner = {"pid": os.getpid(), "space": _process_space(), "started": time.time()}
             (self.path / OWNER).write_text(json.dumps(owner), encoding="utf-8")
         except OSError as exc:
             raise OutputError(
