@@ -66,10 +66,13 @@ class _Normalize(nn.Module):
         self.register_buffer("mean", mean)
         self.register_buffer("scale", scale)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """Normalised ``x``; with ``inplace`` the arithmetic overwrites ``x`` (no new batch-sized arrays)."""
+        if not inplace:
+            x = x.clone()
         if self.low is not None:
-            x = x.clamp(self.low, self.high)
-        return (x - self.mean) * self.scale
+            x.clamp_(self.low, self.high)
+        return x.sub_(self.mean).mul_(self.scale)
 
 
 class Predictor:
@@ -150,10 +153,14 @@ class Predictor:
         self.module = fast
         return out
 
-    def _to_device(self, batch: np.ndarray) -> torch.Tensor:
-        """Host batch → device tensor; on CUDA through two reused pinned buffers, asynchronously."""
+    def _to_device(self, batch: np.ndarray) -> tuple[torch.Tensor, bool]:
+        """Host batch → float32 device tensor, and whether it is a copy (not the caller's memory).
+
+        On CUDA the copy goes through two reused pinned buffers, asynchronously.
+        """
         if not self.cuda:
-            return torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+            array = np.ascontiguousarray(batch, dtype=np.float32)
+            return torch.from_numpy(array), not np.may_share_memory(array, batch)
         n = len(batch)
         shape = (max(self.batch_size, n), *batch.shape[1:])
         slot = self._pinned[self._turn]
@@ -168,7 +175,7 @@ class Predictor:
         event.record()
         self._pinned[self._turn] = (buffer, event)
         self._turn ^= 1
-        return tensor
+        return tensor, True
 
     def _activate(self, out: torch.Tensor, tile: Sequence[int]) -> torch.Tensor:
         expected = (self.spec.output_channels, *tile)
@@ -195,7 +202,8 @@ class Predictor:
         so nodata values never reach the network. On CUDA this returns without waiting for
         the GPU.
         """
-        x = self.normalize(self._to_device(batch))
+        x, copied = self._to_device(batch)
+        x = self.normalize(x, inplace=copied)
         if valid is not None and not valid.all():
             mask = torch.from_numpy(np.ascontiguousarray(valid)).to(self.device, non_blocking=self.cuda)
             x = torch.where(mask.unsqueeze(1), x, torch.zeros((), device=self.device))

@@ -112,8 +112,21 @@ class _Engine:
         self.weights = torch.as_tensor(np.ascontiguousarray(weights, dtype=np.float32), device=device)
         self.num_classes, self.batch_size = num_classes, batch_size
         self.cache: dict[Index, _Cached] = {}
+        self.spare: dict[tuple[int, ...], torch.Tensor] = {}
         self.current: Index | None = None
         self.stats = BlendStats(windows_total=len(grid))
+
+    def zeros(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """A zeroed float32 accumulator, reusing a recycled one of that shape (no fresh pages to fault in)."""
+        spare = self.spare.pop(shape, None)
+        if spare is None:
+            return torch.zeros(shape, dtype=torch.float32, device=self.device)
+        return spare.zero_()
+
+    def recycle(self, *tensors: torch.Tensor) -> None:
+        """Keep accumulators nobody references any more for the next chunk of the same shape."""
+        for t in tensors:
+            self.spare[tuple(t.shape)] = t
 
     def plan(self, chunk_box: Box) -> tuple[list[Index], Box]:
         owned = self.grid.indices_starting_in(chunk_box)
@@ -163,15 +176,17 @@ class _Engine:
         entry.box = Box((start, *entry.box.start[1:]), entry.box.stop)
 
     def blend(self, chunk_box: Box, owned: list[Index], region: Box, data: np.ndarray,
-              valid: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor]:
+              valid: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sum the windows over one chunk in global window order and normalise.
+
+        Returns the normalised class scores, the weight sums and where the weights are positive.
 
         Windows not evaluated yet (those starting in this chunk, ``owned``, in grid order) are
         evaluated a batch at a time as the walk reaches them, so only one batch of fresh
         predictions plus the windows straddling later chunks are held at once.
         """
-        acc = torch.zeros((self.num_classes, *chunk_box.shape), dtype=torch.float32, device=self.device)
-        wsum = torch.zeros(chunk_box.shape, dtype=torch.float32, device=self.device)
+        acc = self.zeros((self.num_classes, *chunk_box.shape))
+        wsum = self.zeros(chunk_box.shape)
         next_new = 0
         for index in self.grid.indices_touching(chunk_box):
             if index not in self.cache:
@@ -194,7 +209,7 @@ class _Engine:
                 self._trim(entry)
         covered = wsum > 0
         acc /= torch.where(covered, wsum, torch.ones((), device=self.device))
-        return acc, covered
+        return acc, wsum, covered
 
 
 def blend_chunks(scene: Scene, grid: WindowGrid, chunks: ChunkGrid, predict: PredictFn, weights: np.ndarray,
@@ -228,7 +243,7 @@ def blend_chunks(scene: Scene, grid: WindowGrid, chunks: ChunkGrid, predict: Pre
                 pending = pool.submit(scene.read, plans[k + 1][1])
             owned, region = plans[k]
             engine.current = index
-            acc, covered = engine.blend(box, owned, region, data, valid)
+            acc, wsum, covered = engine.blend(box, owned, region, data, valid)
             rel = box.relative_to(region)
             chunk_valid = covered.cpu().numpy()
             if valid is not None:
@@ -236,7 +251,8 @@ def blend_chunks(scene: Scene, grid: WindowGrid, chunks: ChunkGrid, predict: Pre
             del data, valid, covered
             labels = _argmax_labels(acc, chunk_valid)
             scores = acc.cpu().numpy() if keep_scores else None
-            del acc
+            engine.recycle(wsum, *(() if keep_scores else (acc,)))  # scores may share acc's memory
+            del acc, wsum
             engine.stats.chunks += 1
             yield BlendedChunk(index, box, labels, chunk_valid, scores)
             del labels, scores, chunk_valid  # the caller owns them now: do not keep them alive here

@@ -32,6 +32,15 @@ def test_normalisation_and_softmax_match_a_hand_written_forward() -> None:
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)  # batch size changes float32 rounding
 
 
+def test_the_callers_windows_are_never_modified() -> None:
+    spec = make_spec(tile=16)
+    for dtype in ("float32", "uint16", "float64"):
+        x = windows(3, size=16).astype(dtype)
+        before = x.copy()
+        Predictor(RandomConvNet(3, 3).eval(), spec, device="cpu", optimize=False)(x)
+        np.testing.assert_array_equal(x, before)
+
+
 def test_meanstd_and_sigmoid() -> None:
     class Mean(nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
