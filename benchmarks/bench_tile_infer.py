@@ -5,9 +5,13 @@ Measured in one run, printed as ratios, and written to benchmarks/results/ with 
 1. overhead = end-to-end tile-infer wall time / the model's forward passes alone over the same
    number of windows at the same batch size (the same network the pipeline runs);
 2. memory   = peak RSS of tile-infer on a LARGE² x 3 scene / peak RSS on a SMALL² x 3 scene
-   (each in its own process, scene generated beforehand);
+   (scene generated beforehand);
 3. peer     = end-to-end time file -> COG / monai.inferers.sliding_window_inference on the
    same image already in memory, with the same model, tile, overlap and batch.
+
+Every measurement runs in a fresh process of its own and this parent process never runs torch:
+on this VM a child process computes measurably slower (~10 %) while its parent holds the memory
+left by earlier torch work, which skewed the ratios when the parent measured the model itself.
 
 Usage: python benchmarks/bench_tile_infer.py [--small 4096] [--large 16384] [--device cpu]
 """
@@ -77,6 +81,13 @@ def run_tile_infer(path: Path, pkg: Path, device: str, out: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def in_fresh_process(what: str, *args: str) -> float:
+    """Run ``--worker WHAT ARGS`` of this script in a new process; returns the seconds it prints."""
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", what, *args],
+                          capture_output=True, text=True, check=True)
+    return float(proc.stdout.strip().splitlines()[-1])
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -128,7 +139,7 @@ def monai_seconds(path: Path, pkg: Path, device: str) -> float:
         return time.perf_counter() - t
 
 
-def machine() -> str:
+def machine() -> str:  # torch.cuda here only queries the driver; it runs no kernels
     cpu = platform.processor() or platform.machine()
     try:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
@@ -138,7 +149,23 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({cpu}), {gpu}, torch {torch.__version__}"
 
 
+def worker(what: str, args: list[str]) -> None:
+    """The measurements that run torch, each called in a process of its own by :func:`main`."""
+    if what == "package":
+        make_package(Path(args[0]))
+        print(0.0)
+    elif what == "model":
+        print(pure_model_seconds(Path(args[0]), int(args[1]), args[2]))
+    elif what == "monai":
+        print(monai_seconds(Path(args[0]), Path(args[1]), args[2]))
+    else:
+        raise SystemExit(f"unknown worker {what!r}")
+
+
 def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
+        worker(sys.argv[2], sys.argv[3:])
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", type=int, default=4096)
     parser.add_argument("--large", type=int, default=16384)
@@ -147,7 +174,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="repeats of the small-scene measurements")
     args = parser.parse_args()
     WORK.mkdir(exist_ok=True)
-    pkg = make_package(WORK / "unet-pkg")
+    pkg = WORK / "unet-pkg"
+    in_fresh_process("package", str(pkg))
     small, large = scene(args.small), scene(args.large)
 
     # The three small-scene measurements are interleaved and repeated; each keeps its fastest
@@ -155,8 +183,8 @@ def main() -> None:
     runs, models, peers = [], [], []
     for _ in range(args.repeats):
         runs.append(run_tile_infer(small, pkg, args.device, WORK / "out-small"))
-        models.append(pure_model_seconds(pkg, runs[-1]["windows"], args.device))
-        peers.append(monai_seconds(small, pkg, args.device))
+        models.append(in_fresh_process("model", str(pkg), str(runs[-1]["windows"]), args.device))
+        peers.append(in_fresh_process("monai", str(small), str(pkg), args.device))
     e2e = {"wall": min(r["wall"] for r in runs), "windows": runs[0]["windows"],
            "peak_rss_mb": max(r["peak_rss_mb"] for r in runs)}
     model, peer = min(models), min(peers)
@@ -174,6 +202,7 @@ def main() -> None:
                   "monai_in_memory_s": round(peer, 2)},
         "large": {"size": args.large, "windows": big["windows"], "end_to_end_s": round(big["wall"], 2),
                   "peak_rss_mb": round(big["peak_rss_mb"])},
+        "overhead_per_repeat": [round(r["wall"] / m, 3) for r, m in zip(runs, models, strict=True)],
         "ratios": {
             "overhead_end_to_end_over_model": round(e2e["wall"] / model, 3),
             "memory_large_over_small": round(big["peak_rss_mb"] / e2e["peak_rss_mb"], 3),
