@@ -111,19 +111,17 @@ def warp_command(target: PixelGrid, source: Path) -> str | None:
             f"-tr {abs(t.a):g} {abs(t.e):g} -r near {source} {source.with_name(source.stem + '_on_grid.tif')}")
 
 
-def check_same_grid(reference: PixelGrid, other: PixelGrid, *, names: tuple[str, str], paths: tuple[Path, Path],
-                    fix: str | None = None) -> None:
+def check_same_grid(reference: PixelGrid, other: PixelGrid, *, names: tuple[str, str], paths: tuple[Path, Path]
+                    ) -> None:
     """Raise one :class:`InputError` line naming every difference and how to resample ``other`` onto ``reference``.
 
-    ``names`` label the two rasters in the message (e.g. ``("prediction", "truth")``); ``fix``
-    replaces the default advice (resample the second raster onto the first one's grid).
+    ``names`` label the two rasters in the message (e.g. ``("prediction", "truth")``).
     """
     diffs = grid_differences(reference, other, names)
     if not diffs:
         return
-    if fix is None:
-        command = warp_command(reference, paths[1])
-        fix = f"resample the {names[1]} onto the {names[0]} grid" + (f": {command}" if command else
-                                                                      " (gdalwarp -t_srs/-te/-tr)")
+    command = warp_command(reference, paths[1])
+    fix = f"resample the {names[1]} onto the {names[0]} grid" + (f": {command}" if command else
+                                                                  " (gdalwarp -t_srs/-te/-tr)")
     raise InputError(f"{names[0]} {paths[0]} and {names[1]} {paths[1]} are not on the same grid: "
                      f"{'; '.join(diffs)}; {fix}")

@@ -251,7 +251,9 @@ def blend_chunks(scene: Scene, grid: WindowGrid, chunks: ChunkGrid, predict: Pre
             del data, valid, covered
             labels = _argmax_labels(acc, chunk_valid)
             scores = acc.cpu().numpy() if keep_scores else None
-            engine.recycle(wsum, *(() if keep_scores else (acc,)))  # scores may share acc's memory
+            engine.recycle(wsum)
+            if not keep_scores:  # on the CPU the scores share acc's memory
+                engine.recycle(acc)
             del acc, wsum
             engine.stats.chunks += 1
             yield BlendedChunk(index, box, labels, chunk_valid, scores)
