@@ -11,17 +11,20 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from segflow.tile_infer import DEFAULT_MODEL, TileInferParams, tile_infer
+from segflow.tile_infer import DEFAULT_MODEL, Execution, TileInferParams, tile_infer
 
 
 @task(name="tile-infer", retries=0)
-def tile_infer_task(input_path: str, output_dir: str, params: TileInferParams) -> dict[str, Any]:
-    result = tile_infer(input_path, output_dir, params)
+def tile_infer_task(input_path: str, output_dir: str, params: TileInferParams,
+                    execution: Execution) -> dict[str, Any]:
+    result = tile_infer(input_path, output_dir, params, execution=execution)
     return {
         "outputs": {k: str(v) for k, v in result.outputs.items()},
         "windows_evaluated": result.windows_evaluated,
         "windows_skipped": result.windows_skipped,
         "chunks": result.chunks,
+        "chunks_computed": result.chunks_computed,
+        "chunks_reused": result.chunks_reused,
         "wall_seconds": result.wall_seconds,
         "summary": result.summary(),
     }
@@ -31,11 +34,16 @@ def tile_infer_task(input_path: str, output_dir: str, params: TileInferParams) -
 def tile_infer_flow(input_path: str, output_dir: str, model: str = DEFAULT_MODEL, tile: int | None = None,
                     overlap: float | None = None, blend: str = "gaussian", chunk: int = 4096, batch: int = 16,
                     device: str = "auto", save_scores: bool = False,
-                    bands: dict[str, int] | None = None) -> dict[str, Any]:
-    """Segment one raster into mask.zarr, labels.tif (COG) and run.json under ``output_dir``."""
+                    bands: dict[str, int] | None = None, workers: int | None = None,
+                    dask_address: str | None = None) -> dict[str, Any]:
+    """Segment one raster into mask.zarr, labels.tif (COG) and run.json under ``output_dir``.
+
+    ``workers`` runs the chunk tasks on a local cluster of that many processes, ``dask_address``
+    on a running dask cluster; a re-run after a crash continues the interrupted run.
+    """
     params = TileInferParams(model=model, tile=tile, overlap=overlap, blend=blend, chunk=chunk, batch=batch,
                              device=device, save_scores=save_scores, bands=bands or {})
-    result = tile_infer_task(input_path, output_dir, params)
+    result = tile_infer_task(input_path, output_dir, params, Execution(workers=workers, address=dask_address))
     get_run_logger().info(result["summary"])
     return result
 

@@ -78,19 +78,29 @@ def run_group() -> None:
               help="Scene band (1-based) for a model input, e.g. --band nir=8; repeatable.")
 @click.option("--save-scores", is_flag=True, help="Also store blended class scores (float16) in mask.zarr.")
 @click.option("--no-amp", is_flag=True, help="Disable mixed precision on CUDA.")
+@click.option("--workers", type=int, default=None,
+              help="Run the chunk tasks on a local cluster of this many worker processes (default: threads in "
+                   "this process).")
+@click.option("--dask-address", default=None, metavar="ADDRESS",
+              help="Run the chunk tasks on a running dask.distributed cluster, e.g. tcp://scheduler:8786.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary line.")
 def tile_infer_cmd(inputs: tuple[str, ...], output_dir: Path, model: str | None, tile: int | None,
                    overlap: float | None, blend: str, chunk: int, batch: int, device: str, bands: tuple[str, ...],
-                   save_scores: bool, no_amp: bool, quiet: bool) -> None:
-    """Segment a raster of any size by overlapping windows into mask.zarr + labels.tif (COG)."""
+                   save_scores: bool, no_amp: bool, workers: int | None, dask_address: str | None,
+                   quiet: bool) -> None:
+    """Segment a raster of any size by overlapping windows into mask.zarr + labels.tif (COG).
+
+    Run again after a crash with the same options: only the unfinished chunks are computed.
+    """
     from .bands import parse_band_overrides, parse_inputs
-    from .tile_infer import DEFAULT_MODEL, TileInferParams, tile_infer
+    from .tile_infer import DEFAULT_MODEL, Execution, TileInferParams, tile_infer
 
     params = TileInferParams(model=model or DEFAULT_MODEL, tile=tile, overlap=overlap, blend=blend, chunk=chunk,
                              batch=batch, device=device, save_scores=save_scores,
                              bands=parse_band_overrides(bands), amp=not no_amp)
+    execution = Execution(workers=workers, address=dask_address)
     with _progress_bar(not quiet, "chunk") as progress:
-        result = tile_infer(parse_inputs(inputs), output_dir, params, progress=progress)
+        result = tile_infer(parse_inputs(inputs), output_dir, params, progress=progress, execution=execution)
     if not quiet:
         click.echo(result.summary())
 

@@ -32,13 +32,15 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from . import georef
-from .errors import ConfigError, InputError, OutputError
+from .errors import ConfigError, InputError
 from .georef import PixelGrid
+from .io.atomic import atomic_write_text
+from .labels import LABEL_NODATA
 from .metrics import ConfusionMatrix
 
 __all__ = ["ClassScore", "EvalReport", "LabelRaster", "evaluate", "open_labels"]
 
-NODATA = 255
+NODATA = LABEL_NODATA
 _MAX_LABELS = 255  # labels are 0..254; 255 is nodata
 
 
@@ -237,15 +239,7 @@ def _fmt(value: float) -> str:
 
 
 def _write_text(path: Path, text: str) -> Path:
-    path = Path(path)
-    temp = path.with_name(f".{path.name}.tmp")
-    try:
-        temp.write_text(text, encoding="utf-8", newline="")
-        os.replace(temp, path)
-    except OSError as exc:
-        temp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path} ({exc.strerror}); choose a writable location") from None
-    return path
+    return atomic_write_text(path, text, hint="choose a writable location")
 
 
 @dataclass(frozen=True)

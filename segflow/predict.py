@@ -7,7 +7,8 @@ with ``non_blocking=True`` and run under autocast; on the CPU those steps are sk
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -16,7 +17,48 @@ from torch import nn
 from .errors import DeviceError, ModelError
 from .models.package import ModelSpec, Normalization
 
-__all__ = ["Predictor", "resolve_device"]
+__all__ = ["BatchedFunction", "Predictor", "WindowPredictor", "resolve_device"]
+
+Window = tuple[np.ndarray, "np.ndarray | None"]
+
+
+class WindowPredictor(Protocol):
+    """Anything that turns windows into class probabilities, batching them as it sees fit."""
+
+    def predict_windows(self, windows: Iterable[Window]) -> Iterator[torch.Tensor]: ...
+
+
+def _batched(predict: Callable[[np.ndarray, np.ndarray | None], np.ndarray | torch.Tensor],
+             windows: Iterable[Window], batch_size: int, device: torch.device | None) -> Iterator[torch.Tensor]:
+    """Stack ``batch_size`` windows ``(C, *tile)`` (and validity ``(*tile)`` or None) per call of ``predict``."""
+    batch: list[Window] = []
+
+    def flush() -> Iterator[torch.Tensor]:
+        x = np.stack([w[0] for w in batch])
+        v = None if batch[0][1] is None else np.stack([w[1] for w in batch])  # type: ignore[misc]
+        batch.clear()
+        probs = torch.as_tensor(predict(x, v), device=device)
+        del x, v
+        yield from probs
+
+    for window in windows:
+        batch.append(window)
+        if len(batch) == batch_size:
+            yield from flush()
+    if batch:
+        yield from flush()
+
+
+class BatchedFunction:
+    """A plain ``predict(windows, valid) -> probabilities`` function as a :class:`WindowPredictor`."""
+
+    def __init__(self, predict: Callable[[np.ndarray, np.ndarray | None], np.ndarray | torch.Tensor],
+                 batch_size: int = 16, device: torch.device | str | None = None):
+        self.predict, self.batch_size = predict, int(batch_size)
+        self.device = None if device is None else torch.device(device)
+
+    def predict_windows(self, windows: Iterable[Window]) -> Iterator[torch.Tensor]:
+        return _batched(self.predict, windows, self.batch_size, self.device)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -213,6 +255,10 @@ class Predictor:
         else:
             out = self._run(self.module, x)
         return self._activate(out, batch.shape[2:])
+
+    def predict_windows(self, windows: Iterable[Window]) -> Iterator[torch.Tensor]:
+        """Probabilities ``(K, *tile)`` on the device for each window, ``batch_size`` windows per forward pass."""
+        return _batched(self.predict_tensor, windows, self.batch_size, self.device)
 
     def predict_batch(self, batch: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """Like :meth:`predict_tensor`, as a numpy array on the host."""

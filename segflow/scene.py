@@ -10,6 +10,7 @@ import dask.array as da
 import numpy as np
 
 from .errors import ConfigError
+from .geometry import Geometry, RasterGeometry, VolumeGeometry
 from .tiling import Box
 
 __all__ = ["Scene"]
@@ -46,6 +47,8 @@ class Scene:
         be orthorectified the same way as its scene.
     source:
         Where the pixels come from (a path), for messages and provenance.
+    volume:
+        For volumes, the voxel-to-world geometry (see :attr:`geometry`).
     meta:
         Extra provenance (driver, dtype, block size...).
     """
@@ -62,6 +65,15 @@ class Scene:
     rpcs: dict[str, str] | None = None
     source: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    volume: VolumeGeometry | None = None
+
+    @property
+    def geometry(self) -> Geometry:
+        """The scene's geometry as one value: a volume's voxel-to-world affine, else the raster's georeferencing."""
+        if self.volume is not None:
+            return self.volume
+        return RasterGeometry(crs=self.crs, transform=self.transform, gcps=self.gcps, gcp_crs=self.gcp_crs,
+                              rpcs=self.rpcs)
 
     @classmethod
     def from_array(cls, array: np.ndarray | da.Array, *, chunks: int | str = "auto", nodata: float | None = None,

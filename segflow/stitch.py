@@ -1,34 +1,45 @@
-"""Blend overlapping window predictions into chunks, one chunk at a time.
+"""Window contributions and their merge into chunks: the two halves of every chunk task.
 
-Chunks are visited in raster order. A window is evaluated when the first chunk it touches is
-processed (the chunk holding its start corner), kept while later chunks still need it, and
-dropped after the last one. Each chunk sums ``w · p`` and ``w`` over the windows touching it,
-always in global window order, so a pixel's value is computed by the same operations in the
-same order whatever the chunking: the stitched result does not depend on the chunk size.
+:func:`evaluate_windows` runs a model over windows read from one region and cuts each
+window's ``w · p`` into the parts that fall in each chunk it touches. :func:`merge_chunk` sums
+the parts a chunk received, always in global window order, and normalises: a pixel's value is
+computed by the same operations in the same order whatever the chunking, scheduler or worker,
+so the stitched result does not depend on any of them. Nothing here holds state between
+chunks; the engine (:mod:`segflow.engine`) wires these functions into a dask graph.
 
-Accumulation runs with torch on the predictor's device: on a GPU the chunk accumulators and
-the windows kept for later chunks stay on the GPU, and only labels (and scores, if asked)
-come back to the host. Memory is bounded by one chunk plus the windows straddling the seams
-ahead, never by the scene.
+:func:`blend_chunks` runs the same two functions in one process, chunk after chunk in raster
+order, for callers that want the blended chunks in memory (training validation, tests).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 import torch
 
+from .labels import LABEL_NODATA
+from .predict import BatchedFunction, WindowPredictor
 from .scene import Scene
-from .tiling import Box, ChunkGrid, WindowGrid
+from .tiling import Box, ChunkGrid, WindowGrid, blend_weights
 
-__all__ = ["LABEL_NODATA", "BlendStats", "BlendedChunk", "blend_chunks"]
+__all__ = [
+    "LABEL_NODATA",
+    "BlendStats",
+    "BlendedChunk",
+    "Evaluation",
+    "Part",
+    "Piece",
+    "blend_chunks",
+    "evaluate_windows",
+    "merge_chunk",
+    "weights_tensor",
+]
 
-LABEL_NODATA = 255
-PredictFn = Callable[[np.ndarray, "np.ndarray | None"], "np.ndarray | torch.Tensor"]
 Index = tuple[int, ...]
+PredictFn = Callable[[np.ndarray, "np.ndarray | None"], "np.ndarray | torch.Tensor"]
 
 
 @dataclass(frozen=True)
@@ -58,20 +69,51 @@ class BlendStats:
     evaluated: set[Index] = field(default_factory=set, repr=False)
 
 
-@dataclass
-class _Cached:
-    weighted: torch.Tensor | None  # w * p over the window's box, (K, *box.shape); None if skipped
-    weights: torch.Tensor
+@dataclass(frozen=True)
+class Piece:
+    """The part of one window inside one chunk.
+
+    ``box`` is in scene coordinates, ``offset`` where it starts inside the window;
+    ``weighted`` is ``w · p`` over ``box`` ``(K, *box.shape)``, None for a window skipped
+    because all its pixels are nodata (it then adds no weight either).
+    """
+
+    window: Index
     box: Box
-    uses_left: int
+    offset: tuple[int, ...]
+    weighted: torch.Tensor | None
 
 
-def _read_box(grid: WindowGrid, chunk_box: Box, owned: list[Index]) -> Box:
-    """The region to read for a chunk: the chunk itself plus every window it evaluates."""
-    box = chunk_box
-    for index in owned:
-        box = box.union(grid.window(index))
-    return box
+@dataclass(frozen=True)
+class Part:
+    """What one evaluation task hands one chunk: pieces of its windows, and the chunk's validity.
+
+    ``valid`` (``box.shape`` bool, or None when every pixel is valid) comes only from the
+    chunk's own evaluation task, which read the chunk; ``has_valid`` says whether it did.
+    """
+
+    pieces: tuple[Piece, ...]
+    has_valid: bool = False
+    valid: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The result of one evaluation task: a :class:`Part` per target chunk, and counts."""
+
+    parts: dict[Index, Part]
+    evaluated: tuple[Index, ...]
+    skipped: int
+
+
+@lru_cache(maxsize=8)
+def _weights_cpu(tile: tuple[int, ...], mode: str) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(blend_weights(tile, mode), dtype=np.float32))
+
+
+def weights_tensor(tile: Sequence[int], mode: str, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Blend weights of a window as a float32 tensor on ``device`` (cached on the CPU)."""
+    return _weights_cpu(tuple(int(t) for t in tile), mode).to(device)
 
 
 def _window_input(data: np.ndarray, valid: np.ndarray | None, region: Box, box: Box,
@@ -87,7 +129,54 @@ def _window_input(data: np.ndarray, valid: np.ndarray | None, region: Box, box: 
     return x, v
 
 
-def _argmax_labels(acc: torch.Tensor, valid: np.ndarray) -> np.ndarray:
+def evaluate_windows(windows: Sequence[Index], grid: WindowGrid, chunks: ChunkGrid, targets: Sequence[Index],
+                     region: Box, data: np.ndarray, valid: np.ndarray | None, predictor: WindowPredictor,
+                     weights: torch.Tensor, *, own: Index | None = None, to_host: bool = False) -> Evaluation:
+    """Run ``windows`` (read as ``data``/``valid`` over ``region``) and cut ``w · p`` per target chunk.
+
+    Windows whose pixels are all invalid are not run. ``own``, when given, is the chunk whose
+    validity mask this task supplies (it must lie inside ``region``). With ``to_host`` the
+    pieces are moved to the CPU (for schedulers that ship results between processes).
+    """
+    wanted = set(targets)
+    pieces: dict[Index, list[Piece]] = {t: [] for t in targets}
+    run: list[tuple[Index, Box]] = []
+    skipped = 0
+    for index in windows:
+        box = grid.window(index)
+        if valid is not None and not valid[box.relative_to(region)].any():
+            skipped += 1
+            _cut(index, box, None, chunks, wanted, pieces)
+        else:
+            run.append((index, box))
+    inputs = (_window_input(data, valid, region, box, grid.tile) for _, box in run)
+    for (index, box), p in zip(run, predictor.predict_windows(inputs), strict=True):
+        crop = tuple(slice(0, s) for s in box.shape)
+        weighted = p[(slice(None), *crop)] * weights[crop]
+        if to_host:
+            weighted = weighted.cpu()
+        _cut(index, box, weighted, chunks, wanted, pieces)
+    parts = {t: Part(tuple(ps)) for t, ps in pieces.items()}
+    if own is not None:
+        chunk_valid = None if valid is None else valid[chunks.box(own).relative_to(region)].copy()
+        parts[own] = Part(parts[own].pieces if own in parts else (), True, chunk_valid)
+    return Evaluation(parts, tuple(i for i, _ in run), skipped)
+
+
+def _cut(index: Index, box: Box, weighted: torch.Tensor | None, chunks: ChunkGrid, wanted: set[Index],
+         pieces: dict[Index, list[Piece]]) -> None:
+    touching = [c for c in chunks.indices_touching(box) if c in wanted]
+    for target in touching:
+        inter = box.intersect(chunks.box(target))
+        assert inter is not None
+        offset = tuple(a - b for a, b in zip(inter.start, box.start, strict=True))
+        piece = None
+        if weighted is not None:
+            piece = weighted if inter == box else weighted[(slice(None), *inter.relative_to(box))].clone()
+        pieces[target].append(Piece(index, inter, offset, piece))
+
+
+def argmax_labels(acc: torch.Tensor, valid: np.ndarray) -> np.ndarray:
     """uint8 arg-max over classes (the first class wins ties), nodata where not valid.
 
     One elementwise pass per class: much faster on the CPU than ``argmax(dim=0)`` over a
@@ -104,159 +193,82 @@ def _argmax_labels(acc: torch.Tensor, valid: np.ndarray) -> np.ndarray:
     return out
 
 
-class _Engine:
-    def __init__(self, grid: WindowGrid, chunks: ChunkGrid, predict: PredictFn, weights: np.ndarray,
-                 num_classes: int, batch_size: int, device: torch.device):
-        self.grid, self.chunks, self.predict = grid, chunks, predict
-        self.device = device
-        self.weights = torch.as_tensor(np.ascontiguousarray(weights, dtype=np.float32), device=device)
-        self.num_classes, self.batch_size = num_classes, batch_size
-        self.cache: dict[Index, _Cached] = {}
-        self.spare: dict[tuple[int, ...], torch.Tensor] = {}
-        self.current: Index | None = None
-        self.stats = BlendStats(windows_total=len(grid))
-
-    def zeros(self, shape: tuple[int, ...]) -> torch.Tensor:
-        """A zeroed float32 accumulator, reusing a recycled one of that shape (no fresh pages to fault in)."""
-        spare = self.spare.pop(shape, None)
-        if spare is None:
-            return torch.zeros(shape, dtype=torch.float32, device=self.device)
-        return spare.zero_()
-
-    def recycle(self, *tensors: torch.Tensor) -> None:
-        """Keep accumulators nobody references any more for the next chunk of the same shape."""
-        for t in tensors:
-            self.spare[tuple(t.shape)] = t
-
-    def plan(self, chunk_box: Box) -> tuple[list[Index], Box]:
-        owned = self.grid.indices_starting_in(chunk_box)
-        return owned, _read_box(self.grid, chunk_box, owned)
-
-    def evaluate(self, batch: list[Index], region: Box, data: np.ndarray, valid: np.ndarray | None) -> None:
-        """Run the model on a batch of windows first needed by this chunk and cache ``w · p``."""
-        todo: list[tuple[Index, Box]] = []
-        for index in batch:
-            box = self.grid.window(index)
-            crop = self.weights[tuple(slice(0, s) for s in box.shape)]
-            self.cache[index] = _Cached(None, crop, box, len(self.chunks.indices_touching(box)))
-            if valid is not None and not valid[box.relative_to(region)].any():
-                self.stats.windows_skipped += 1
-                continue
-            todo.append((index, box))
-        if not todo:
-            return
-        cut = [_window_input(data, valid, region, box, self.grid.tile) for _, box in todo]
-        x = np.stack([c[0] for c in cut])
-        v = None if valid is None else np.stack([c[1] for c in cut])  # type: ignore[misc]
-        del cut
-        probs = torch.as_tensor(self.predict(x, v), device=self.device)
-        del x, v
-        for (index, box), p in zip(todo, probs, strict=True):
-            entry = self.cache[index]
-            entry.weighted = p[(slice(None), *(slice(0, s) for s in box.shape))] * entry.weights
-            self.stats.windows_evaluated += 1
-            self.stats.evaluated.add(index)
-
-    def _trim(self, entry: _Cached) -> None:
-        """Drop the rows (leading axis) of a cached window that lie in chunks already finished.
-
-        Chunks are visited in raster order, so once the last chunk of the window's first band
-        of chunks (along the leading axis) is done, that band is never needed again.
-        """
-        touching = self.chunks.indices_touching(entry.box)
-        first, last = touching[0], touching[-1]
-        band_done = self.current is not None and self.current[0] == first[0] and self.current[1:] == last[1:]
-        if not band_done or first[0] == last[0]:
-            return
-        start = (first[0] + 1) * self.chunks.chunk[0]
-        cut = start - entry.box.start[0]
-        if entry.weighted is not None:
-            entry.weighted = entry.weighted[:, cut:].clone()
-        entry.weights = entry.weights[cut:]
-        entry.box = Box((start, *entry.box.start[1:]), entry.box.stop)
-
-    def blend(self, chunk_box: Box, owned: list[Index], region: Box, data: np.ndarray,
-              valid: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sum the windows over one chunk in global window order and normalise.
-
-        Returns the normalised class scores, the weight sums and where the weights are positive.
-
-        Windows not evaluated yet (those starting in this chunk, ``owned``, in grid order) are
-        evaluated a batch at a time as the walk reaches them, so only one batch of fresh
-        predictions plus the windows straddling later chunks are held at once.
-        """
-        acc = self.zeros((self.num_classes, *chunk_box.shape))
-        wsum = self.zeros(chunk_box.shape)
-        next_new = 0
-        for index in self.grid.indices_touching(chunk_box):
-            if index not in self.cache:
-                assert owned[next_new] == index, "windows first needed here are evaluated in grid order"
-                batch = owned[next_new : next_new + self.batch_size]
-                next_new += len(batch)
-                self.evaluate(batch, region, data, valid)
-            entry = self.cache[index]
-            inter = entry.box.intersect(chunk_box)
-            assert inter is not None
-            if entry.weighted is not None:
-                src = inter.relative_to(entry.box)
-                dst = inter.relative_to(chunk_box)
-                acc[(slice(None), *dst)] += entry.weighted[(slice(None), *src)]
-                wsum[dst] += entry.weights[src]
-            entry.uses_left -= 1
-            if entry.uses_left == 0:
-                del self.cache[index]
-            else:
-                self._trim(entry)
-        covered = wsum > 0
-        acc /= torch.where(covered, wsum, torch.ones((), device=self.device))
-        return acc, wsum, covered
+_argmax_labels = argmax_labels  # the name earlier releases used
 
 
-def blend_chunks(scene: Scene, grid: WindowGrid, chunks: ChunkGrid, predict: PredictFn, weights: np.ndarray,
-                 num_classes: int, *, batch_size: int = 16, stats: BlendStats | None = None,
-                 keep_scores: bool = False, device: torch.device | str | None = None,
-                 prefetch: bool = True) -> Iterator[BlendedChunk]:
-    """Yield blended chunks, in raster order.
+def merge_chunk(index: Index, box: Box, parts: Sequence[Part], weights: torch.Tensor, num_classes: int, *,
+                keep_scores: bool = False) -> BlendedChunk:
+    """Sum the pieces of every window touching the chunk ``box`` in global window order, normalise, label.
 
-    ``predict`` maps windows ``(N, C, *tile)`` (and their validity ``(N, *tile)`` or None) to
-    probabilities ``(N, K, *tile)``, as numpy or as a torch tensor. Accumulation runs on
-    ``device`` (default: ``predict.device`` if it has one, else the CPU). Windows whose pixels
-    are all invalid are not evaluated; a pixel is valid in the output where the input is valid
-    and some window covers it. With ``prefetch`` the next chunk's pixels are read in a
-    background thread while the current one is computed. Counters go to ``stats`` when given.
+    Exactly one part must carry the chunk's validity (``has_valid``). The accumulators live on
+    ``weights``' device.
     """
+    device = weights.device
+    pieces = sorted((p for part in parts for p in part.pieces), key=lambda p: p.window)
+    given = [part for part in parts if part.has_valid]
+    if len(given) != 1:
+        raise RuntimeError(f"chunk {index} received {len(given)} validity masks, expected exactly one")
+    acc = torch.zeros((num_classes, *box.shape), dtype=torch.float32, device=device)
+    wsum = torch.zeros(box.shape, dtype=torch.float32, device=device)
+    for piece in pieces:
+        if piece.weighted is None:
+            continue
+        dst = piece.box.relative_to(box)
+        src = tuple(slice(o, o + s) for o, s in zip(piece.offset, piece.box.shape, strict=True))
+        acc[(slice(None), *dst)] += piece.weighted.to(device)
+        wsum[dst] += weights[src]
+    covered = wsum > 0
+    acc /= torch.where(covered, wsum, torch.ones((), device=device))
+    valid = covered.cpu().numpy()
+    if given[0].valid is not None:
+        valid &= given[0].valid
+    labels = argmax_labels(acc, valid)
+    scores = acc.cpu().numpy() if keep_scores else None
+    return BlendedChunk(index, box, labels, valid, scores)
+
+
+def blend_chunks(scene: Scene, grid: WindowGrid, chunks: ChunkGrid, predict: PredictFn | WindowPredictor,
+                 weights: np.ndarray | str, num_classes: int, *, batch_size: int = 16,
+                 stats: BlendStats | None = None, keep_scores: bool = False,
+                 device: torch.device | str | None = None) -> Iterator[BlendedChunk]:
+    """Yield blended chunks in raster order, computed in this process by the engine's own task functions.
+
+    ``predict`` is a :class:`~segflow.predict.Predictor` (anything with ``predict_windows``)
+    or a function mapping windows ``(N, C, *tile)`` and their validity ``(N, *tile)`` (or
+    None) to probabilities ``(N, K, *tile)``, run ``batch_size`` windows at a time.
+    ``weights`` is a blend mode name or the weights array of shape ``tile``. An evaluation is
+    kept only until the last chunk it feeds is merged. Counters go to ``stats`` when given.
+    """
+    from .engine.plan import make_plan
+
     dev = torch.device(device if device is not None else getattr(predict, "device", "cpu"))
-    engine = _Engine(grid, chunks, predict, weights, num_classes, batch_size, dev)
-    if stats is not None:
-        engine.stats = stats
-        stats.windows_total = len(grid)
-    order = list(chunks)
-    plans = [engine.plan(box) for _, box in order]
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segflow-read") as pool, torch.inference_mode():
-        pending: Future[tuple[np.ndarray, np.ndarray | None]] | None = None
-        if order:
-            pending = pool.submit(scene.read, plans[0][1])
-        for k, (index, box) in enumerate(order):
-            assert pending is not None
-            data, valid = pending.result()
-            if prefetch and k + 1 < len(order):
-                pending = pool.submit(scene.read, plans[k + 1][1])
-            owned, region = plans[k]
-            engine.current = index
-            acc, wsum, covered = engine.blend(box, owned, region, data, valid)
-            rel = box.relative_to(region)
-            chunk_valid = covered.cpu().numpy()
-            if valid is not None:
-                chunk_valid &= valid[rel]
-            del data, valid, covered
-            labels = _argmax_labels(acc, chunk_valid)
-            scores = acc.cpu().numpy() if keep_scores else None
-            engine.recycle(wsum)
-            if not keep_scores:  # on the CPU the scores share acc's memory
-                engine.recycle(acc)
-            del acc, wsum
-            engine.stats.chunks += 1
-            yield BlendedChunk(index, box, labels, chunk_valid, scores)
-            del labels, scores, chunk_valid  # the caller owns them now: do not keep them alive here
-            if not prefetch and k + 1 < len(order):
-                pending = pool.submit(scene.read, plans[k + 1][1])
+    predictor = predict if hasattr(predict, "predict_windows") else BatchedFunction(predict, batch_size)
+    if isinstance(weights, str):
+        w = weights_tensor(grid.tile, weights, dev)
+    else:
+        w = torch.as_tensor(np.ascontiguousarray(weights, dtype=np.float32), device=dev)
+    stats = stats if stats is not None else BlendStats()
+    stats.windows_total = len(grid)
+    plan = make_plan(grid, chunks)
+    results: dict[Index, Evaluation] = {}
+    with torch.inference_mode():
+        for task in plan.tasks:
+            for source in task.sources:
+                if source not in results:
+                    src = plan.by_index[source]
+                    assert src.read is not None
+                    data, valid = scene.read(src.read)
+                    ev = evaluate_windows(src.evaluates, grid, chunks, src.targets, src.read, data, valid,
+                                          predictor, w, own=source)
+                    stats.windows_evaluated += len(ev.evaluated)
+                    stats.windows_skipped += ev.skipped
+                    stats.evaluated.update(ev.evaluated)
+                    results[source] = ev
+            parts = [results[s].parts.pop(task.index) for s in task.sources]
+            for source in task.sources:
+                if not results[source].parts:
+                    del results[source]
+            chunk = merge_chunk(task.index, task.box, parts, w, num_classes, keep_scores=keep_scores)
+            del parts
+            stats.chunks += 1
+            yield chunk

@@ -9,31 +9,35 @@ import json
 import math
 import os
 import platform
+import shutil
 import time
-from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from . import __version__
+from ._failpoints import failpoint
 from ._memory import limit_heap_fragmentation
 from .bands import assemble_scene, parse_inputs
+from .engine import Execution, PredictorFactory, RunSpec, input_identity, make_plan, run_fingerprint, run_plan
 from .errors import ConfigError, InputError
-from .io.cog import LabelRasterWriter
-from .io.geotiff import gdal_cache_limit, open_geotiff
-from .io.publish import Staging
-from .io.zarr_store import MaskStore
-from .models import ModelPackage, load_module, resolve_package
-from .predict import Predictor
-from .stitch import LABEL_NODATA, BlendedChunk, BlendStats, blend_chunks
-from .tiling import BLEND_MODES, Box, ChunkGrid, WindowGrid, blend_weights
+from .io.atomic import atomic_write_text
+from .io.geotiff import gdal_cache_limit
+from .io.lock import OutputLock
+from .io.mask_store import MaskStore
+from .io.publish import STAGING_PREFIX, Staging, prepare_output, recover
+from .io.readers import open_scene
+from .io.sinks import Sink, sinks_for
+from .models import ModelPackage, resolve_package
+from .predict import resolve_device
+from .scene import Scene
+from .tiling import BLEND_MODES, ChunkGrid, WindowGrid
 
-__all__ = ["DEFAULT_MODEL", "RunResult", "TileInferParams", "tile_infer"]
+__all__ = ["DEFAULT_MODEL", "Execution", "RunResult", "TileInferParams", "tile_infer"]
 
 DEFAULT_MODEL = "spectral-landcover"
 Progress = Callable[[int, int], None]
@@ -78,6 +82,8 @@ class RunResult:
     chunks: int
     wall_seconds: float
     megapixels: float
+    chunks_computed: int = 0
+    chunks_reused: int = 0
 
     @property
     def megapixels_per_second(self) -> float:
@@ -85,89 +91,112 @@ class RunResult:
 
     def summary(self) -> str:
         where = ", ".join(str(p) for p in self.outputs.values())
+        reused = f", {self.chunks_reused} reused from an earlier attempt" if self.chunks_reused else ""
         return (f"wrote {where} | {self.windows_evaluated} windows evaluated ({self.windows_skipped} nodata "
-                f"skipped) in {self.chunks} chunks | {self.wall_seconds:.1f} s | "
+                f"skipped) in {self.chunks} chunks{reused} | {self.wall_seconds:.1f} s | "
                 f"{self.megapixels_per_second:.2f} MP/s")
 
 
-class _Writer:
-    """Writes finished chunks in a background thread, at most one chunk behind compute."""
-
-    def __init__(self, store: MaskStore, raster: LabelRasterWriter, save_scores: bool):
-        self.store, self.raster, self.save_scores = store, raster, save_scores
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segflow-write")
-        self.pending: Future[None] | None = None
-
-    def _write(self, box: Box, labels: np.ndarray, scores: np.ndarray | None) -> None:
-        self.store.write(box, labels, scores)
-        self.raster.write(box, labels)
-
-    def submit(self, chunk: BlendedChunk) -> None:
-        scores = None
-        if self.save_scores and chunk.scores is not None:
-            scores = np.where(chunk.valid, chunk.scores, np.float32(np.nan)).astype(np.float16)
-        if self.pending is not None:
-            self.pending.result()
-        self.pending = self.pool.submit(self._write, chunk.box, chunk.labels, scores)
-
-    def drain(self) -> None:
-        try:
-            if self.pending is not None:
-                self.pending.result()
-        finally:
-            self.pool.shutdown(wait=True)
-
-
 def _provenance(input_path: Path, scene_meta: dict[str, Any], package: ModelPackage, params: TileInferParams,
-                grid: WindowGrid, stats: BlendStats, device: str, wall: float, started: str) -> dict[str, Any]:
+                grid: WindowGrid, device: str, started: str) -> dict[str, Any]:
     p = asdict(params)
     p["bands"] = dict(params.bands)
     return {
         "segflow_version": __version__,
         "started_utc": started,
-        "wall_seconds": round(wall, 3),
-        "input": {"path": str(input_path.resolve()), "size_bytes": input_path.stat().st_size, **scene_meta},
+        "input": {"path": str(input_path.resolve()), "size_bytes": _size(input_path), **scene_meta},
         "model": package.provenance(),
         "parameters": p,
         "effective": {"tile": list(grid.tile), "stride": list(grid.stride), "device": device},
-        "windows": {"total": stats.windows_total, "evaluated": stats.windows_evaluated,
-                    "skipped_nodata": stats.windows_skipped},
-        "chunks_written": stats.chunks,
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "platform": platform.platform()},
     }
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 InputPaths = str | os.PathLike[str] | Mapping[str, str | os.PathLike[str]]
 
 
 def tile_infer(input_path: InputPaths, output_dir: str | os.PathLike[str],
-               params: TileInferParams | None = None, *, progress: Progress | None = None) -> RunResult:
+               params: TileInferParams | None = None, *, progress: Progress | None = None,
+               execution: Execution | None = None) -> RunResult:
     """Segment a raster of any size window by window and publish ``mask.zarr``, ``labels.tif``, ``run.json``.
 
-    The scene is read lazily by chunks; windows of the model's tile size on a global grid are
-    evaluated once each, blended with ``params.blend`` weights, and written chunk by chunk. All
-    outputs are built in a staging folder inside ``output_dir`` and renamed into place only
-    when complete. ``progress(done, total)`` is called after each chunk.
+    The scene is planned as chunk tasks (:mod:`segflow.engine`): windows of the model's tile
+    size on a global grid are evaluated once each, blended with ``params.blend`` weights, and
+    each finished chunk lands in ``mask.zarr`` with a completion record. ``execution`` says
+    where the tasks run (threads here by default, a local cluster of worker processes, or a
+    running dask cluster). Outputs are built in a staging folder inside ``output_dir`` and
+    renamed into place only when complete. A run killed part-way is continued by the same call
+    into the same output: only chunks without a completion record are computed. One run at a
+    time per output folder. ``progress(done, total)`` is called after each chunk.
 
     ``input_path`` is one raster, or a mapping ``{"image": scene, "dem": dem}`` for a model that
     reads several co-registered rasters (its ``model.yaml`` names each band's ``source``).
     """
     limit_heap_fragmentation()
     with gdal_cache_limit():
-        return _tile_infer(input_path, output_dir, params, progress)
+        return _tile_infer(input_path, output_dir, params or TileInferParams(), progress,
+                           execution or Execution())
 
 
-def _tile_infer(input_path: InputPaths, output_dir: str | os.PathLike[str],
-                params: TileInferParams | None, progress: Progress | None) -> RunResult:
-    params = params or TileInferParams()
+def _pixel_parameters(params: TileInferParams, grid: WindowGrid, chunks: ChunkGrid, bands: tuple[str, ...],
+                      device: str) -> dict[str, Any]:
+    """Every parameter that changes the pixels or the layout of the store."""
+    return {"tile": grid.tile, "stride": grid.stride, "blend": params.blend, "chunk": chunks.chunk,
+            "bands": dict(params.bands), "band_names": bands, "save_scores": params.save_scores,
+            "device": device, "amp": params.amp and device == "cuda"}
+
+
+def _up_to_date(output: Path, fingerprint: str, names: list[str]) -> dict[str, Any] | None:
+    """The published run.json when the published outputs are complete results of this very run."""
+    try:
+        record = json.loads((output / "run.json").read_text(encoding="utf-8"))
+        same = record["run"]["fingerprint"] == fingerprint
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not same or not all((output / n).exists() for n in names):
+        return None
+    try:
+        if MaskStore.open(output / "mask.zarr").fingerprint != fingerprint:
+            return None
+    except InputError:
+        return None
+    return record
+
+
+def _store(path: Path, fingerprint: str, scene: Scene, chunks: ChunkGrid, spec: Any, save_scores: bool,
+           source: Path) -> MaskStore:
+    """The run's store: an earlier attempt's when it belongs to this run, else a new one."""
+    if path.exists():
+        try:
+            store = MaskStore.open(path, mode="r+")
+            if store.fingerprint == fingerprint:
+                return store
+        except InputError:
+            pass
+        shutil.rmtree(path)
+    attrs = {**scene.geometry.attrs(), "source": str(source), "model": spec.name, "run_fingerprint": fingerprint}
+    return MaskStore.create(path, scene.spatial_shape, chunks.chunk, spec.class_names, save_scores=save_scores,
+                            attrs=attrs)
+
+
+def _tile_infer(input_path: InputPaths, output_dir: str | os.PathLike[str], params: TileInferParams,
+                progress: Progress | None, execution: Execution) -> RunResult:
     params.check()
+    execution.check()
     t0, started = time.perf_counter(), datetime.now(UTC).isoformat(timespec="seconds")
     inputs = dict(input_path) if isinstance(input_path, Mapping) else parse_inputs([input_path])
     inputs = {k: Path(v) for k, v in inputs.items()}
     package = resolve_package(params.model)
     spec = package.spec
-    scenes = {name: open_geotiff(path) for name, path in inputs.items()}
+    scenes = {name: open_scene(path) for name, path in inputs.items()}
     for name, opened in scenes.items():
         if spec.spatial_dims != opened.spatial_dims:
             raise InputError(f"model {spec.name!r} is {spec.spatial_dims}D but {inputs[name]} is a "
@@ -177,46 +206,86 @@ def _tile_infer(input_path: InputPaths, output_dir: str | os.PathLike[str],
     grid = WindowGrid.create(scene.spatial_shape, params.tile or spec.tile_shape,
                              spec.overlap if params.overlap is None else params.overlap)
     chunks = ChunkGrid.create(scene.spatial_shape, params.chunk)
-    predictor = Predictor(load_module(package), spec, device=params.device, batch_size=params.batch,
-                          amp=params.amp)
-    stats = BlendStats()
-    with Staging(output_dir) as staging:
-        attrs: dict[str, Any] = {"crs": scene.crs, "transform": list(scene.transform) if scene.transform else None,
-                                 "source": str(input_path), "model": spec.name}
-        if scene.gcps:
-            attrs.update(gcps=[list(g) for g in scene.gcps], gcp_crs=scene.gcp_crs)
-        if scene.rpcs:
-            attrs["rpcs"] = dict(scene.rpcs)
-        store = MaskStore(staging.path / "mask.zarr", scene.spatial_shape, chunks.chunk, spec.class_names,
-                          save_scores=params.save_scores, attrs=attrs)
-        height, width = scene.spatial_shape
-        raster = LabelRasterWriter(staging.path / "labels.tif", width=width, height=height, crs=scene.crs,
-                                   transform=scene.transform, nodata=LABEL_NODATA, class_names=spec.class_names,
-                                   colors=[c.color for c in spec.classes], gcps=scene.gcps,
-                                   gcp_crs=scene.gcp_crs, rpcs=scene.rpcs)
-        writer = _Writer(store, raster, params.save_scores)
-        try:
-            weights = blend_weights(grid.tile, params.blend)
-            for chunk in blend_chunks(scene, grid, chunks, predictor.predict_tensor, weights, len(spec.classes),
-                                      batch_size=params.batch, stats=stats, keep_scores=params.save_scores,
-                                      device=predictor.device):
-                writer.submit(chunk)
-                del chunk
-                if progress is not None:
-                    progress(stats.chunks, len(chunks))
-            writer.drain()
-        except BaseException:
-            writer.drain()
-            raster.abort()
-            raise
-        raster.finish()
-        wall = time.perf_counter() - t0
-        run = _provenance(input_path, scene.meta, package, params, grid, stats, str(predictor.device), wall,
-                          started)
-        if len(inputs) > 1:
-            run["inputs"] = {k: str(v.resolve()) for k, v in inputs.items()}
-        (staging.path / "run.json").write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
-        outputs = staging.publish(["mask.zarr", "labels.tif", "run.json"])
-    return RunResult(outputs=outputs, windows_total=stats.windows_total, windows_evaluated=stats.windows_evaluated,
-                     windows_skipped=stats.windows_skipped, chunks=stats.chunks, wall_seconds=wall,
-                     megapixels=math.prod(scene.spatial_shape) / 1e6)
+    device = params.device if execution.address else str(resolve_device(params.device))
+    threads = max(1, (os.cpu_count() or 1) // execution.workers) if execution.workers else None
+    factory = PredictorFactory(package, params.device, params.batch, params.amp, threads)
+    identities = {k: input_identity(v) for k, v in inputs.items()}
+    model_id = {"weights_sha256": package.weights_sha256, "model_yaml_sha256": package.yaml_sha256}
+    fingerprint = run_fingerprint(identities, model_id, _pixel_parameters(
+        params, grid, chunks, scene.band_names, torch.device(device).type if device != "auto" else device))
+    sinks = sinks_for(scene.geometry, spec)
+    names = ["mask.zarr", *(s.name for s in sinks), "run.json"]
+    output = Path(output_dir)
+    prepare_output(output)
+    with OutputLock(output):
+        folder = f"run-{fingerprint[:16]}"
+        recover(output, keep=(STAGING_PREFIX + folder,))
+        done_before = _up_to_date(output, fingerprint, names)
+        if done_before is not None:
+            return _result_from(done_before, output, names, time.perf_counter() - t0, scene)
+        with Staging(output, folder, keep_on_error=True) as staging:
+            store = _store(staging.path / "mask.zarr", fingerprint, scene, chunks, spec, params.save_scores,
+                           input_path)
+            try:
+                return _compute(scene, grid, chunks, params, execution, factory, package, store, staging, sinks,
+                                names, fingerprint, progress, t0, started, inputs, input_path)
+            except BaseException:
+                if not store.done():  # nothing worth resuming
+                    staging.discard()
+                raise
+
+
+def _compute(scene: Scene, grid: WindowGrid, chunks: ChunkGrid, params: TileInferParams, execution: Execution,
+             factory: PredictorFactory, package: ModelPackage, store: MaskStore, staging: Staging,
+             sinks: Sequence[Sink], names: list[str], fingerprint: str, progress: Progress | None, t0: float,
+             started: str, inputs: dict[str, Path], input_path: Path) -> RunResult:
+    reused = set(store.done())
+    plan = make_plan(grid, chunks, reused)
+    run = RunSpec(grid=grid, chunks=chunks, blend=params.blend, num_classes=len(package.spec.classes),
+                  factory=factory, store=store.path, fingerprint=fingerprint, save_scores=params.save_scores,
+                  to_host=execution.distributed)
+    finished = len(reused)
+
+    def on_chunk(record: dict[str, Any]) -> None:
+        nonlocal finished
+        finished += 1
+        if progress is not None:
+            progress(finished, len(chunks))
+        failpoint("chunk")
+
+    device = factory.device if execution.address else str(resolve_device(factory.device))
+    outcome = run_plan(plan, scene, run, execution, on_chunk=on_chunk, cuda=device.startswith("cuda"))
+    missing = len(chunks) - len(store.done())
+    evaluated = len(outcome.evaluated)
+    if missing or evaluated != len(set(outcome.evaluated)) or evaluated + outcome.skipped != plan.windows_to_evaluate:
+        raise RuntimeError(f"engine error: {missing} chunks without a completion record, {evaluated} windows "
+                           f"evaluated ({len(set(outcome.evaluated))} distinct) of {plan.windows_to_evaluate} planned")
+    for sink in sinks:
+        (staging.path / sink.name).unlink(missing_ok=True)
+        sink.write(store, staging.path)
+    record = _provenance(input_path, scene.meta, package, params, grid, device, started)
+    wall = time.perf_counter() - t0
+    record.update({
+        "wall_seconds": round(wall, 3),
+        "windows": {"total": len(grid), "evaluated": evaluated, "skipped_nodata": outcome.skipped,
+                    "each_evaluated_once": True},
+        "chunks_written": len(chunks),
+        "run": {"fingerprint": fingerprint, "chunks_computed": len(plan.merged), "chunks_reused": len(reused),
+                "scheduler": outcome.workers},
+    })
+    if len(inputs) > 1:
+        record["inputs"] = {k: str(v.resolve()) for k, v in inputs.items()}
+    atomic_write_text(staging.path / "run.json", json.dumps(record, indent=2) + "\n")
+    outputs = staging.publish(names)
+    return RunResult(outputs=outputs, windows_total=len(grid), windows_evaluated=evaluated,
+                     windows_skipped=outcome.skipped, chunks=len(chunks), wall_seconds=wall,
+                     megapixels=math.prod(scene.spatial_shape) / 1e6, chunks_computed=len(plan.merged),
+                     chunks_reused=len(reused))
+
+
+def _result_from(record: dict[str, Any], output: Path, names: list[str], wall: float, scene: Scene) -> RunResult:
+    windows = record.get("windows", {})
+    return RunResult(outputs={n: output / n for n in names}, windows_total=int(windows.get("total", 0)),
+                     windows_evaluated=0, windows_skipped=0, chunks=int(record.get("chunks_written", 0)),
+                     wall_seconds=wall, megapixels=math.prod(scene.spatial_shape) / 1e6, chunks_computed=0,
+                     chunks_reused=int(record.get("chunks_written", 0)))

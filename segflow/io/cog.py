@@ -15,9 +15,13 @@ from rasterio.shutil import copy as gdal_copy
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
+from .._failpoints import failpoint
+from ..geometry import RasterGeometry
+from ..labels import LABEL_NODATA
 from ..tiling import Box
+from .mask_store import MaskStore
 
-__all__ = ["LabelRasterWriter"]
+__all__ = ["LabelRasterWriter", "write_label_cog"]
 
 
 class LabelRasterWriter:
@@ -76,3 +80,22 @@ class LabelRasterWriter:
     def abort(self) -> None:
         if not self.dataset.closed:
             self.dataset.close()
+
+
+def write_label_cog(store: MaskStore, path: Path, geometry: RasterGeometry, class_names: Sequence[str],
+                    colors: Sequence[tuple[int, int, int] | None] | None = None, *, rows: int = 2048) -> Path:
+    """Build ``labels.tif`` (COG) at ``path`` from the store's labels, ``rows`` rows at a time."""
+    height, width = store.shape
+    writer = LabelRasterWriter(path, width=width, height=height, crs=geometry.crs, transform=geometry.transform,
+                               nodata=LABEL_NODATA, class_names=class_names, colors=colors, gcps=geometry.gcps,
+                               gcp_crs=geometry.gcp_crs, rpcs=geometry.rpcs)
+    try:
+        for r0 in range(0, height, rows):
+            box = Box((r0, 0), (min(r0 + rows, height), width))
+            writer.write(box, store.read_labels(box))
+            failpoint("cog")
+    except BaseException:
+        writer.abort()
+        writer.raw.unlink(missing_ok=True)
+        raise
+    return writer.finish()

@@ -1,10 +1,16 @@
 """Atomic publication of outputs: build everything in a staging folder, then rename into place.
 
 A failed run leaves the output folder as it was: earlier good outputs are never damaged and
-nothing half-written appears under the final names. A run killed outright (out of memory,
-SIGKILL, power loss) cannot clean up after itself; the next run into the same folder removes
-what it left — staging folders whose owning process is gone — and puts back an earlier
-output that was moved aside when the kill came between the two renames that replace it.
+nothing half-written appears under the final names. Publishing several entries first writes a
+journal (``publish.json``) into the staging folder, then renames the entries one by one
+(:func:`segflow.io.atomic.publish_path`). A run killed outright (out of memory, SIGKILL, power
+loss) cannot clean up after itself; the next run into the same folder
+(:func:`recover`) first completes any publication whose journal was written — those outputs
+were complete — then removes staging folders whose owning process is gone and puts back an
+earlier output that was moved aside when the kill came between the two renames that replace it.
+
+A staging folder may have a fixed name (a resumable run keeps its work there between
+attempts); such a folder is kept when the run fails, for the next attempt to continue.
 """
 
 from __future__ import annotations
@@ -18,12 +24,15 @@ import uuid
 from pathlib import Path
 from types import TracebackType
 
+from .._failpoints import failpoint
 from ..errors import OutputError
+from .atomic import OLD_PREFIX, atomic_write_text, publish_path
 
-__all__ = ["Staging", "remove_orphans"]
+__all__ = ["JOURNAL", "OLD_PREFIX", "STAGING_PREFIX", "Staging", "recover", "remove_orphans"]
 
 
-def _prepare(output: Path) -> None:
+def prepare_output(output: Path) -> None:
+    """Create the output folder, or refuse with one line when it cannot be one."""
     if output.exists() and not output.is_dir():
         raise OutputError(f"output {output} exists and is not a directory; choose a directory for --output")
     try:
@@ -35,8 +44,8 @@ def _prepare(output: Path) -> None:
 
 
 STAGING_PREFIX = ".segflow-staging-"
-OLD_PREFIX = ".segflow-old-"
 OWNER = "owner.json"
+JOURNAL = "publish.json"
 ORPHAN_AGE_S = 24 * 3600  # a staging folder without an owner record is left alone this long
 
 
@@ -76,7 +85,35 @@ def _orphaned(staging: Path) -> bool:
     return space == _process_space() and not _alive(pid)
 
 
-def remove_orphans(output: Path) -> list[Path]:
+def _finish_journal(staging: Path) -> bool:
+    """Complete the publication a killed run started; True when ``staging`` had a journal."""
+    try:
+        names = json.loads((staging / JOURNAL).read_text(encoding="utf-8"))["names"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    for name in names:
+        staged = staging / name
+        if os.path.lexists(staged):
+            publish_path(staged, staging.parent / name)
+    shutil.rmtree(staging, ignore_errors=True)
+    return True
+
+
+def recover(output: Path, keep: tuple[str, ...] = ()) -> list[Path]:
+    """Clean up after killed runs into ``output``: finish their publications, then remove their debris.
+
+    Call it while holding the output's lock (:class:`~segflow.io.lock.OutputLock`): then no
+    other run is publishing here. Staging folders named in ``keep`` (a resumable run's own
+    folder) are not removed, but a publication they journaled is completed like any other.
+    """
+    touched = []
+    for staging in sorted(output.glob(STAGING_PREFIX + "*")):
+        if staging.is_dir() and _orphaned(staging) and _finish_journal(staging):
+            touched.append(staging)
+    return touched + remove_orphans(output, keep)
+
+
+def remove_orphans(output: Path, keep: tuple[str, ...] = ()) -> list[Path]:
     """Clean up after runs into ``output`` that were killed; returns what was removed or restored.
 
     An output moved aside as ``.segflow-old-<id>-<name>`` whose final ``<name>`` is missing
@@ -86,7 +123,7 @@ def remove_orphans(output: Path) -> list[Path]:
     touched = []
     live = False
     for staging in sorted(output.glob(STAGING_PREFIX + "*")):
-        if not staging.is_dir():
+        if not staging.is_dir() or staging.name in keep:
             continue
         if _orphaned(staging):
             shutil.rmtree(staging, ignore_errors=True)
@@ -111,17 +148,24 @@ def remove_orphans(output: Path) -> list[Path]:
 
 
 class Staging:
-    """A hidden staging folder inside ``output``; :meth:`publish` renames its entries into place."""
+    """A hidden staging folder inside ``output``; :meth:`publish` renames its entries into place.
 
-    def __init__(self, output: str | os.PathLike[str]):
+    ``name`` gives the folder a fixed name (``.segflow-staging-<name>``) that a later attempt
+    finds again; with ``keep_on_error`` the folder survives a failed run. The caller that uses
+    a fixed name holds the output's lock and has run :func:`recover` itself.
+    """
+
+    def __init__(self, output: str | os.PathLike[str], name: str | None = None, *, keep_on_error: bool = False):
         self.output = Path(output)
-        _prepare(self.output)
-        remove_orphans(self.output)
-        self.path = self.output / f"{STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
+        self.keep_on_error = keep_on_error
+        prepare_output(self.output)
+        if name is None:
+            remove_orphans(self.output)
+        self.path = self.output / f"{STAGING_PREFIX}{name or uuid.uuid4().hex[:12]}"
         try:
-            self.path.mkdir()
+            self.path.mkdir(exist_ok=name is not None)
             owner = {"pid": os.getpid(), "space": _process_space(), "started": time.time()}
-            (self.path / OWNER).write_text(json.dumps(owner), encoding="utf-8")
+            atomic_write_text(self.path / OWNER, json.dumps(owner))
         except OSError as exc:
             raise OutputError(
                 f"cannot write to output directory {self.output} ({exc.strerror}); choose a writable --output"
@@ -132,21 +176,28 @@ class Staging:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.discard()
+        if exc_type is None or not self.keep_on_error:
+            self.discard()
 
     def publish(self, names: list[str]) -> dict[str, Path]:
-        """Move the staged entries ``names`` to ``output``, in that order, each atomically."""
+        """Move the staged entries ``names`` to ``output``, in that order, each atomically.
+
+        A journal is written first, so a run killed between two renames has its publication
+        completed by the next run (:func:`recover`) instead of leaving a mix of old and new.
+        """
+        atomic_write_text(self.path / JOURNAL, json.dumps({"names": list(names)}))
         done = {}
-        for name in names:
-            staged, final = self.path / name, self.output / name
-            if staged.is_dir() and final.exists():
-                old = self.output / f"{OLD_PREFIX}{uuid.uuid4().hex[:12]}-{name}"
-                os.replace(final, old)
-                os.replace(staged, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(staged, final)
-            done[name] = final
+        for n, name in enumerate(names):
+            if n:
+                failpoint("publish")
+            try:
+                publish_path(self.path / name, self.output / name)
+            except OSError as exc:
+                raise OutputError(f"cannot publish {self.output / name} ({exc.strerror or exc}); the staged outputs "
+                                  f"stay in {self.path} and the next run into {self.output} completes the "
+                                  "publication") from None
+            done[name] = self.output / name
+        self.discard()
         return done
 
     def discard(self) -> None:

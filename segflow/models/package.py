@@ -37,6 +37,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import ModelError
+from ..labels import MAX_CLASSES
 from .archive import extract_package_archive, is_archive, sha256_file
 
 __all__ = [
@@ -48,7 +49,6 @@ __all__ = [
     "resolve_package",
 ]
 
-MAX_CLASSES = 255  # labels are uint8 and 255 is nodata
 
 
 class _Strict(BaseModel):

@@ -1,0 +1,184 @@
+"""Run a plan as one dask graph on threads, a local cluster of worker processes, or a remote cluster.
+
+The graph has three kinds of tasks per chunk: ``eval`` (read the region, run the chunk's
+windows), ``part`` (one per target chunk: pick what that chunk needs out of an evaluation, so on
+a cluster only those bytes move) and ``merge`` (sum the parts, label, write the store, record the
+chunk as complete). A small ``count`` task per evaluation reports which windows it ran.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError, DeviceError
+from ..scene import Scene
+from .plan import Index, Plan
+from .tasks import RunSpec, evaluate_chunk, evaluation_counts, merge_and_store, part_for
+
+__all__ = ["Execution", "Outcome", "run_plan"]
+
+OnChunk = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Execution:
+    """Where the tasks run.
+
+    ``workers``: None or 0 runs threads in this process; N starts a local cluster of N worker
+    processes for the run. ``address``: a running dask.distributed scheduler
+    (``tcp://host:8786``) to use instead. ``threads``: threads in this process (default: the
+    CPU count). On a cluster, evaluation tasks of a CUDA run ask for the resource ``GPU`` (start
+    GPU workers with ``--resources GPU=1``), so each GPU runs one inference task at a time.
+    """
+
+    workers: int | None = None
+    address: str | None = None
+    threads: int | None = None
+
+    def check(self) -> None:
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"workers must be >= 0, got {self.workers}; e.g. --workers 4")
+        if self.workers and self.address:
+            raise ConfigError("give either --workers (a local cluster) or --dask-address (a running one), not both")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {self.threads}")
+
+    @property
+    def distributed(self) -> bool:
+        return bool(self.workers) or bool(self.address)
+
+    @property
+    def kind(self) -> str:
+        if self.address:
+            return "cluster"
+        return "processes" if self.workers else "threads"
+
+
+@dataclass
+class Outcome:
+    """What the graph returned: one completion record per merged chunk and the evaluation counts."""
+
+    records: dict[Index, dict[str, Any]]
+    evaluated: list[Index]
+    skipped: int
+    workers: dict[str, Any]
+
+
+def _graph(plan: Plan, scene: Any, run: RunSpec, token: str) -> tuple[dict[Any, Any], list[Any], list[Any]]:
+    def key(kind: str, *index: int) -> tuple[Any, ...]:
+        return (f"segflow-{kind}-{token}", *index)
+
+    dsk: dict[Any, Any] = {}
+    merges, counts = [], []
+    for task in plan.evaluations:
+        dsk[key("eval", *task.index)] = (evaluate_chunk, scene, task, run)
+        dsk[key("count", *task.index)] = (evaluation_counts, key("eval", *task.index))
+        counts.append(key("count", *task.index))
+        for target in task.targets:
+            dsk[key("part", *task.index, *target)] = (part_for, key("eval", *task.index), target)
+    for task in plan.merged:
+        parts = [key("part", *source, *task.index) for source in task.sources]
+        dsk[key("merge", *task.index)] = (merge_and_store, task, parts, run)
+        merges.append(key("merge", *task.index))
+    return dsk, merges, counts
+
+
+def _outcome(plan: Plan, merge_results: list[dict[str, Any]], count_results: list[dict[str, Any]],
+             workers: dict[str, Any]) -> Outcome:
+    records = {tuple(r["index"]): r for r in merge_results}
+    evaluated = [tuple(i) for c in count_results for i in c["evaluated"]]
+    return Outcome(records, evaluated, sum(c["skipped"] for c in count_results), workers)
+
+
+def _run_threads(plan: Plan, scene: Scene, run: RunSpec, execution: Execution, on_chunk: OnChunk,
+                 token: str) -> Outcome:
+    from dask.callbacks import Callback
+    from dask.threaded import get
+
+    dsk, merges, counts = _graph(plan, scene, run, token)
+    merge_names = {k[0] for k in merges}
+
+    class _Progress(Callback):
+        def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+            if isinstance(key, tuple) and key[0] in merge_names:
+                on_chunk(result)
+
+    with _Progress():
+        results = get(dsk, merges + counts, num_workers=execution.threads or os.cpu_count() or 1)
+    return _outcome(plan, list(results[: len(merges)]), list(results[len(merges):]),
+                    {"kind": "threads", "threads": execution.threads or os.cpu_count() or 1})
+
+
+def _client(execution: Execution, cuda: bool) -> tuple[Any, Any]:
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:  # pragma: no cover - distributed is a core dependency
+        raise ConfigError("worker processes and clusters need dask.distributed: pip install distributed") from None
+    if execution.address:
+        try:
+            client = Client(execution.address, timeout="20s")
+        except (OSError, TimeoutError) as exc:
+            raise ConfigError(f"cannot reach the dask scheduler at {execution.address} ({exc}); check the address "
+                              "and that the scheduler is running") from None
+        return client, None
+    workers = int(execution.workers or 1)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, dashboard_address=None,
+                           resources={"GPU": 1} if cuda else None, silence_logs=40)
+    return Client(cluster), cluster
+
+
+def _check_gpu_workers(client: Any) -> None:
+    info = client.scheduler_info()
+    if not any(w.get("resources", {}).get("GPU") for w in info.get("workers", {}).values()):
+        raise DeviceError("this run uses CUDA but no worker of the cluster declares a GPU; start GPU workers with "
+                          "`dask worker ADDRESS --resources GPU=1` (one per GPU), or run with --device cpu")
+
+
+def _run_distributed(plan: Plan, scene: Scene, run: RunSpec, execution: Execution, on_chunk: OnChunk,
+                     token: str, cuda: bool) -> Outcome:
+    from distributed import as_completed
+
+    client, cluster = _client(execution, cuda)
+    try:
+        if cuda:
+            _check_gpu_workers(client)
+        scene_future = client.scatter(scene, broadcast=False, hash=False)
+        dsk, merges, counts = _graph(plan, "__scene__", run, token)
+        futures: dict[Any, Any] = {}
+        order = {t.index: n for n, t in enumerate(plan.tasks)}
+        for k, spec in dsk.items():  # dict order is topological: evals, counts, parts, then merges
+            func, *args = spec
+            args = [scene_future if a == "__scene__" else futures.get(a, a) if isinstance(a, tuple) else
+                    [futures[x] for x in a] if isinstance(a, list) else a for a in args]
+            n = order.get(tuple(k[1:3]) if len(k) > 1 else (), 0)
+            is_eval = func is evaluate_chunk
+            futures[k] = client.submit(func, *args, key=k, pure=False, priority=-n if is_eval else -n + 1,
+                                       resources={"GPU": 1} if (cuda and is_eval) else None, retries=2)
+        merge_futures = [futures[k] for k in merges]
+        for future in as_completed(merge_futures):
+            on_chunk(future.result())
+        count_results = client.gather([futures[k] for k in counts])
+        info = client.scheduler_info()
+        workers = {"kind": execution.kind, "address": info.get("address"),
+                   "workers": len(info.get("workers", {})),
+                   "threads": sum(w.get("nthreads", 0) for w in info.get("workers", {}).values())}
+        return _outcome(plan, [f.result() for f in merge_futures], list(count_results), workers)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def run_plan(plan: Plan, scene: Scene, run: RunSpec, execution: Execution, *, on_chunk: OnChunk | None = None,
+             cuda: bool = False) -> Outcome:
+    """Run every evaluation and merge of ``plan``; ``on_chunk(record)`` is called as each chunk completes."""
+    execution.check()
+    token = run.fingerprint[:16]
+    callback = on_chunk or (lambda record: None)
+    if execution.distributed:
+        return _run_distributed(plan, scene, run, execution, callback, token, cuda)
+    return _run_threads(plan, scene, run, execution, callback, token)

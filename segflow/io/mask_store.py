@@ -1,0 +1,151 @@
+"""The mask store: the run's source of truth, written chunk by chunk and read by every sink.
+
+Layout of ``mask.zarr`` (zarr v3 group), written and read by this module alone:
+
+- ``labels``: uint8 over the spatial axes, :data:`~segflow.labels.LABEL_NODATA` where no
+  prediction; sharded so that one processing chunk is one shard (inner chunks of 512).
+- ``scores`` (optional): float16 ``(K, *spatial)``, NaN exactly where labels are nodata.
+- group attributes: geometry (``crs`` WKT, ``transform``; ``gcps``/``gcp_crs``/``rpcs``),
+  ``nodata``, ``class_names``, ``axes``, ``chunk`` (processing chunk) and ``run_fingerprint``.
+- ``.segflow-done/<i>_<j>.json``: a completion record per finished processing chunk, written
+  atomically after the chunk's arrays. A chunk without a record is recomputed on resume.
+
+Each processing chunk is exactly one shard (or plain chunk) of each array, so chunk tasks in
+different processes never write the same file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from ..errors import InputError
+from ..labels import LABEL_NODATA
+from ..tiling import Box
+from .atomic import atomic_write_text
+
+__all__ = ["DONE_DIR", "MaskStore"]
+
+_INNER = 512  # inner chunk of a shard, for readers that want small tiles
+DONE_DIR = ".segflow-done"
+Index = tuple[int, ...]
+
+
+def _chunking(chunk: Sequence[int], lead: tuple[int, ...] = ()) -> dict[str, Any]:
+    """Shard = processing chunk with small inner chunks when they divide it; plain chunks otherwise.
+
+    ``lead`` are chunk sizes of leading non-spatial axes (1 for the class axis of scores).
+    """
+    spatial = tuple(int(c) for c in chunk)
+    if all(c % _INNER == 0 and c > _INNER for c in spatial):
+        return {"shards": (*lead, *spatial), "chunks": (*lead, *(_INNER,) * len(spatial))}
+    return {"chunks": (*lead, *spatial)}
+
+
+def _record_name(index: Index) -> str:
+    return "_".join(str(i) for i in index) + ".json"
+
+
+class MaskStore:
+    """A ``mask.zarr`` store: create it with :meth:`create`, open an existing one with :meth:`open`."""
+
+    def __init__(self, path: Path, group: zarr.Group):
+        self.path = Path(path)
+        self.group = group
+
+    # ------------------------------------------------------------------ create / open
+
+    @classmethod
+    def create(cls, path: Path, shape: Sequence[int], chunk: Sequence[int], class_names: Sequence[str], *,
+               save_scores: bool, attrs: dict[str, Any]) -> MaskStore:
+        """A new, empty store (anything at ``path`` is replaced)."""
+        spatial_names = ["z", "y", "x"][-len(shape):]
+        group = zarr.open_group(str(path), mode="w", zarr_format=3)
+        group.attrs.update(json.loads(json.dumps({
+            **attrs,
+            "nodata": LABEL_NODATA,
+            "class_names": list(class_names),
+            "axes": "".join(spatial_names).upper(),
+            "chunk": [int(c) for c in chunk],
+        })))
+        group.create_array("labels", shape=tuple(shape), dtype="uint8", fill_value=LABEL_NODATA,
+                           dimension_names=spatial_names, **_chunking(chunk))
+        if save_scores:
+            group.create_array("scores", shape=(len(class_names), *shape), dtype="float16", fill_value=np.nan,
+                               dimension_names=["class", *spatial_names], **_chunking(chunk, (1,)))
+        (Path(path) / DONE_DIR).mkdir()
+        return cls(Path(path), group)
+
+    @classmethod
+    def open(cls, path: Path, mode: str = "r") -> MaskStore:
+        """An existing store; ``mode`` ``"r"`` or ``"r+"`` (to add chunks)."""
+        try:
+            group = zarr.open_group(str(path), mode=mode, zarr_format=3)  # type: ignore[arg-type]
+            group["labels"]
+        except Exception as exc:  # zarr raises many types for unreadable stores
+            raise InputError(f"{path} is not a segflow mask store ({str(exc).strip()[:200]})") from None
+        return cls(Path(path), group)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.group.attrs)
+
+    @cached_property
+    def labels(self) -> zarr.Array:
+        return self.group["labels"]  # type: ignore[return-value]
+
+    @cached_property
+    def scores(self) -> zarr.Array | None:
+        return self.group["scores"] if "scores" in self.group else None  # type: ignore[return-value]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.labels.shape)
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.group.attrs.get("run_fingerprint")  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ chunks
+
+    def write(self, box: Box, labels: np.ndarray, scores: np.ndarray | None = None,
+              valid: np.ndarray | None = None) -> None:
+        """Write one chunk of labels and, when the store keeps them, scores ``(K, *box.shape)``.
+
+        Scores are stored as float16 and set to NaN where ``valid`` is False.
+        """
+        self.labels[box.slices] = labels
+        if self.scores is not None and scores is not None:
+            out = scores.astype(np.float16)
+            if valid is not None:
+                out[:, ~valid] = np.nan
+            self.scores[(slice(None), *box.slices)] = out
+
+    def mark_done(self, index: Index, record: dict[str, Any]) -> None:
+        """Record that chunk ``index`` is complete (after its arrays are written)."""
+        atomic_write_text(self.path / DONE_DIR / _record_name(index), json.dumps(record))
+
+    def done(self) -> dict[Index, dict[str, Any]]:
+        """Completion records of the finished chunks; an unreadable record counts as not finished."""
+        out: dict[Index, dict[str, Any]] = {}
+        folder = self.path / DONE_DIR
+        if not folder.is_dir():
+            return out
+        for entry in folder.glob("*.json"):
+            try:
+                index = tuple(int(i) for i in entry.stem.split("_"))
+                out[index] = json.loads(entry.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+        return out
+
+    def read_labels(self, box: Box) -> np.ndarray:
+        return np.asarray(self.labels[box.slices])

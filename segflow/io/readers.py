@@ -1,0 +1,35 @@
+"""Readers chosen by format: each turns a source into a lazy :class:`~segflow.scene.Scene`.
+
+Nothing after :func:`open_scene` names a file format. A reader is registered with a test
+(does this source look like mine?) and an opener; the first whose test passes opens the
+source, and GDAL (every raster format it reads) is the fallback. The volume readers (NIfTI,
+DICOM series) register here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from ..scene import Scene
+from .geotiff import open_geotiff
+
+__all__ = ["open_scene", "register_reader"]
+
+Opener = Callable[[Path], Scene]
+_READERS: list[tuple[str, Callable[[Path], bool], Opener]] = []
+
+
+def register_reader(name: str, accepts: Callable[[Path], bool], opener: Opener) -> None:
+    """Add a reader, tried before the ones registered earlier and before GDAL."""
+    _READERS.insert(0, (name, accepts, opener))
+
+
+def open_scene(path: str | os.PathLike[str]) -> Scene:
+    """Open ``path`` with the first reader that accepts it (GDAL's raster formats otherwise)."""
+    p = Path(path)
+    for _, accepts, opener in _READERS:
+        if accepts(p):
+            return opener(p)
+    return open_geotiff(p)
