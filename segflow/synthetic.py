@@ -16,7 +16,6 @@ into :data:`CLASSES` (``uint8``), with :data:`TRUTH_NODATA` where the image is n
 from __future__ import annotations
 
 import os
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,6 +33,7 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from segflow.errors import ConfigError, OutputError
+from segflow.io.atomic import atomic_path
 
 __all__ = [
     "BANDS",
@@ -646,16 +646,6 @@ def _in_order(
             yield done, future.result()
 
 
-def _temporary_path(path: Path) -> Path:
-    """A fresh temporary name next to ``path`` (same directory, so os.replace is atomic)."""
-    if not path.parent.is_dir():
-        raise OutputError(
-            f"cannot write {str(path)!r}: directory {str(path.parent)!r} does not exist; "
-            "expected an existing, writable directory; create it or choose another path"
-        )
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
-
-
 def _profile(width: int, height: int, count: int, dtype: str, tiled_block: int) -> dict[str, object]:
     """Creation options shared by the image and the truth GeoTIFF."""
     return {
@@ -860,22 +850,14 @@ def write_synthetic_scene(
             f"truth_path={str(truth_file)!r} is the image path: expected a different file; "
             "pass another truth_path or None"
         )
-    temporary = [_temporary_path(image_path)]
-    if truth_file is not None:
-        temporary.append(_temporary_path(truth_file))
+    hint = "expected a writable location with free space; check the directory and disk"
     try:
-        _write(plan, temporary[0], temporary[1] if truth_file else None, crs, transform)
-        os.replace(temporary[0], image_path)
-        if truth_file is not None:
-            os.replace(temporary[1], truth_file)
-    except (OSError, RasterioError) as exc:
-        raise OutputError(
-            f"cannot write {str(image_path)!r}: {exc}; expected a writable location with free space; "
-            "check the directory and disk"
-        ) from exc
-    finally:
-        for leftover in temporary:
-            leftover.unlink(missing_ok=True)
+        with ExitStack() as stack:  # both written, then each renamed into place (truth first)
+            image_tmp = stack.enter_context(atomic_path(image_path, hint=hint))
+            truth_tmp = stack.enter_context(atomic_path(truth_file, hint=hint)) if truth_file is not None else None
+            _write(plan, image_tmp, truth_tmp, crs, transform)
+    except RasterioError as exc:
+        raise OutputError(f"cannot write {str(image_path)!r}: {exc}; {hint}") from exc
     return SyntheticScene(
         path=image_path,
         truth_path=truth_file,

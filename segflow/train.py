@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -34,6 +33,7 @@ from torch import nn
 from .augment import AugmentParams, augment
 from .chips import IGNORE, ChipSampler, ChipSource, build_sources, grid_cells, hold_out
 from .errors import ConfigError, InputError, OutputError
+from .io.atomic import atomic_path, atomic_write_text
 from .losses import build_loss
 from .models.arch import build_architecture
 from .models.package import Normalization
@@ -57,6 +57,7 @@ CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.json"
 _FORMAT = 1
 _STATS_CHIPS = 32
+_WRITE_HINT = "check the output directory"
 # Config keys that may change between a run and its resumption.
 _RESUMABLE = {"epochs", "device", "amp", "output", "package", "resume", "test", "export"}
 
@@ -407,17 +408,6 @@ def _fingerprint(config: TrainConfig) -> dict[str, Any]:
     return plain(config.model_dump(mode="json", exclude=_RESUMABLE))
 
 
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}; check the output directory") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _save_checkpoint(path: Path, run: _Run, data: _Data) -> None:
     rng: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -435,10 +425,11 @@ def _save_checkpoint(path: Path, run: _Run, data: _Data) -> None:
         "history": [r.to_dict() for r in run.history],
         "config": _fingerprint(data.config),
     }
-    _atomic_write(path, lambda tmp: torch.save(state, tmp))
+    with atomic_path(path, hint=_WRITE_HINT) as tmp:
+        torch.save(state, tmp)
     history = {"epochs": [r.to_dict() for r in run.history], "best_epoch": run.best_epoch}
     text = json.dumps(history, indent=2) + "\n"
-    _atomic_write(path.parent / HISTORY, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write_text(path.parent / HISTORY, text, hint=_WRITE_HINT)
 
 
 def _load_checkpoint(config: TrainConfig) -> dict[str, Any]:

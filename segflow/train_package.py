@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import ConfigError, OutputError
+from .io.atomic import atomic_path
 from .models.arch import build_architecture
 from .models.package import ModelSpec, Normalization
 from .train_config import TrainConfig
@@ -134,9 +133,12 @@ def write_package(directory: str | os.PathLike[str], contract: Mapping[str, Any]
     spec = validate_contract(contract)
     _check_target(target)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot write model package {target}: {exc.strerror or exc}; check the path and "
+                          "free space") from None
+    with atomic_path(target, hint="check the path and free space") as staging:
         staging.mkdir()
         save_file(tensors, str(staging / WEIGHTS), metadata={"format": "pt", "model": spec.name})
         text = yaml.safe_dump(plain(dict(contract)), sort_keys=False, width=100, allow_unicode=True,
@@ -147,29 +149,7 @@ def write_package(directory: str | os.PathLike[str], contract: Mapping[str, Any]
             item.chmod(0o644)
         ModelSpec.model_validate(yaml.safe_load((staging / "model.yaml").read_text(encoding="utf-8")))
         build_network(spec, load_file(str(staging / WEIGHTS)))
-        _swap_in(staging, target)
-    except OSError as exc:
-        raise OutputError(f"cannot write model package {target}: {exc.strerror or exc}; check the path and "
-                          "free space") from None
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-def _swap_in(staging: Path, target: Path) -> None:
-    """Rename ``staging`` to ``target``, replacing an existing package directory."""
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-    os.replace(target, old)
-    try:
-        os.replace(staging, target)
-    except OSError:
-        os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- README

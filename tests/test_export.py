@@ -34,7 +34,8 @@ def source(tmp_path_factory: pytest.TempPathFactory, net: nn.Module) -> Path:
 
 
 def leftovers(folder: Path) -> list[str]:
-    return [p.name for p in folder.iterdir() if p.name.startswith(".segflow-export")]
+    """Hidden staging or moved-aside entries (segflow.io.atomic's temporaries) left in ``folder``."""
+    return [p.name for p in folder.iterdir() if p.name.startswith(".")]
 
 
 @pytest.mark.parametrize(("fmt", "weights"), [("onnx", "model.onnx"), ("torchscript", "model.ts")])

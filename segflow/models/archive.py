@@ -17,11 +17,11 @@ import posixpath
 import shutil
 import stat
 import tarfile
-import uuid
 import zipfile
 from pathlib import Path
 
 from ..errors import ModelError
+from ..io.atomic import publish_path, temporary_sibling
 
 __all__ = ["ARCHIVE_SUFFIXES", "cache_root", "extract_package_archive", "is_archive", "sha256_file"]
 
@@ -162,11 +162,11 @@ def extract_package_archive(archive: Path, sha256: str | None = None) -> Path:
     if not final.is_dir():
         try:
             final.parent.mkdir(parents=True, exist_ok=True)
-            temp = final.parent / f".tmp-{digest[:16]}-{uuid.uuid4().hex[:8]}"
+            temp = temporary_sibling(final)
             temp.mkdir()
         except OSError as exc:
             raise ModelError(
-                f"cannot create the package cache {final.parent} ({exc.strerror}); set SEGFLOW_CACHE to a "
+                f"cannot create the package cache {final.parent} ({exc.strerror or exc}); set SEGFLOW_CACHE to a "
                 "writable folder"
             ) from None
         try:
@@ -176,7 +176,7 @@ def extract_package_archive(archive: Path, sha256: str | None = None) -> Path:
                 _extract_tar(archive, temp)
             _package_dir(archive, temp)  # refuse non-packages before they reach the cache
             try:
-                os.rename(temp, final)
+                publish_path(temp, final, replace=False)  # a cache entry is never replaced
             except OSError:
                 if not final.is_dir():  # not a lost race with another process: a real failure
                     raise

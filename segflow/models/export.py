@@ -8,8 +8,6 @@ for a batch of two, so a model whose trace baked in the tile size or batch size 
 from __future__ import annotations
 
 import os
-import shutil
-import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +17,7 @@ import yaml
 from torch import nn
 
 from ..errors import ConfigError, ModelError, OutputError
+from ..io.atomic import atomic_path
 from .formats import OnnxModule, load_onnx, load_torchscript
 from .loading import load_module
 from .package import ModelPackage, ModelSpec, resolve_package
@@ -114,29 +113,17 @@ def _exported_yaml(package: ModelPackage, weights_name: str) -> str:
     return yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
 
 
-def _prepare_output(output_dir: Path) -> Path:
-    """A fresh staging folder next to ``output_dir``, which must not exist yet (or be empty)."""
+def _prepare_output(output_dir: Path) -> None:
+    """Refuse an ``output_dir`` that exists (unless it is an empty folder); create its parent."""
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
         raise OutputError(
             f"output {output_dir} already exists; choose a new --output folder or remove the old one"
         )
     parent = output_dir.absolute().parent
-    staging = parent / f".segflow-export-{uuid.uuid4().hex[:12]}"
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        staging.mkdir()
     except OSError as exc:
         raise OutputError(f"cannot write into {parent} ({exc.strerror}); choose a writable --output") from None
-    return staging
-
-
-def _publish(staging: Path, output_dir: Path) -> None:
-    try:
-        if output_dir.is_dir():
-            output_dir.rmdir()  # empty (checked before): replaced by the staged package
-        os.rename(staging, output_dir)
-    except OSError as exc:
-        raise OutputError(f"cannot create {output_dir} ({exc.strerror}); choose another --output") from None
 
 
 def export_package(source: str | os.PathLike[str], output_dir: str | os.PathLike[str], fmt: str) -> Path:
@@ -170,13 +157,13 @@ def export_package(source: str | os.PathLike[str], output_dir: str | os.PathLike
             f"model {spec.name!r} is already ONNX ({package.weights_path}); segflow cannot convert ONNX back to "
             "PyTorch: use the package as it is"
         )
-    staging = _prepare_output(output)
-    try:
+    _prepare_output(output)
+    with atomic_path(output, hint="choose a writable --output") as staging:
+        staging.mkdir()
         weights = staging / EXPORT_FORMATS[export_fmt]
         _write_network(module, spec, export_fmt, weights)
         _verify(module, _load_exported(weights, spec), spec, export_fmt)
         (staging / "model.yaml").write_text(_exported_yaml(package, weights.name), encoding="utf-8")
-        _publish(staging, output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if output.is_dir():
+            output.rmdir()  # empty when checked; fails (nothing replaced) if something was put there since
     return output

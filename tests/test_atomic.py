@@ -1,0 +1,214 @@
+"""segflow.io.atomic: the one "write to a temporary name, then rename" helper."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from segflow.errors import OutputError
+from segflow.io import atomic
+from segflow.io.atomic import (
+    OLD_PREFIX,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_text,
+    publish_path,
+    temporary_sibling,
+)
+
+
+def _entries(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_temporary_sibling_is_hidden_unique_and_in_the_same_directory(tmp_path: Path) -> None:
+    final = tmp_path / "report.json"
+    a, b = temporary_sibling(final), temporary_sibling(final)
+    assert a != b and a.parent == b.parent == tmp_path
+    assert a.name.startswith(f".report.json.{os.getpid()}.") and a.name.endswith(".tmp")
+    assert len(a.name.split(".")[-2]) == 12
+    assert not a.exists(), "nothing is created"
+
+
+def test_missing_parent_directory_is_one_line_output_error(tmp_path: Path) -> None:
+    target = tmp_path / "missing" / "out.txt"
+    with pytest.raises(OutputError, match="does not exist") as info:
+        atomic_write_text(target, "x")
+    assert "\n" not in str(info.value) and str(tmp_path / "missing") in str(info.value)
+    assert _entries(tmp_path) == []
+
+
+def test_write_text_replaces_and_keeps_newlines(tmp_path: Path) -> None:
+    target = tmp_path / "a.csv"
+    target.write_text("old", encoding="utf-8")
+    assert atomic_write_text(target, "x,y\r\n1,2\n") == target
+    assert target.read_bytes() == b"x,y\r\n1,2\n"
+    assert _entries(tmp_path) == ["a.csv"], "no temporary left"
+
+
+def test_reader_never_sees_a_missing_or_partial_file(tmp_path: Path) -> None:
+    target = tmp_path / "data.bin"
+    versions = [bytes([65 + i]) * 200_000 for i in range(2)]
+    atomic_write_bytes(target, versions[0])
+    stop = threading.Event()
+    seen: list[str] = []
+
+    def poll() -> None:
+        while not stop.is_set():
+            try:
+                data = target.read_bytes()
+            except FileNotFoundError:
+                seen.append("missing")
+                continue
+            if data not in versions:
+                seen.append(f"partial ({len(data)} bytes)")
+
+    reader = threading.Thread(target=poll)
+    reader.start()
+    try:
+        for i in range(200):
+            atomic_write_bytes(target, versions[i % 2])
+    finally:
+        stop.set()
+        reader.join()
+    assert seen == []
+    assert _entries(tmp_path) == ["data.bin"]
+
+
+def test_failure_inside_the_context_keeps_the_old_file(tmp_path: Path) -> None:
+    target = tmp_path / "model.pt"
+    target.write_bytes(b"old contents")
+    with pytest.raises(RuntimeError, match="boom"), atomic_path(target) as tmp:
+        tmp.write_bytes(b"half-writ")
+        raise RuntimeError("boom")
+    assert target.read_bytes() == b"old contents"
+    assert _entries(tmp_path) == ["model.pt"]
+
+
+def test_os_error_inside_the_context_becomes_output_error(tmp_path: Path) -> None:
+    target = tmp_path / "t.txt"
+    with pytest.raises(OutputError, match=r"cannot write .*t\.txt: Permission denied; my hint$") as info:
+        with atomic_path(target, hint="my hint") as tmp:
+            tmp.write_bytes(b"x")
+            raise PermissionError(13, "Permission denied")
+    assert info.value.errno == 13 and isinstance(info.value, OSError)
+    assert _entries(tmp_path) == []
+
+
+def _make_dir(folder: Path, files: dict[str, str]) -> None:
+    folder.mkdir()
+    for name, text in files.items():
+        (folder / name).write_text(text, encoding="utf-8")
+
+
+def _read_dir(folder: Path) -> dict[str, str]:
+    return {p.name: p.read_text(encoding="utf-8") for p in folder.iterdir()}
+
+
+def test_directory_replaces_directory(tmp_path: Path) -> None:
+    target = tmp_path / "pkg"
+    _make_dir(target, {"model.yaml": "old", "stale.txt": "gone"})
+    with atomic_path(target) as staging:
+        _make_dir(staging, {"model.yaml": "new"})
+    assert _read_dir(target) == {"model.yaml": "new"}
+    assert _entries(tmp_path) == ["pkg"], "no staging and no moved-aside entry left"
+    with atomic_path(tmp_path / "fresh") as staging:
+        _make_dir(staging, {"a": "1"})
+    assert _read_dir(tmp_path / "fresh") == {"a": "1"}
+
+
+def test_failed_second_rename_puts_the_old_directory_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "pkg"
+    _make_dir(target, {"model.yaml": "old"})
+    real = os.replace
+    calls: list[tuple[str, str]] = []
+
+    def flaky(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        calls.append((Path(src).name, Path(dst).name))
+        if Path(dst) == target and Path(src).name.endswith(".tmp"):
+            raise OSError(28, "No space left on device")
+        real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", flaky)
+    with pytest.raises(OutputError, match=r"cannot write .*pkg: No space left on device \(.* free in "):
+        with atomic_path(target) as staging:
+            _make_dir(staging, {"model.yaml": "new"})
+    assert calls[0][0] == "pkg" and calls[0][1].startswith(OLD_PREFIX) and calls[0][1].endswith("-pkg")
+    assert len(calls) == 3 and calls[2] == (calls[0][1], "pkg"), calls
+    assert _read_dir(target) == {"model.yaml": "old"}
+    assert _entries(tmp_path) == ["pkg"]
+
+
+def test_publish_path_moves_aside_with_the_recovery_prefix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target, staged = tmp_path / "out.zarr", tmp_path / "staged"
+    _make_dir(target, {"old": "1"})
+    _make_dir(staged, {"new": "2"})
+    aside: list[str] = []
+    real = os.replace
+
+    def spy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        aside.append(Path(dst).name)
+        real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", spy)
+    publish_path(staged, target)
+    assert OLD_PREFIX == ".segflow-old-"
+    name = aside[0]
+    assert name.startswith(OLD_PREFIX) and name[len(OLD_PREFIX):].split("-", 1)[-1] == "out.zarr"
+    assert len(name[len(OLD_PREFIX):].split("-", 1)[0]) == 12
+    assert _read_dir(target) == {"new": "2"} and _entries(tmp_path) == ["out.zarr"]
+
+
+def test_publish_without_replace_never_touches_an_existing_entry(tmp_path: Path) -> None:
+    target, staged = tmp_path / "cache", tmp_path / "staged"
+    _make_dir(target, {"a": "winner"})
+    _make_dir(staged, {"a": "loser"})
+    with pytest.raises(FileExistsError):
+        publish_path(staged, target, replace=False)
+    assert _read_dir(target) == {"a": "winner"} and staged.is_dir()
+    file_staged = tmp_path / "f.tmp"
+    file_staged.write_text("new", encoding="utf-8")
+    (tmp_path / "f").write_text("old", encoding="utf-8")
+    with pytest.raises(FileExistsError):
+        publish_path(file_staged, tmp_path / "f", replace=False)
+    assert (tmp_path / "f").read_text(encoding="utf-8") == "old"
+    publish_path(file_staged, tmp_path / "g", replace=False)
+    assert (tmp_path / "g").read_text(encoding="utf-8") == "new" and not file_staged.exists()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs (root on Linux only)."""
+    if sys.platform != "linux" or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root on Linux")
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"mount not permitted: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_full_disk_is_output_error_with_free_space_and_keeps_the_old_file(tiny_disk: Path) -> None:
+    target = tiny_disk / "scene.bin"
+    atomic_write_bytes(target, b"first version " * 100)
+    before = target.read_bytes()
+    with pytest.raises(OutputError) as info:
+        atomic_write_bytes(target, os.urandom(256 * 1024))
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"cannot write {target}: No space left on device (")
+    assert f"free in {tiny_disk})" in message, message
+    assert info.value.errno == 28
+    assert target.read_bytes() == before
+    assert _entries(tiny_disk) == ["scene.bin"], "no temporary left"
