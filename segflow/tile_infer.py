@@ -148,7 +148,11 @@ def tile_infer(input_path: InputPaths, output_dir: str | os.PathLike[str],
 
 def _pixel_parameters(params: TileInferParams, grid: WindowGrid, chunks: ChunkGrid, bands: tuple[str, ...],
                       device: str) -> dict[str, Any]:
-    """Every parameter that changes the pixels or the layout of the store."""
+    """Every parameter that changes the pixels or the layout of the store.
+
+    The device is the one asked for (``auto`` stays ``auto``), so the same command continues
+    its run whichever scheduler or machine resolves it.
+    """
     return {"tile": grid.tile, "stride": grid.stride, "blend": params.blend, "chunk": chunks.chunk,
             "bands": dict(params.bands), "band_names": bands, "save_scores": params.save_scores,
             "device": device, "amp": params.amp and device == "cuda"}
@@ -206,13 +210,14 @@ def _tile_infer(input_path: InputPaths, output_dir: str | os.PathLike[str], para
     grid = WindowGrid.create(scene.spatial_shape, params.tile or spec.tile_shape,
                              spec.overlap if params.overlap is None else params.overlap)
     chunks = ChunkGrid.create(scene.spatial_shape, params.chunk)
-    device = params.device if execution.address else str(resolve_device(params.device))
+    if not execution.address:
+        resolve_device(params.device)  # refuse a missing CUDA device before anything is locked or written
     threads = max(1, (os.cpu_count() or 1) // execution.workers) if execution.workers else None
     factory = PredictorFactory(package, params.device, params.batch, params.amp, threads)
     identities = {k: input_identity(v) for k, v in inputs.items()}
     model_id = {"weights_sha256": package.weights_sha256, "model_yaml_sha256": package.yaml_sha256}
     fingerprint = run_fingerprint(identities, model_id, _pixel_parameters(
-        params, grid, chunks, scene.band_names, torch.device(device).type if device != "auto" else device))
+        params, grid, chunks, scene.band_names, params.device.strip().lower()))
     sinks = sinks_for(scene.geometry, spec)
     names = ["mask.zarr", *(s.name for s in sinks), "run.json"]
     output = Path(output_dir)

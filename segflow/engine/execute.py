@@ -138,6 +138,10 @@ def _check_gpu_workers(client: Any) -> None:
                           "`dask worker ADDRESS --resources GPU=1` (one per GPU), or run with --device cpu")
 
 
+def _identity(value: Any) -> Any:
+    return value
+
+
 def _run_distributed(plan: Plan, scene: Scene, run: RunSpec, execution: Execution, on_chunk: OnChunk,
                      token: str, cuda: bool) -> Outcome:
     from distributed import as_completed
@@ -146,7 +150,8 @@ def _run_distributed(plan: Plan, scene: Scene, run: RunSpec, execution: Executio
     try:
         if cuda:
             _check_gpu_workers(client)
-        scene_future = client.scatter(scene, broadcast=False, hash=False)
+        # A task, not scattered data: if the worker holding it dies, the scheduler recomputes it.
+        scene_future = client.submit(_identity, scene, key=f"segflow-scene-{token}", pure=False)
         dsk, merges, counts = _graph(plan, "__scene__", run, token)
         futures: dict[Any, Any] = {}
         order = {t.index: n for n, t in enumerate(plan.tasks)}

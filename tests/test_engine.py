@@ -1,0 +1,143 @@
+"""The engine on every scheduler: same labels on threads, worker processes and a dask cluster; faults survived."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import weakref
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+
+from segflow.engine import Execution
+from segflow.engine import execute as engine_execute
+from segflow.synthetic import write_synthetic_scene
+from segflow.tile_infer import TileInferParams, tile_infer
+
+from .helpers import make_ts_package, random_image, write_geotiff
+
+distributed = pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_ts_package(tmp_path_factory.mktemp("pkg") / "net", bands=3, classes=3, tile=48)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    image = random_image((3, 211, 173), seed=5)
+    image[:, :40, :60] = 0  # a nodata corner: skipped windows and NaN scores travel too
+    return write_geotiff(tmp_path_factory.mktemp("scene") / "scene.tif", image, nodata=0)
+
+
+@pytest.fixture(scope="module")
+def demo_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("demo") / "demo.tif"
+    write_synthetic_scene(path, width=520, height=470, seed=7)
+    return path
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Any:
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=40) as c:
+        yield c
+
+
+def _mask(out: Path) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    group = zarr.open_group(str(out / "mask.zarr"), mode="r")
+    scores = group["scores"][:] if "scores" in group else None
+    return group["labels"][:], scores, dict(group.attrs)
+
+
+def test_threads_processes_and_a_cluster_give_identical_outputs(scene: Path, package: Path, cluster: Any,
+                                                                tmp_path: Path) -> None:
+    params = TileInferParams(model=str(package), chunk=64, batch=4, save_scores=True)
+    runs = {}
+    for name, execution in {"threads": Execution(), "processes": Execution(workers=2),
+                            "cluster": Execution(address=cluster.scheduler_address)}.items():
+        result = tile_infer(scene, tmp_path / name, params, execution=execution)
+        assert result.windows_evaluated + result.windows_skipped == result.windows_total
+        runs[name] = _mask(tmp_path / name)
+    labels, scores, attrs = runs["threads"]
+    assert scores is not None and (labels == 255).any() and (labels != 255).any()
+    assert np.isnan(scores[:, labels == 255]).all() and not np.isnan(scores[:, labels != 255]).any()
+    for name in ("processes", "cluster"):
+        np.testing.assert_array_equal(runs[name][0], labels, err_msg=name)
+        np.testing.assert_array_equal(runs[name][1], scores, err_msg=name)
+        assert runs[name][2] == attrs
+
+
+def test_a_real_float32_package_is_identical_on_every_scheduler(demo_scene: Path, cluster: Any,
+                                                                tmp_path: Path) -> None:
+    params = TileInferParams(model="demo-unet-2d", chunk=192, batch=4)
+    labels = {}
+    for name, execution in {"threads": Execution(), "processes": Execution(workers=2),
+                            "cluster": Execution(address=cluster.scheduler_address)}.items():
+        tile_infer(demo_scene, tmp_path / name, params, execution=execution)
+        labels[name] = _mask(tmp_path / name)[0]
+    assert len(np.unique(labels["threads"])) >= 3
+    np.testing.assert_array_equal(labels["processes"], labels["threads"])
+    np.testing.assert_array_equal(labels["cluster"], labels["threads"])
+
+
+def test_a_worker_killed_mid_run_changes_nothing(demo_scene: Path, tmp_path: Path) -> None:
+    reference = tmp_path / "reference"
+    params = TileInferParams(model="demo-unet-2d", chunk=128, batch=2)
+    tile_infer(demo_scene, reference, params)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=50) as c, distributed.Client(c) as client:
+        pids = list(client.run(os.getpid).values())
+        killed: list[int] = []
+
+        def progress(done: int, total: int) -> None:
+            if not killed and done >= 2:
+                killed.append(pids[0])
+                os.kill(pids[0], signal.SIGKILL)
+
+        result = tile_infer(demo_scene, tmp_path / "out", params, execution=Execution(address=c.scheduler_address),
+                            progress=progress)
+        assert killed, "a worker was killed mid-run"
+        assert result.chunks_computed == result.chunks
+    np.testing.assert_array_equal(_mask(tmp_path / "out")[0], _mask(reference)[0])
+
+
+@pytest.mark.parametrize("shape", [(40, 1500), (1500, 40)])
+def test_contributions_are_released_as_their_chunks_are_merged_on_a_long_scene(
+        shape: tuple[int, int], package: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_geotiff(tmp_path / "long.tif", random_image((3, *shape), seed=2))
+    alive: set[int] = set()
+    peak = [0]
+    lock = threading.Lock()
+    original = engine_execute.evaluate_chunk
+
+    def counted(*args: Any) -> Any:
+        evaluation = original(*args)
+        with lock:
+            alive.add(id(evaluation))
+            peak[0] = max(peak[0], len(alive))
+        weakref.finalize(evaluation, alive.discard, id(evaluation))
+        return evaluation
+
+    monkeypatch.setattr(engine_execute, "evaluate_chunk", counted)
+    result = tile_infer(path, tmp_path / "out", TileInferParams(model=str(package), chunk=50))
+    assert result.chunks == 30
+    assert peak[0] <= 6, f"{peak[0]} evaluations held at once over a scene of {result.chunks} chunks"
+
+
+def test_bad_execution_choices_are_refused(scene: Path, package: Path, tmp_path: Path) -> None:
+    from segflow.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="either --workers"):
+        tile_infer(scene, tmp_path / "o", TileInferParams(model=str(package)),
+                   execution=Execution(workers=2, address="tcp://127.0.0.1:1"))
+    with pytest.raises(ConfigError, match="workers must be >= 0"):
+        tile_infer(scene, tmp_path / "o", TileInferParams(model=str(package)), execution=Execution(workers=-1))
+    with pytest.raises(ConfigError, match="cannot reach the dask scheduler"):
+        tile_infer(scene, tmp_path / "o", TileInferParams(model=str(package)),
+                   execution=Execution(address="tcp://127.0.0.1:9"))
