@@ -35,6 +35,7 @@ from . import georef
 from .errors import ConfigError, InputError
 from .georef import PixelGrid
 from .io.atomic import atomic_write_text
+from .io.mask_store import MaskStore
 from .labels import LABEL_NODATA
 from .metrics import ConfusionMatrix
 
@@ -151,7 +152,8 @@ def _open_zarr(path: Path) -> LabelRaster:
     if isinstance(node, zarr.Group):
         if "labels" not in node:
             raise InputError(f"zarr group {path} has no 'labels' array; give the mask.zarr written by tile-infer")
-        array, attrs = node["labels"], dict(node.attrs)
+        store = MaskStore.open(path)
+        array, attrs = store.labels, store.attrs
     else:
         array, attrs = node, dict(node.attrs)
     if not isinstance(array, zarr.Array) or array.ndim != 2:

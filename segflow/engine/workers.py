@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._memory import limit_heap_fragmentation
 from ..errors import ModelError
+from ..io.geotiff import cap_gdal_cache
 from ..models import ModelPackage, load_module
 from ..models.archive import sha256_file
 from ..predict import Predictor
@@ -41,6 +43,9 @@ class PredictorFactory:
     torch_threads: int | None = None
 
     def build(self) -> Predictor:
+        """Load the model on this worker (checking the weights are the run's) and set the process up for a run."""
+        limit_heap_fragmentation()
+        cap_gdal_cache()
         weights = self.package.weights_path
         if weights is not None and self.package.weights_sha256 is not None:
             if not weights.is_file():

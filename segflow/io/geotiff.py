@@ -21,7 +21,7 @@ from rasterio.windows import Window
 from ..errors import InputError
 from ..scene import Scene
 
-__all__ = ["gdal_cache_limit", "open_geotiff"]
+__all__ = ["cap_gdal_cache", "gdal_cache_limit", "open_geotiff"]
 
 _local = threading.local()
 
@@ -36,8 +36,18 @@ def _dataset(path: str) -> Any:
     return handles[path]
 
 
+_CACHE_BYTES = 256 << 20
+
+
+def cap_gdal_cache(nbytes: int = _CACHE_BYTES) -> None:
+    """Lower GDAL's block cache of this process to ``nbytes`` (a worker process that runs chunk tasks)."""
+    current = get_gdal_config("GDAL_CACHEMAX")
+    if not isinstance(current, int) or current > nbytes:
+        set_gdal_config("GDAL_CACHEMAX", int(nbytes))
+
+
 @contextmanager
-def gdal_cache_limit(nbytes: int = 256 << 20) -> Iterator[None]:
+def gdal_cache_limit(nbytes: int = _CACHE_BYTES) -> Iterator[None]:
     """Cap GDAL's block cache for the duration of a run, then restore the previous setting.
 
     GDAL's default cache is 5 % of RAM and keeps decoded blocks of every raster read or

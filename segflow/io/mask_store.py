@@ -86,7 +86,7 @@ class MaskStore:
     def open(cls, path: Path, mode: str = "r") -> MaskStore:
         """An existing store; ``mode`` ``"r"`` or ``"r+"`` (to add chunks)."""
         try:
-            group = zarr.open_group(str(path), mode=mode, zarr_format=3)  # type: ignore[arg-type]
+            group = zarr.open_group(str(path), mode=mode)  # type: ignore[arg-type]
             group["labels"]
         except Exception as exc:  # zarr raises many types for unreadable stores
             raise InputError(f"{path} is not a segflow mask store ({str(exc).strip()[:200]})") from None
