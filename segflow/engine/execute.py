@@ -152,17 +152,18 @@ def _run_distributed(plan: Plan, scene: Scene, run: RunSpec, execution: Executio
             _check_gpu_workers(client)
         # A task, not scattered data: if the worker holding it dies, the scheduler recomputes it.
         scene_future = client.submit(_identity, scene, key=f"segflow-scene-{token}", pure=False)
-        dsk, merges, counts = _graph(plan, "__scene__", run, token)
+        dsk, merges, counts = _graph(plan, scene_future, run, token)
+        position = {t.index: n for n, t in enumerate(plan.tasks)}
         futures: dict[Any, Any] = {}
-        order = {t.index: n for n, t in enumerate(plan.tasks)}
-        for k, spec in dsk.items():  # dict order is topological: evals, counts, parts, then merges
-            func, *args = spec
-            args = [scene_future if a == "__scene__" else futures.get(a, a) if isinstance(a, tuple) else
+        for key, (func, *args) in dsk.items():  # dict order is topological: evals, counts, parts, then merges
+            args = [futures[a] if isinstance(a, tuple) and a in futures else
                     [futures[x] for x in a] if isinstance(a, list) else a for a in args]
-            n = order.get(tuple(k[1:3]) if len(k) > 1 else (), 0)
+            chunk = tuple(key[1:1 + plan.grid.ndim])
             is_eval = func is evaluate_chunk
-            futures[k] = client.submit(func, *args, key=k, pure=False, priority=-n if is_eval else -n + 1,
-                                       resources={"GPU": 1} if (cuda and is_eval) else None, retries=2)
+            # earlier chunks first; a chunk's merge before the next chunk's evaluation (frees memory sooner)
+            priority = -2 * position[chunk] + (0 if is_eval else 1)
+            futures[key] = client.submit(func, *args, key=key, pure=False, priority=priority,
+                                         resources={"GPU": 1} if (cuda and is_eval) else None)
         merge_futures = [futures[k] for k in merges]
         for future in as_completed(merge_futures):
             on_chunk(future.result())
