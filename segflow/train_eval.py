@@ -23,7 +23,7 @@ from .metrics import ConfusionMatrix, ObjectScore, instances_from_mask, object_f
 from .models.package import ModelSpec
 from .predict import Predictor
 from .stitch import blend_chunks
-from .tiling import ChunkGrid, WindowGrid, blend_weights
+from .tiling import ChunkGrid, WindowGrid
 
 __all__ = ["Metrics", "MetricsAccumulator", "evaluate_chips", "evaluate_sliding_window"]
 
@@ -174,13 +174,12 @@ def evaluate_sliding_window(module: nn.Module, spec: ModelSpec, sources: Sequenc
     predictor = Predictor(module, spec, device=device, batch_size=batch_size)
     things = [k for k, c in enumerate(spec.classes) if c.kind == "thing"]
     accumulator = MetricsAccumulator(spec.class_names, things)
-    weights = blend_weights(spec.tile_shape, "gaussian")
     for source in sources:
         scene = source_scene(source, chunk=chunk)
         grid = WindowGrid.create(scene.spatial_shape, spec.tile_shape, spec.overlap)
         chunks = ChunkGrid.create(scene.spatial_shape, chunk)
-        for blended in blend_chunks(scene, grid, chunks, predictor.predict_tensor, weights, len(spec.classes),
-                                    batch_size=batch_size, device=predictor.device):
+        for blended in blend_chunks(scene, grid, chunks, predictor, "gaussian", len(spec.classes),
+                                    device=predictor.device):
             truth = source.read(blended.box.start, blended.box.shape).labels
             truth = np.where(blended.valid, truth, IGNORE).astype(np.uint8)
             accumulator.update(blended.labels, truth)
