@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..geometry import Geometry, RasterGeometry
-from ..models.package import ModelSpec
 from .cog import write_label_cog
 from .mask_store import MaskStore
+
+if TYPE_CHECKING:
+    from ..models.package import ModelSpec
 
 __all__ = ["LabelCOGSink", "Sink", "sinks_for"]
 
