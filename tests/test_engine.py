@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import threading
@@ -107,27 +108,34 @@ def test_a_worker_killed_mid_run_changes_nothing(demo_scene: Path, tmp_path: Pat
     np.testing.assert_array_equal(_mask(tmp_path / "out")[0], _mask(reference)[0])
 
 
-@pytest.mark.parametrize("shape", [(40, 1500), (1500, 40)])
-def test_contributions_are_released_as_their_chunks_are_merged_on_a_long_scene(
+@pytest.mark.parametrize("shape", [(40, 1500), (1500, 40), (450, 450)])
+def test_contributions_are_released_as_their_chunks_are_merged(
         shape: tuple[int, int], package: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = write_geotiff(tmp_path / "long.tif", random_image((3, *shape), seed=2))
-    alive: set[int] = set()
-    peak = [0]
+    """On long scenes and on a square one: a chunk's own part (the bulk of an evaluation) lives only
+    until that chunk is merged, and only seam parts (up to 3 a chunk) of about a row of chunks wait."""
+    path = write_geotiff(tmp_path / "scene.tif", random_image((3, *shape), seed=2))
+    alive: dict[str, set[int]] = {"own": set(), "seam": set()}
+    peak = {"own": 0, "seam": 0}
     lock = threading.Lock()
     original = engine_execute.evaluate_chunk
 
     def counted(*args: Any) -> Any:
         evaluation = original(*args)
         with lock:
-            alive.add(id(evaluation))
-            peak[0] = max(peak[0], len(alive))
-        weakref.finalize(evaluation, alive.discard, id(evaluation))
+            for part in evaluation.parts.values():
+                kind = "own" if part.has_valid else "seam"
+                alive[kind].add(id(part))
+                weakref.finalize(part, alive[kind].discard, id(part))
+            for kind in peak:
+                peak[kind] = max(peak[kind], len(alive[kind]))
         return evaluation
 
     monkeypatch.setattr(engine_execute, "evaluate_chunk", counted)
     result = tile_infer(path, tmp_path / "out", TileInferParams(model=str(package), chunk=50))
-    assert result.chunks == 30
-    assert peak[0] <= 6, f"{peak[0]} evaluations held at once over a scene of {result.chunks} chunks"
+    rows, cols = (math.ceil(n / 50) for n in shape)
+    assert result.chunks == rows * cols >= 30
+    assert peak["own"] <= 3, f"{peak['own']} chunks' own parts held at once over {result.chunks} chunks"
+    assert peak["seam"] <= 4 * (min(rows, cols) + 2), f"{peak['seam']} seam parts held at once"
 
 
 def test_bad_execution_choices_are_refused(scene: Path, package: Path, tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 The graph has three kinds of tasks per chunk: ``eval`` (read the region, run the chunk's
 windows), ``part`` (one per target chunk: pick what that chunk needs out of an evaluation, so on
 a cluster only those bytes move) and ``merge`` (sum the parts, label, write the store, record the
-chunk as complete). A small ``count`` task per evaluation reports which windows it ran.
+chunk as complete). The merges are the graph's only outputs; each evaluation reports which
+windows it ran through one of its parts.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from ..errors import ConfigError, DeviceError
 from ..scene import Scene
 from .plan import Index, Plan
-from .tasks import RunSpec, evaluate_chunk, evaluation_counts, merge_and_store, part_for
+from .tasks import RunSpec, evaluate_chunk, merge_and_store, part_for
 
 __all__ = ["Execution", "Outcome", "run_plan"]
 
@@ -67,30 +68,29 @@ class Outcome:
     workers: dict[str, Any]
 
 
-def _graph(plan: Plan, scene: Any, run: RunSpec, token: str) -> tuple[dict[Any, Any], list[Any], list[Any]]:
+def _graph(plan: Plan, scene: Any, run: RunSpec, token: str) -> tuple[dict[Any, Any], list[Any]]:
     def key(kind: str, *index: int) -> tuple[Any, ...]:
         return (f"segflow-{kind}-{token}", *index)
 
     dsk: dict[Any, Any] = {}
-    merges, counts = [], []
     for task in plan.evaluations:
         dsk[key("eval", *task.index)] = (evaluate_chunk, scene, task, run)
-        dsk[key("count", *task.index)] = (evaluation_counts, key("eval", *task.index))
-        counts.append(key("count", *task.index))
-        for target in task.targets:
-            dsk[key("part", *task.index, *target)] = (part_for, key("eval", *task.index), target)
+        for n, target in enumerate(task.targets):
+            dsk[key("part", *task.index, *target)] = (part_for, key("eval", *task.index), target, n == 0,
+                                                      run.hand_over)
+    merges = []
     for task in plan.merged:
         parts = [key("part", *source, *task.index) for source in task.sources]
         dsk[key("merge", *task.index)] = (merge_and_store, task, parts, run)
         merges.append(key("merge", *task.index))
-    return dsk, merges, counts
+    return dsk, merges
 
 
-def _outcome(plan: Plan, merge_results: list[dict[str, Any]], count_results: list[dict[str, Any]],
-             workers: dict[str, Any]) -> Outcome:
-    records = {tuple(r["index"]): r for r in merge_results}
-    evaluated = [tuple(i) for c in count_results for i in c["evaluated"]]
-    return Outcome(records, evaluated, sum(c["skipped"] for c in count_results), workers)
+def _outcome(merge_results: list[dict[str, Any]], workers: dict[str, Any]) -> Outcome:
+    records = {tuple(r["index"]): {k: v for k, v in r.items() if k != "evaluations"} for r in merge_results}
+    counts = [c for r in merge_results for c in r["evaluations"]]
+    evaluated = [tuple(i) for c in counts for i in c["evaluated"]]
+    return Outcome(records, evaluated, sum(c["skipped"] for c in counts), workers)
 
 
 def _run_threads(plan: Plan, scene: Scene, run: RunSpec, execution: Execution, on_chunk: OnChunk,
@@ -98,7 +98,7 @@ def _run_threads(plan: Plan, scene: Scene, run: RunSpec, execution: Execution, o
     from dask.callbacks import Callback
     from dask.threaded import get
 
-    dsk, merges, counts = _graph(plan, scene, run, token)
+    dsk, merges = _graph(plan, scene, run, token)
     merge_names = {k[0] for k in merges}
 
     class _Progress(Callback):
@@ -107,9 +107,8 @@ def _run_threads(plan: Plan, scene: Scene, run: RunSpec, execution: Execution, o
                 on_chunk(result)
 
     with _Progress():
-        results = get(dsk, merges + counts, num_workers=execution.threads or os.cpu_count() or 1)
-    return _outcome(plan, list(results[: len(merges)]), list(results[len(merges):]),
-                    {"kind": "threads", "threads": execution.threads or os.cpu_count() or 1})
+        results = get(dsk, merges, num_workers=execution.threads or os.cpu_count() or 1)
+    return _outcome(list(results), {"kind": "threads", "threads": execution.threads or os.cpu_count() or 1})
 
 
 def _client(execution: Execution, cuda: bool) -> tuple[Any, Any]:
@@ -152,10 +151,10 @@ def _run_distributed(plan: Plan, scene: Scene, run: RunSpec, execution: Executio
             _check_gpu_workers(client)
         # A task, not scattered data: if the worker holding it dies, the scheduler recomputes it.
         scene_future = client.submit(_identity, scene, key=f"segflow-scene-{token}", pure=False)
-        dsk, merges, counts = _graph(plan, scene_future, run, token)
+        dsk, merges = _graph(plan, scene_future, run, token)
         position = {t.index: n for n, t in enumerate(plan.tasks)}
         futures: dict[Any, Any] = {}
-        for key, (func, *args) in dsk.items():  # dict order is topological: evals, counts, parts, then merges
+        for key, (func, *args) in dsk.items():  # dict order is topological: evals, parts, then merges
             args = [futures[a] if isinstance(a, tuple) and a in futures else
                     [futures[x] for x in a] if isinstance(a, list) else a for a in args]
             chunk = tuple(key[1:1 + plan.grid.ndim])
@@ -167,12 +166,11 @@ def _run_distributed(plan: Plan, scene: Scene, run: RunSpec, execution: Executio
         merge_futures = [futures[k] for k in merges]
         for future in as_completed(merge_futures):
             on_chunk(future.result())
-        count_results = client.gather([futures[k] for k in counts])
         info = client.scheduler_info()
         workers = {"kind": execution.kind, "address": info.get("address"),
                    "workers": len(info.get("workers", {})),
                    "threads": sum(w.get("nthreads", 0) for w in info.get("workers", {}).values())}
-        return _outcome(plan, [f.result() for f in merge_futures], list(count_results), workers)
+        return _outcome([f.result() for f in merge_futures], workers)
     finally:
         client.close()
         if cluster is not None:

@@ -22,7 +22,7 @@ from ..tiling import ChunkGrid, WindowGrid
 from .plan import ChunkTask, Index
 from .workers import PredictorFactory, predictor_for
 
-__all__ = ["RunSpec", "evaluate_chunk", "evaluation_counts", "merge_and_store", "part_for"]
+__all__ = ["Delivery", "RunSpec", "evaluate_chunk", "merge_and_store", "part_for"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,17 @@ class RunSpec:
     save_scores: bool
     to_host: bool  # ship pieces through host memory (worker processes, clusters)
 
+    @property
+    def hand_over(self) -> bool:
+        """Part tasks take their part out of the evaluation (threads, where no task is ever re-run).
+
+        Then an evaluation holds only the parts not yet merged, whatever order the scheduler
+        picks. On a cluster a part may have to be recomputed from its evaluation after a worker
+        dies, so there the evaluation keeps its parts and is released after its part tasks ran
+        (they have the priority of their chunk).
+        """
+        return not self.to_host
+
 
 def evaluate_chunk(scene: Scene, task: ChunkTask, run: RunSpec) -> Evaluation:
     """Read the task's region, run its windows and cut their contributions per target chunk."""
@@ -51,13 +62,28 @@ def evaluate_chunk(scene: Scene, task: ChunkTask, run: RunSpec) -> Evaluation:
                                 to_host=run.to_host)
 
 
-def part_for(evaluation: Evaluation, target: Index) -> Part:
-    """The part of an evaluation that goes to ``target`` (a task of its own, so only it moves)."""
-    return evaluation.parts[target]
+@dataclass(frozen=True)
+class Delivery:
+    """What a ``part`` task hands a merge: the part, and (from one part per evaluation) its counts.
+
+    The counts travel with the parts rather than as results of their own: an output that
+    depends on every evaluation would make dask's ordering run all evaluations first.
+    """
+
+    part: Part
+    counts: dict[str, Any] | None = None
 
 
-def evaluation_counts(evaluation: Evaluation) -> dict[str, Any]:
-    return {"evaluated": [list(i) for i in evaluation.evaluated], "skipped": evaluation.skipped}
+def part_for(evaluation: Evaluation, target: Index, report: bool, hand_over: bool) -> Delivery:
+    """The part of an evaluation that goes to ``target`` (a task of its own, so only it moves).
+
+    With ``hand_over`` the part is taken out of the evaluation (see :attr:`RunSpec.hand_over`).
+    """
+    counts = None
+    if report:
+        counts = {"evaluated": [list(i) for i in evaluation.evaluated], "skipped": evaluation.skipped}
+    part = evaluation.parts.pop(target) if hand_over else evaluation.parts[target]
+    return Delivery(part, counts)
 
 
 @lru_cache(maxsize=4)
@@ -68,9 +94,15 @@ def _store(path: Path, fingerprint: str) -> MaskStore:
     return store
 
 
-def merge_and_store(task: ChunkTask, parts: list[Part], run: RunSpec) -> dict[str, Any]:
-    """Merge a chunk from its parts, write it to the store and record it as complete."""
+def merge_and_store(task: ChunkTask, deliveries: list[Delivery], run: RunSpec) -> dict[str, Any]:
+    """Merge a chunk from its parts, write it to the store and record it as complete.
+
+    Returns the completion record plus the counts of the evaluations that reported here.
+    """
     t0 = time.perf_counter()
+    parts = [d.part for d in deliveries]
+    counts = [d.counts for d in deliveries if d.counts is not None]
+    del deliveries
     device = next((p.weighted.device for part in parts for p in part.pieces if p.weighted is not None),
                   torch.device("cpu"))
     with torch.inference_mode():
@@ -83,4 +115,4 @@ def merge_and_store(task: ChunkTask, parts: list[Part], run: RunSpec) -> dict[st
               "valid_pixels": int(np.count_nonzero(chunk.valid)),
               "seconds": round(time.perf_counter() - t0, 4)}
     store.mark_done(task.index, record)
-    return record
+    return {**record, "evaluations": counts}
