@@ -32,7 +32,7 @@ def tile_infer_task(input_path: str, output_dir: str, params: TileInferParams,
 
 @flow(name="segflow-tile-infer", log_prints=False)
 def tile_infer_flow(input_path: str, output_dir: str, model: str = DEFAULT_MODEL, tile: int | None = None,
-                    overlap: float | None = None, blend: str = "gaussian", chunk: int = 4096, batch: int = 16,
+                    overlap: float | None = None, blend: str = "gaussian", chunk: int = 2048, batch: int = 16,
                     device: str = "auto", save_scores: bool = False,
                     bands: dict[str, int] | None = None, workers: int | None = None,
                     dask_address: str | None = None) -> dict[str, Any]:

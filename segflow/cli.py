@@ -70,7 +70,7 @@ def run_group() -> None:
               help="Fraction of a window shared with its neighbour, 0 <= overlap < 1 (default: the model's).")
 @click.option("--blend", type=click.Choice(["gaussian", "cosine", "constant"]), default="gaussian",
               show_default=True, help="Weights for blending overlapping windows.")
-@click.option("--chunk", type=int, default=4096, show_default=True,
+@click.option("--chunk", type=int, default=2048, show_default=True,
               help="Processing chunk size in pixels; bounds memory, never changes the result.")
 @click.option("--batch", type=int, default=16, show_default=True, help="Windows per forward pass.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")

@@ -26,7 +26,7 @@ from .bands import assemble_scene, parse_inputs
 from .engine import Execution, PredictorFactory, RunSpec, input_identity, make_plan, run_fingerprint, run_plan
 from .errors import ConfigError, InputError
 from .io.atomic import atomic_write_text
-from .io.geotiff import gdal_cache_limit
+from .io.geotiff import close_datasets, gdal_cache_limit
 from .io.lock import OutputLock
 from .io.mask_store import MaskStore
 from .io.publish import STAGING_PREFIX, Staging, prepare_output, recover
@@ -51,7 +51,7 @@ class TileInferParams:
     tile: int | None = None
     overlap: float | None = None
     blend: str = "gaussian"
-    chunk: int = 4096
+    chunk: int = 2048
     batch: int = 16
     device: str = "auto"
     save_scores: bool = False
@@ -62,7 +62,7 @@ class TileInferParams:
         if self.blend not in BLEND_MODES:
             raise ConfigError(f"blend must be one of {', '.join(BLEND_MODES)}, got {self.blend!r}")
         if self.chunk < 1:
-            raise ConfigError(f"chunk must be >= 1 pixel, got {self.chunk}; e.g. --chunk 4096")
+            raise ConfigError(f"chunk must be >= 1 pixel, got {self.chunk}; e.g. --chunk 2048")
         if self.batch < 1:
             raise ConfigError(f"batch must be >= 1 window, got {self.batch}; e.g. --batch 16")
         if self.tile is not None and self.tile < 1:
@@ -155,7 +155,7 @@ def _pixel_parameters(params: TileInferParams, grid: WindowGrid, chunks: ChunkGr
     """
     return {"tile": grid.tile, "stride": grid.stride, "blend": params.blend, "chunk": chunks.chunk,
             "bands": dict(params.bands), "band_names": bands, "save_scores": params.save_scores,
-            "device": device, "amp": params.amp and device == "cuda"}
+            "device": device, "amp": params.amp}
 
 
 def _up_to_date(output: Path, fingerprint: str, names: list[str]) -> dict[str, Any] | None:
@@ -259,7 +259,10 @@ def _compute(scene: Scene, grid: WindowGrid, chunks: ChunkGrid, params: TileInfe
         failpoint("chunk")
 
     device = factory.device if execution.address else str(resolve_device(factory.device))
-    outcome = run_plan(plan, scene, run, execution, on_chunk=on_chunk, cuda=device.startswith("cuda"))
+    try:
+        outcome = run_plan(plan, scene, run, execution, on_chunk=on_chunk, cuda=device.startswith("cuda"))
+    finally:
+        close_datasets()  # the input's cached blocks are not needed by the sinks
     missing = len(chunks) - len(store.done())
     evaluated = len(outcome.evaluated)
     if missing or evaluated != len(set(outcome.evaluated)) or evaluated + outcome.skipped != plan.windows_to_evaluate:

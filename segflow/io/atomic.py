@@ -107,22 +107,13 @@ def _fsync(path: Path) -> None:
         return
     for root, _, files in os.walk(path):
         for name in [*files, "."]:
-            try:
-                fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            except OSError:
-                continue
-            try:
-                os.fsync(fd)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
+            _fsync_dir(Path(root) / name)
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Best effort: make a rename in ``directory`` durable."""
+def _fsync_dir(path: Path) -> None:
+    """Best effort: flush ``path`` (a directory: make a rename in it durable; or a file)."""
     try:
-        fd = os.open(directory, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:

@@ -19,6 +19,7 @@ from .._failpoints import failpoint
 from ..geometry import RasterGeometry
 from ..labels import LABEL_NODATA
 from ..tiling import Box
+from .geotiff import gdal_cache_limit
 from .mask_store import MaskStore
 
 __all__ = ["LabelRasterWriter", "write_label_cog"]
@@ -84,7 +85,17 @@ class LabelRasterWriter:
 
 def write_label_cog(store: MaskStore, path: Path, geometry: RasterGeometry, class_names: Sequence[str],
                     colors: Sequence[tuple[int, int, int] | None] | None = None, *, rows: int = 2048) -> Path:
-    """Build ``labels.tif`` (COG) at ``path`` from the store's labels, ``rows`` rows at a time."""
+    """Build ``labels.tif`` (COG) at ``path`` from the store's labels, ``rows`` rows at a time.
+
+    GDAL's block cache is held at 64 MiB meanwhile: each block is written once and read once
+    for the overviews, and a larger cache only raised the peak (65536²: 608 → 474 MB, 75 → 72 s).
+    """
+    with gdal_cache_limit(64 << 20):
+        return _write_label_cog(store, path, geometry, class_names, colors, rows)
+
+
+def _write_label_cog(store: MaskStore, path: Path, geometry: RasterGeometry, class_names: Sequence[str],
+                     colors: Sequence[tuple[int, int, int] | None] | None, rows: int) -> Path:
     height, width = store.shape
     writer = LabelRasterWriter(path, width=width, height=height, crs=geometry.crs, transform=geometry.transform,
                                nodata=LABEL_NODATA, class_names=class_names, colors=colors, gcps=geometry.gcps,

@@ -21,9 +21,11 @@ from rasterio.windows import Window
 from ..errors import InputError
 from ..scene import Scene
 
-__all__ = ["cap_gdal_cache", "gdal_cache_limit", "open_geotiff"]
+__all__ = ["cap_gdal_cache", "close_datasets", "gdal_cache_limit", "open_geotiff"]
 
 _local = threading.local()
+_opened: list[Any] = []  # every handle _dataset opened, so a finished run can close them all
+_opened_lock = threading.Lock()
 
 
 def _dataset(path: str) -> Any:
@@ -31,9 +33,23 @@ def _dataset(path: str) -> Any:
     handles = getattr(_local, "handles", None)
     if handles is None:
         handles = _local.handles = {}
-    if path not in handles:
-        handles[path] = rasterio.open(path)
-    return handles[path]
+    ds = handles.get(path)
+    if ds is None or ds.closed:
+        ds = handles[path] = rasterio.open(path)
+        with _opened_lock:
+            _opened.append(ds)
+    return ds
+
+
+def close_datasets() -> None:
+    """Close every dataset the readers opened, in all threads, freeing their cached blocks.
+
+    Call it when no read is in progress (after a run's tasks); readers reopen on their next read.
+    """
+    with _opened_lock:
+        handles, _opened[:] = list(_opened), []
+    for ds in handles:
+        ds.close()
 
 
 _CACHE_BYTES = 256 << 20
