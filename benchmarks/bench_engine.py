@@ -4,7 +4,7 @@
    ``Execution(workers=1)``, ``Execution(workers=2)`` (cluster start included) and a 2-worker LocalCluster
    started beforehand (``Execution(address=...)``), with ``spectral-landcover`` (no weights, tile 512) and
    ``demo-unet-2d`` (conv, tile 256): wall s, MP/s, wall / threads wall;
-2. scheduler cost: the engine's graph (per evaluating chunk an eval, a count, a part per target; per chunk a
+2. scheduler cost: the engine's graph (per evaluating chunk an eval and a part per target; per chunk a
    merge of its parts) with no-op functions on ``dask.threaded.get``, and on a LocalCluster(2 x 1 thread) via
    ``client.get`` and via one ``client.submit`` per task as the engine submits: s per task and per chunk;
 3. bytes: the real ``Part`` payloads (stand-in predictor of uniform probabilities) interior chunk (1, 1)
@@ -92,7 +92,7 @@ def _noop_eval(task: Any, run: Any) -> int:
     return len(task.evaluates)
 
 
-def _noop_pick(evaluation: int, target: tuple[int, ...] = ()) -> tuple[int, ...]:  # a count or a part
+def _noop_pick(evaluation: int, target: tuple[int, ...] = ()) -> tuple[int, ...]:  # a part
     return (evaluation, *target)
 
 
@@ -114,18 +114,15 @@ def scheduler_cost(size: int, chunk: int, tile: int, overlap: float) -> dict[str
     run = (plan.grid, plan.chunks)  # stands for the RunSpec every task carries
     dsk: dict[Any, Any] = {}
     merges: list[Any] = []
-    counts: list[Any] = []
     for task in plan.evaluations:
         dsk[("noop-eval", *task.index)] = (_noop_eval, task, run)
-        dsk[("noop-count", *task.index)] = (_noop_pick, ("noop-eval", *task.index))
-        counts.append(("noop-count", *task.index))
         for target in task.targets:
             dsk[("noop-part", *task.index, *target)] = (_noop_pick, ("noop-eval", *task.index), target)
     for task in plan.merged:
         dsk[("noop-merge", *task.index)] = (_noop_merge, task, [("noop-part", *s, *task.index) for s in task.sources],
                                             run)
         merges.append(("noop-merge", *task.index))
-    keys, tasks, chunks = merges + counts, len(dsk), len(plan.tasks)
+    keys, tasks, chunks = merges, len(dsk), len(plan.tasks)
     out: dict[str, Any] = {"size": size, "chunk": chunk, "tile": tile, "overlap": overlap, "chunks": chunks,
                            "tasks": tasks, "tasks_per_chunk": round(tasks / chunks, 2), "plan_s": round(plan_s, 3),
                            "parts": sum(len(t.targets) for t in plan.evaluations)}

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import ConfigError, DeviceError
 from ..scene import Scene
-from .plan import Index, Plan
+from .plan import ChunkTask, Index, Plan
 from .tasks import RunSpec, evaluate_chunk, merge_and_store, part_for
 
 __all__ = ["Execution", "Outcome", "run_plan"]
@@ -70,7 +70,14 @@ class Outcome:
     workers: dict[str, Any]
 
 
-def _graph(plan: Plan, scene: Any, run: RunSpec, token: str) -> tuple[dict[Any, Any], list[Any]]:
+def _graph(plan: Plan, scene: Any, run: RunSpec, token: str, *, chain: bool = False
+           ) -> tuple[dict[Any, Any], list[Any]]:
+    """The tasks of ``plan``; with ``chain`` each merge waits for the previous one in :func:`merge_order`.
+
+    The chain is for the threaded scheduler, whose own ordering otherwise lets evaluations run up
+    to two lines of chunks ahead of the merges (and their seams wait meanwhile); a cluster gets
+    the same effect from task priorities instead.
+    """
     def key(kind: str, *index: int) -> tuple[Any, ...]:
         return (f"segflow-{kind}-{token}", *index)
 
@@ -80,12 +87,25 @@ def _graph(plan: Plan, scene: Any, run: RunSpec, token: str) -> tuple[dict[Any, 
         for n, target in enumerate(task.targets):
             dsk[key("part", *task.index, *target)] = (part_for, key("eval", *task.index), target, n == 0,
                                                       run.hand_over)
-    merges = []
-    for task in plan.merged:
+    merges: list[Any] = []
+    for task in merge_order(plan) if chain else plan.merged:
         parts = [key("part", *source, *task.index) for source in task.sources]
-        dsk[key("merge", *task.index)] = (merge_and_store, task, parts, run)
+        after = merges[-1] if chain and merges else None
+        dsk[key("merge", *task.index)] = (merge_and_store, task, parts, run, after)
         merges.append(key("merge", *task.index))
     return dsk, merges
+
+
+def merge_order(plan: Plan) -> list[ChunkTask]:
+    """The merged chunks in raster order over the axes sorted from most to fewest chunks.
+
+    Parts wait for their merge along the fast axis, so the seams held at once are those of
+    about one line of chunks along it: making it the axis with the fewest chunks keeps that
+    line short (a 2 × 32 chunk scene walks down its columns).
+    """
+    counts = plan.chunks.counts
+    axes = sorted(range(len(counts)), key=lambda a: (-counts[a], a))
+    return sorted(plan.merged, key=lambda t: tuple(t.index[a] for a in axes))
 
 
 def _outcome(merge_results: list[dict[str, Any]], workers: dict[str, Any]) -> Outcome:
@@ -100,7 +120,7 @@ def _run_threads(plan: Plan, scene: Scene, run: RunSpec, execution: Execution, o
     from dask.callbacks import Callback
     from dask.threaded import get
 
-    dsk, merges = _graph(plan, scene, run, token)
+    dsk, merges = _graph(plan, scene, run, token, chain=True)
     merge_names = {k[0] for k in merges}
 
     class _Progress(Callback):
@@ -122,23 +142,38 @@ def _default_threads(cuda: bool) -> int:
     return (os.cpu_count() or 1) if cuda else 1
 
 
-def _client(execution: Execution, cuda: bool) -> tuple[Any, Any]:
+def _existing_client(address: str) -> Any:
+    """A client this process already holds for ``address`` (two clients in one process share no event loop)."""
+    from distributed import default_client
+
+    try:
+        client = default_client()
+    except ValueError:
+        return None
+    return client if client.scheduler is not None and client.scheduler.address == address else None
+
+
+def _client(execution: Execution, cuda: bool) -> tuple[Any, Any, bool]:
+    """A client for the run, the local cluster started for it (or None), and whether to close the client."""
     try:
         from distributed import Client, LocalCluster
     except ImportError:  # pragma: no cover - distributed is a core dependency
         raise ConfigError("worker processes and clusters need dask.distributed: pip install distributed") from None
     if execution.address:
+        existing = _existing_client(execution.address)
+        if existing is not None:
+            return existing, None, False
         try:
             client = Client(execution.address, timeout="20s")
         except (OSError, TimeoutError) as exc:
             raise ConfigError(f"cannot reach the dask scheduler at {execution.address} ({exc}); check the address "
                               "and that the scheduler is running") from None
-        return client, None
+        return client, None, True
     workers = int(execution.workers or 1)
     threads = max(1, (os.cpu_count() or 1) // workers)
     cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, dashboard_address=None,
                            resources={"GPU": 1} if cuda else None, silence_logs=40)
-    return Client(cluster), cluster
+    return Client(cluster), cluster, True
 
 
 def _check_gpu_workers(client: Any) -> None:
@@ -156,7 +191,7 @@ def _run_distributed(plan: Plan, scene: Scene, run: RunSpec, execution: Executio
                      token: str, cuda: bool) -> Outcome:
     from distributed import as_completed
 
-    client, cluster = _client(execution, cuda)
+    client, cluster, owned = _client(execution, cuda)
     try:
         if cuda:
             _check_gpu_workers(client)
@@ -183,7 +218,8 @@ def _run_distributed(plan: Plan, scene: Scene, run: RunSpec, execution: Executio
                    "threads": sum(w.get("nthreads", 0) for w in info.get("workers", {}).values())}
         return _outcome([f.result() for f in merge_futures], workers)
     finally:
-        client.close()
+        if owned:
+            client.close()
         if cluster is not None:
             cluster.close()
 

@@ -94,10 +94,12 @@ def _store(path: Path, fingerprint: str) -> MaskStore:
     return store
 
 
-def merge_and_store(task: ChunkTask, deliveries: list[Delivery], run: RunSpec) -> dict[str, Any]:
+def merge_and_store(task: ChunkTask, deliveries: list[Delivery], run: RunSpec, after: Any = None
+                    ) -> dict[str, Any]:
     """Merge a chunk from its parts, write it to the store and record it as complete.
 
     Returns the completion record plus the counts of the evaluations that reported here.
+    ``after`` is the previous merge's result when the graph chains merges (only an ordering).
     """
     t0 = time.perf_counter()
     parts = [d.part for d in deliveries]
