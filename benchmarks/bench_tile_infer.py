@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -36,6 +37,7 @@ from segflow.models import load_module, resolve_package
 from segflow.models.arch import build_architecture
 from segflow.predict import Predictor
 from segflow.synthetic import write_synthetic_scene
+from segflow.tile_infer import TileInferParams
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work"
@@ -68,6 +70,7 @@ def scene(size: int) -> Path:
 
 def run_tile_infer(path: Path, pkg: Path, device: str, out: Path) -> dict:
     """tile-infer in a fresh process; returns its run.json plus the process's peak RSS."""
+    shutil.rmtree(out, ignore_errors=True)  # else the run finds its own published outputs and returns at once
     code = (
         "import json,resource,sys,time;"
         "from segflow.tile_infer import tile_infer, TileInferParams;"
@@ -193,7 +196,7 @@ def main() -> None:
     results = {
         "machine": machine(),
         "device": args.device,
-        "settings": {"tile": TILE, "overlap": OVERLAP, "batch": BATCH, "chunk": 4096,
+        "settings": {"tile": TILE, "overlap": OVERLAP, "batch": BATCH, "chunk": TileInferParams().chunk,
                      "model": "unet 0.48M (TorchScript)", "repeats": args.repeats},
         "all_small_runs_s": {"end_to_end": [round(r["wall"], 2) for r in runs],
                              "pure_model": [round(m, 2) for m in models], "monai": [round(p, 2) for p in peers]},
