@@ -65,8 +65,8 @@ def run_tile_infer(model: str, scene: str, out: str, mode: str, chunk: int) -> d
     if mode == "cluster2":
         from distributed import Client, LocalCluster
 
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                               silence_logs=40)
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=None, silence_logs=40)
         client = Client(cluster)
         client.run(torch.set_num_threads, 1)  # what Execution(workers=2) gives its workers on 2 cores
         execution = Execution(address=cluster.scheduler_address)
@@ -135,8 +135,8 @@ def scheduler_cost(size: int, chunk: int, tile: int, overlap: float) -> dict[str
     t = time.perf_counter()
     results = get(dsk, keys, num_workers=os.cpu_count() or 1)
     record("threaded_get", time.perf_counter() - t, list(results))
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=40) as cluster, Client(cluster) as client:
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None, silence_logs=40) as cluster, Client(cluster) as client:
         client.run(_warm)  # the workers import what unpickling the tasks needs before the clock starts
         t = time.perf_counter()
         results = client.get(dsk, keys)

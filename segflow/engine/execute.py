@@ -171,8 +171,8 @@ def _client(execution: Execution, cuda: bool) -> tuple[Any, Any, bool]:
         return client, None, True
     workers = int(execution.workers or 1)
     threads = max(1, (os.cpu_count() or 1) // workers)
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, dashboard_address=None,
-                           resources={"GPU": 1} if cuda else None, silence_logs=40)
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, host="127.0.0.1",
+                           dashboard_address=None, resources={"GPU": 1} if cuda else None, silence_logs=40)
     return Client(cluster), cluster, True
 
 
