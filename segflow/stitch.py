@@ -32,6 +32,7 @@ __all__ = [
     "Evaluation",
     "Part",
     "Piece",
+    "argmax_labels",
     "blend_chunks",
     "evaluate_windows",
     "merge_chunk",
@@ -193,7 +194,6 @@ def argmax_labels(acc: torch.Tensor, valid: np.ndarray) -> np.ndarray:
     return out
 
 
-_argmax_labels = argmax_labels  # the name earlier releases used
 
 
 def merge_chunk(index: Index, box: Box, parts: Sequence[Part], weights: torch.Tensor, num_classes: int, *,

@@ -175,24 +175,48 @@ def _up_to_date(output: Path, fingerprint: str, names: list[str]) -> dict[str, A
     return record
 
 
-def _store(path: Path, fingerprint: str, scene: Scene, chunks: ChunkGrid, spec: Any, save_scores: bool,
-           source: Path) -> MaskStore:
+@dataclass(frozen=True)
+class _Job:
+    """A run prepared and checked: everything decided before the output folder is touched."""
+
+    params: TileInferParams
+    execution: Execution
+    package: ModelPackage
+    inputs: dict[str, Path]
+    input_path: Path
+    scene: Scene
+    grid: WindowGrid
+    chunks: ChunkGrid
+    factory: PredictorFactory
+    device: str  # resolved here; as asked when a remote cluster resolves it
+    fingerprint: str
+    sinks: Sequence[Sink]
+    started: str
+    t0: float
+
+    @property
+    def names(self) -> list[str]:
+        return ["mask.zarr", *(s.name for s in self.sinks), "run.json"]
+
+
+def _store(path: Path, job: _Job) -> MaskStore:
     """The run's store: an earlier attempt's when it belongs to this run, else a new one."""
     if path.exists():
         try:
             store = MaskStore.open(path, mode="r+")
-            if store.fingerprint == fingerprint:
+            if store.fingerprint == job.fingerprint:
                 return store
         except InputError:
             pass
         shutil.rmtree(path)
-    attrs = {**scene.geometry.attrs(), "source": str(source), "model": spec.name, "run_fingerprint": fingerprint}
-    return MaskStore.create(path, scene.spatial_shape, chunks.chunk, spec.class_names, save_scores=save_scores,
-                            attrs=attrs)
+    spec = job.package.spec
+    attrs = {**job.scene.geometry.attrs(), "source": str(job.input_path), "model": spec.name,
+             "run_fingerprint": job.fingerprint}
+    return MaskStore.create(path, job.scene.spatial_shape, job.chunks.chunk, spec.class_names,
+                            save_scores=job.params.save_scores, attrs=attrs)
 
 
-def _tile_infer(input_path: InputPaths, output_dir: str | os.PathLike[str], params: TileInferParams,
-                progress: Progress | None, execution: Execution) -> RunResult:
+def _prepare(input_path: InputPaths, params: TileInferParams, execution: Execution) -> _Job:
     params.check()
     execution.check()
     t0, started = time.perf_counter(), datetime.now(UTC).isoformat(timespec="seconds")
@@ -206,49 +230,50 @@ def _tile_infer(input_path: InputPaths, output_dir: str | os.PathLike[str], para
             raise InputError(f"model {spec.name!r} is {spec.spatial_dims}D but {inputs[name]} is a "
                              f"{opened.spatial_dims}D raster; choose a {opened.spatial_dims}D model")
     scene = assemble_scene(spec, scenes, params.bands)
-    input_path = inputs[spec.sources[0]]
     grid = WindowGrid.create(scene.spatial_shape, params.tile or spec.tile_shape,
                              spec.overlap if params.overlap is None else params.overlap)
     chunks = ChunkGrid.create(scene.spatial_shape, params.chunk)
-    if not execution.address:
-        resolve_device(params.device)  # refuse a missing CUDA device before anything is locked or written
+    # refuse a missing CUDA device before anything is locked or written
+    device = params.device if execution.address else str(resolve_device(params.device))
     threads = max(1, (os.cpu_count() or 1) // execution.workers) if execution.workers else None
-    factory = PredictorFactory(package, params.device, params.batch, params.amp, threads)
     identities = {k: input_identity(v) for k, v in inputs.items()}
     model_id = {"weights_sha256": package.weights_sha256, "model_yaml_sha256": package.yaml_sha256}
     fingerprint = run_fingerprint(identities, model_id, _pixel_parameters(
         params, grid, chunks, scene.band_names, params.device.strip().lower()))
-    sinks = sinks_for(scene.geometry, spec)
-    names = ["mask.zarr", *(s.name for s in sinks), "run.json"]
+    return _Job(params=params, execution=execution, package=package, inputs=inputs,
+                input_path=inputs[spec.sources[0]], scene=scene, grid=grid, chunks=chunks,
+                factory=PredictorFactory(package, params.device, params.batch, params.amp, threads), device=device,
+                fingerprint=fingerprint, sinks=sinks_for(scene.geometry, spec), started=started, t0=t0)
+
+
+def _tile_infer(input_path: InputPaths, output_dir: str | os.PathLike[str], params: TileInferParams,
+                progress: Progress | None, execution: Execution) -> RunResult:
+    job = _prepare(input_path, params, execution)
     output = Path(output_dir)
     prepare_output(output)
     with OutputLock(output):
-        folder = f"run-{fingerprint[:16]}"
+        folder = f"run-{job.fingerprint[:16]}"
         recover(output, keep=(STAGING_PREFIX + folder,))
-        done_before = _up_to_date(output, fingerprint, names)
+        done_before = _up_to_date(output, job.fingerprint, job.names)
         if done_before is not None:
-            return _result_from(done_before, output, names, time.perf_counter() - t0, scene)
+            return _result_from(done_before, output, job.names, time.perf_counter() - job.t0, job.scene)
         with Staging(output, folder, keep_on_error=True) as staging:
-            store = _store(staging.path / "mask.zarr", fingerprint, scene, chunks, spec, params.save_scores,
-                           input_path)
+            store = _store(staging.path / "mask.zarr", job)
             try:
-                return _compute(scene, grid, chunks, params, execution, factory, package, store, staging, sinks,
-                                names, fingerprint, progress, t0, started, inputs, input_path)
+                return _compute(job, store, staging, progress)
             except BaseException:
                 if not store.done():  # nothing worth resuming
                     staging.discard()
                 raise
 
 
-def _compute(scene: Scene, grid: WindowGrid, chunks: ChunkGrid, params: TileInferParams, execution: Execution,
-             factory: PredictorFactory, package: ModelPackage, store: MaskStore, staging: Staging,
-             sinks: Sequence[Sink], names: list[str], fingerprint: str, progress: Progress | None, t0: float,
-             started: str, inputs: dict[str, Path], input_path: Path) -> RunResult:
+def _compute(job: _Job, store: MaskStore, staging: Staging, progress: Progress | None) -> RunResult:
+    grid, chunks, params = job.grid, job.chunks, job.params
     reused = set(store.done())
     plan = make_plan(grid, chunks, reused)
-    run = RunSpec(grid=grid, chunks=chunks, blend=params.blend, num_classes=len(package.spec.classes),
-                  factory=factory, store=store.path, fingerprint=fingerprint, save_scores=params.save_scores,
-                  to_host=execution.distributed)
+    run = RunSpec(grid=grid, chunks=chunks, blend=params.blend, num_classes=len(job.package.spec.classes),
+                  factory=job.factory, store=store.path, fingerprint=job.fingerprint,
+                  save_scores=params.save_scores, to_host=job.execution.distributed)
     finished = len(reused)
 
     def on_chunk(record: dict[str, Any]) -> None:
@@ -258,9 +283,9 @@ def _compute(scene: Scene, grid: WindowGrid, chunks: ChunkGrid, params: TileInfe
             progress(finished, len(chunks))
         failpoint("chunk")
 
-    device = factory.device if execution.address else str(resolve_device(factory.device))
     try:
-        outcome = run_plan(plan, scene, run, execution, on_chunk=on_chunk, cuda=device.startswith("cuda"))
+        outcome = run_plan(plan, job.scene, run, job.execution, on_chunk=on_chunk,
+                           cuda=job.device.startswith("cuda"))
     finally:
         close_datasets()  # the input's cached blocks are not needed by the sinks
     missing = len(chunks) - len(store.done())
@@ -268,26 +293,26 @@ def _compute(scene: Scene, grid: WindowGrid, chunks: ChunkGrid, params: TileInfe
     if missing or evaluated != len(set(outcome.evaluated)) or evaluated + outcome.skipped != plan.windows_to_evaluate:
         raise RuntimeError(f"engine error: {missing} chunks without a completion record, {evaluated} windows "
                            f"evaluated ({len(set(outcome.evaluated))} distinct) of {plan.windows_to_evaluate} planned")
-    for sink in sinks:
+    for sink in job.sinks:
         (staging.path / sink.name).unlink(missing_ok=True)
         sink.write(store, staging.path)
-    record = _provenance(input_path, scene.meta, package, params, grid, device, started)
-    wall = time.perf_counter() - t0
+    record = _provenance(job.input_path, job.scene.meta, job.package, params, grid, job.device, job.started)
+    wall = time.perf_counter() - job.t0
     record.update({
         "wall_seconds": round(wall, 3),
         "windows": {"total": len(grid), "evaluated": evaluated, "skipped_nodata": outcome.skipped,
                     "each_evaluated_once": True},
         "chunks_written": len(chunks),
-        "run": {"fingerprint": fingerprint, "chunks_computed": len(plan.merged), "chunks_reused": len(reused),
+        "run": {"fingerprint": job.fingerprint, "chunks_computed": len(plan.merged), "chunks_reused": len(reused),
                 "scheduler": outcome.workers},
     })
-    if len(inputs) > 1:
-        record["inputs"] = {k: str(v.resolve()) for k, v in inputs.items()}
+    if len(job.inputs) > 1:
+        record["inputs"] = {k: str(v.resolve()) for k, v in job.inputs.items()}
     atomic_write_text(staging.path / "run.json", json.dumps(record, indent=2) + "\n")
-    outputs = staging.publish(names)
+    outputs = staging.publish(job.names)
     return RunResult(outputs=outputs, windows_total=len(grid), windows_evaluated=evaluated,
                      windows_skipped=outcome.skipped, chunks=len(chunks), wall_seconds=wall,
-                     megapixels=math.prod(scene.spatial_shape) / 1e6, chunks_computed=len(plan.merged),
+                     megapixels=math.prod(job.scene.spatial_shape) / 1e6, chunks_computed=len(plan.merged),
                      chunks_reused=len(reused))
 
 

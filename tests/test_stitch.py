@@ -160,7 +160,7 @@ def test_volumes_blend_the_same_whatever_the_chunking(shape: tuple[int, int, int
 
 
 def test_labels_are_the_first_maximum_like_argmax() -> None:
-    from segflow.stitch import LABEL_NODATA, _argmax_labels
+    from segflow.stitch import LABEL_NODATA, argmax_labels
 
     scores = torch.rand(5, 60, 40, generator=torch.Generator().manual_seed(0))
     scores[3, :10] = scores[1, :10] = scores[:, :10].max(0).values + 1  # exact ties: the first class wins
@@ -168,5 +168,5 @@ def test_labels_are_the_first_maximum_like_argmax() -> None:
     valid[5, 7] = False
     expected = scores.argmax(0).numpy().astype(np.uint8)
     expected[5, 7] = LABEL_NODATA
-    np.testing.assert_array_equal(_argmax_labels(scores, valid), expected)
+    np.testing.assert_array_equal(argmax_labels(scores, valid), expected)
     assert (expected[:10][valid[:10]] == 1).all()
