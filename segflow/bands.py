@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import dask.array as da
 
 from . import georef
-from .errors import ConfigError, ModelError
+from .errors import ConfigError, InputError
 from .georef import PixelGrid
 from .models.package import ModelSpec
 from .scene import Scene
@@ -24,26 +25,39 @@ PRIMARY = "image"
 
 
 def parse_band_overrides(items: Sequence[str]) -> dict[str, int]:
-    """Parse ``["nir=4", "red=3"]`` into ``{"nir": 4, "red": 3}`` (1-based band numbers)."""
+    """Parse ``["nir=4", "red=3"]`` into ``{"nir": 4, "red": 3}`` (1-based band numbers).
+
+    Only the form is checked here; whether a number is a band of the raster (``1 <= N <=
+    band count``) is checked by :func:`resolve_bands`, which knows the raster.
+    """
     out: dict[str, int] = {}
     for item in items:
         name, sep, value = item.partition("=")
-        if not sep or not name.strip() or not value.strip().isdigit() or int(value) < 1:
-            raise ConfigError(f"band choice {item!r} must look like NAME=N with N a 1-based band number, e.g. nir=4")
-        out[name.strip().lower()] = int(value)
+        try:
+            number = int(value.strip())
+        except ValueError:
+            number = None
+        if not sep or not name.strip() or number is None:
+            raise ConfigError(f"--band {item!r} must look like NAME=N with N a 1-based band number of the "
+                              "raster, e.g. --band nir=4")
+        out[name.strip().lower()] = number
     return out
 
 
-def parse_inputs(items: Sequence[str | os.PathLike[str]]) -> dict[str, Path]:
-    """Parse ``--input`` values: ``scene.tif`` is the ``image`` input, ``dem=dem.tif`` a named one."""
-    out: dict[str, Path] = {}
+def parse_inputs(items: Sequence[str | os.PathLike[str]]) -> dict[str, str]:
+    """Parse ``--input`` values: ``scene.tif`` is the ``image`` input, ``dem=dem.tif`` a named one.
+
+    Values stay the strings given: a path or any name GDAL opens (``/vsizip/a.zip/x.tif``,
+    ``NETCDF:"f.nc":var``), which ``pathlib`` must not rewrite.
+    """
+    out: dict[str, str] = {}
     for item in items:
-        text = str(item)
+        text = os.fspath(item)
         name, sep, path = text.partition("=")
-        if sep and name.replace("_", "").replace("-", "").isalnum() and path and not Path(text).exists():
-            key, value = name, Path(path)
+        if sep and name.replace("_", "").replace("-", "").isalnum() and path and not os.path.exists(text):
+            key, value = name, path
         else:
-            key, value = PRIMARY, Path(text)
+            key, value = PRIMARY, text
         if key in out:
             raise ConfigError(f"input {key!r} given twice ({out[key]} and {value}); name extra rasters, "
                               "e.g. --input dem=dem.tif")
@@ -51,6 +65,39 @@ def parse_inputs(items: Sequence[str | os.PathLike[str]]) -> dict[str, Path]:
     if not out:
         raise ConfigError("no input given; pass --input scene.tif")
     return out
+
+
+def _bands_word(n: int) -> str:
+    return f"{n} band" + ("" if n == 1 else "s")
+
+
+def _fitting_builtins(scene: Scene) -> list[str]:
+    """Built-in models of the scene's dimensionality that read at most the scene's band count."""
+    from .models.package import builtin_names, resolve_package
+
+    fits = []
+    for name in builtin_names():
+        spec = resolve_package(name).spec
+        if (spec.spatial_dims == scene.spatial_dims and len(spec.sources) == 1
+                and len(spec.input.bands) <= scene.num_bands):
+            fits.append(name)
+    return fits
+
+
+def _too_few_bands(spec: ModelSpec, scene: Scene, roles: list[str], source: str) -> InputError:
+    """The raster has fewer bands than the model reads: the fix is another model, not a ``--band`` choice."""
+    n = scene.num_bands
+    which = "" if source == PRIMARY else f" (input {source!r})"
+    head = (f"{scene.source}{which} has {_bands_word(n)} but model {spec.name!r} reads {len(roles)} bands "
+            f"from it ({', '.join(roles)})")
+    fits = _fitting_builtins(scene)
+    if fits:
+        advice = (f"use a model that takes {_bands_word(n)}: built-in {', '.join(fits)}, or a model package "
+                  f"with --model PATH (see `segflow models list`)")
+    else:
+        advice = (f"no built-in model fits a {n}-band raster; pass a model package that takes "
+                  f"{_bands_word(n)} with --model PATH (see `segflow models list`)")
+    return InputError(f"{head}; {advice}")
 
 
 def resolve_bands(spec: ModelSpec, scene: Scene, overrides: Mapping[str, int] | None = None,
@@ -61,15 +108,28 @@ def resolve_bands(spec: ModelSpec, scene: Scene, overrides: Mapping[str, int] | 
     nir=4``), a scene band whose description equals the band's name, the ``index`` the
     model declares. A model that declares no indices takes the scene's bands in order, and
     then the counts must match exactly.
+
+    One rule for errors, all exit code 2: a band number the user chose that is not a band of
+    the raster (``N < 1`` or ``N >`` band count) is a :class:`ConfigError`; a raster with
+    fewer bands than the model reads, or whose bands the model cannot pick without a
+    ``--band`` choice, is an :class:`InputError`.
     """
     overrides = dict(overrides or {})
     bands = [b for b in spec.input.bands if b.source == source]
     roles = [b.name.lower() for b in bands]
+    n = scene.num_bands
+    for role in roles:
+        if role in overrides and not 1 <= overrides[role] <= n:
+            raise ConfigError(f"--band {role}={overrides[role]} is not a band of {scene.source}: it has "
+                              f"{_bands_word(n)}, numbered 1 to {n}; pass --band {role}=N with 1 <= N <= {n}")
+    if n < len(roles) and not all(r in overrides for r in roles):
+        raise _too_few_bands(spec, scene, roles, source)
     declared = all(b.index is not None for b in bands)
-    if not declared and not any(r in overrides for r in roles) and scene.num_bands != len(roles):
-        raise ModelError(
+    if not declared and not any(r in overrides for r in roles) and n != len(roles):
+        choose = " ".join(f"--band {r}=N" for r in roles)
+        raise InputError(
             f"model {spec.name!r} takes {len(roles)} band(s) {roles} from {source!r} but {scene.source} has "
-            f"{scene.num_bands}; choose bands with --band NAME=N or declare their index in model.yaml"
+            f"{n}; choose them with {choose} (1 <= N <= {n}) or declare their index in model.yaml"
         )
     chosen = []
     for position, (role, band) in enumerate(zip(roles, bands, strict=True)):
@@ -81,10 +141,10 @@ def resolve_bands(spec: ModelSpec, scene: Scene, overrides: Mapping[str, int] | 
             number = band.index
         else:
             number = position + 1
-        if number > scene.num_bands:
-            raise ModelError(
-                f"model {spec.name!r} needs band {number} ({role}) but {scene.source} has only "
-                f"{scene.num_bands} band(s); pick the {role} band with --band {role}=N"
+        if number > n:
+            raise InputError(
+                f"model {spec.name!r} reads {role} from band {number} but {scene.source} has "
+                f"{_bands_word(n)}; pick the {role} band with --band {role}=N (1 <= N <= {n})"
             )
         chosen.append(number - 1)
     return chosen
@@ -116,20 +176,49 @@ def assemble_scene(spec: ModelSpec, scenes: Mapping[str, Scene], overrides: Mapp
     for source in spec.sources[1:]:
         check_same_grid(first, scenes[source], names=(f"input {spec.sources[0]!r}", f"input {source!r}"))
     if len(spec.sources) == 1:
-        return first.select_bands(resolve_bands(spec, first, overrides, spec.sources[0]))
-    selected = {s: scenes[s].select_bands(resolve_bands(spec, scenes[s], overrides, s)) for s in spec.sources}
+        scene, scaling = _model_bands(spec, first, overrides, spec.sources[0])
+        return replace(scene, meta={**first.meta, "values": _values_record(spec, scene.band_names, scaling)})
+    selected = {s: _model_bands(spec, scenes[s], overrides, s) for s in spec.sources}
     taken = dict.fromkeys(spec.sources, 0)
-    parts, names = [], []
+    parts, names, scaling = [], [], []
     for band in spec.input.bands:
-        part = selected[band.source]
+        part, part_scaling = selected[band.source]
         parts.append(part.data[taken[band.source] : taken[band.source] + 1])
         names.append(part.band_names[taken[band.source]])
+        scaling.append(part_scaling[taken[band.source]])
         taken[band.source] += 1
     valid = None
-    for part in selected.values():
+    for part, _ in selected.values():
         v = part.valid
         if v is not None:
             valid = v if valid is None else valid & v
     return Scene(data=da.concatenate(parts, axis=0), axes=first.axes, band_names=tuple(names), crs=first.crs,
                  transform=first.transform, nodata=None, mask=valid, gcps=first.gcps, gcp_crs=first.gcp_crs,
-                 rpcs=first.rpcs, source=" + ".join(scenes[s].source for s in spec.sources), meta=first.meta)
+                 rpcs=first.rpcs, source=" + ".join(scenes[s].source for s in spec.sources),
+                 meta={**first.meta, "values": _values_record(spec, tuple(names), scaling)})
+
+
+def _model_bands(spec: ModelSpec, scene: Scene, overrides: Mapping[str, int], source: str
+                 ) -> tuple[Scene, list[tuple[float, float]]]:
+    """The model's bands of one raster, in its values (scaled unless it asks for raw), and their scale/offset.
+
+    An alpha band (transparency) is fed to a model only when the user picks it with ``--band``.
+    """
+    chosen = resolve_bands(spec, scene, overrides, source)
+    roles = [b.name.lower() for b in spec.input.bands if b.source == source]
+    for role, index in zip(roles, chosen, strict=True):
+        if index in scene.alpha_bands and role not in overrides:
+            raise InputError(f"band {index + 1} of {scene.source} is an alpha band (transparency, not data) but "
+                             f"model {spec.name!r} would read it as {role}; pick the {role} band with "
+                             f"--band {role}=N")
+    picked = scene.select_bands(chosen)
+    scaling = picked.scaling
+    return (picked if spec.input.values == "raw" else picked.scaled()), scaling
+
+
+def _values_record(spec: ModelSpec, names: Sequence[str], scaling: Sequence[tuple[float, float]]
+                   ) -> str | list[dict[str, object]]:
+    """What run.json says the model was fed: ``"raw"``, or each band's applied scale and offset."""
+    if spec.input.values == "raw":
+        return "raw"
+    return [{"band": n, "scale": s, "offset": o} for n, (s, o) in zip(names, scaling, strict=True)]

@@ -36,8 +36,8 @@ class Scene:
     nodata:
         The source's nodata value, or None.
     mask:
-        Optional lazy boolean array over the spatial axes from the source's own mask (an
-        internal mask band or alpha): False where masked. None when the source has none.
+        Optional lazy boolean array over the spatial axes from the source's own mask (its
+        mask band, its alpha bands): False where masked. None when the source has none.
     gcps:
         Ground control points ``(row, col, x, y, z)`` of a raster georeferenced by GCPs
         instead of a transform (e.g. Sentinel-1 GRD), in ``gcp_crs`` (WKT); empty when none.
@@ -51,6 +51,13 @@ class Scene:
         For volumes, the voxel-to-world geometry (see :attr:`geometry`).
     meta:
         Extra provenance (driver, dtype, block size...).
+    alpha_bands:
+        0-based indices of the bands whose colour interpretation is alpha (transparency, not
+        data); the reader folds them into ``mask``.
+    scales, offsets:
+        Per band, the source's scale and offset: the physical value is ``stored * scale +
+        offset`` (GDAL's convention, e.g. reflectance = DN * 0.0001 - 0.1). Empty = 1 and 0 for
+        every band. ``data`` holds the stored values; :meth:`scaled` applies them.
     """
 
     data: da.Array
@@ -66,6 +73,9 @@ class Scene:
     source: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
     volume: VolumeGeometry | None = None
+    alpha_bands: tuple[int, ...] = ()
+    scales: tuple[float, ...] = ()
+    offsets: tuple[float, ...] = ()
 
     @property
     def geometry(self) -> Geometry:
@@ -93,6 +103,9 @@ class Scene:
             raise ConfigError(f"scene data has {self.data.ndim} dimensions but axes {self.axes!r}")
         if len(self.band_names) != self.data.shape[0]:
             raise ConfigError(f"{len(self.band_names)} band names for {self.data.shape[0]} channels")
+        for what, values in (("scales", self.scales), ("offsets", self.offsets)):
+            if values and len(values) != self.data.shape[0]:
+                raise ConfigError(f"{len(values)} {what} for {self.data.shape[0]} channels")
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -110,9 +123,11 @@ class Scene:
     def valid(self) -> da.Array | None:
         """Lazy boolean array over the spatial axes: True where the pixel holds data.
 
-        A pixel is invalid where the source mask says so, where every band equals ``nodata``
-        (rasterio's dataset-mask rule) or where any band is NaN or infinite. None when every
-        pixel is valid by construction (integer data, no nodata, no mask).
+        A pixel is invalid where ``mask`` is False (the source's mask band or an alpha band
+        that is 0), where every band of this scene equals ``nodata`` (GDAL's dataset-mask
+        rule, over the bands this scene holds: after :meth:`select_bands`, the model's bands)
+        or where any band is NaN or infinite. None when every pixel is valid by construction
+        (integer data, no nodata, no mask). See "Nodata rule" in the README.
         """
         parts = [] if self.mask is None else [self.mask]
         if self.nodata is not None and not np.isnan(self.nodata):
@@ -129,7 +144,32 @@ class Scene:
     def select_bands(self, indices: Sequence[int]) -> Scene:
         """A scene holding only the channels ``indices`` (0-based), in that order."""
         idx = [int(i) for i in indices]
-        return replace(self, data=self.data[idx], band_names=tuple(self.band_names[i] for i in idx))
+        return replace(self, data=self.data[idx], band_names=tuple(self.band_names[i] for i in idx),
+                       alpha_bands=tuple(n for n, i in enumerate(idx) if i in self.alpha_bands),
+                       scales=tuple(self.scales[i] for i in idx) if self.scales else (),
+                       offsets=tuple(self.offsets[i] for i in idx) if self.offsets else ())
+
+    @property
+    def scaling(self) -> list[tuple[float, float]]:
+        """``(scale, offset)`` of each band (``(1.0, 0.0)`` where the source declares none)."""
+        n = self.num_bands
+        return list(zip(self.scales or (1.0,) * n, self.offsets or (0.0,) * n, strict=True))
+
+    def scaled(self) -> Scene:
+        """This scene in physical values: ``stored * scale + offset`` per band, float32, lazily.
+
+        Validity is decided first, on the stored values (a nodata value is a stored value),
+        and kept as the new scene's ``mask``. Returns ``self`` when every band's scale is 1
+        and offset 0.
+        """
+        pairs = self.scaling
+        if all(s == 1.0 and o == 0.0 for s, o in pairs):
+            return self
+        shape = (self.num_bands,) + (1,) * self.spatial_dims
+        scale = np.asarray([s for s, _ in pairs], dtype=np.float32).reshape(shape)
+        offset = np.asarray([o for _, o in pairs], dtype=np.float32).reshape(shape)
+        data = self.data.astype(np.float32) * scale + offset
+        return replace(self, data=data, mask=self.valid, nodata=None, scales=(), offsets=())
 
     def read(self, box: Box) -> tuple[np.ndarray, np.ndarray | None]:
         """Read the pixels of ``box``: ``(C, *box.shape)`` data and the validity mask (or None).

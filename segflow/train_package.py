@@ -86,6 +86,7 @@ def package_contract(config: TrainConfig, normalization: Normalization, descript
         "input": {
             "bands": [{"name": b.name, "index": b.index} if b.index else {"name": b.name} for b in model.bands],
             "normalization": norm,
+            "values": "raw",  # chips are read as stored values, without the rasters' scale/offset
         },
         "tile": _tile(model.tile_shape),
         "overlap": model.overlap,

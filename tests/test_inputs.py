@@ -85,7 +85,11 @@ def test_rasters_on_different_grids_are_refused(rasters: dict[str, Path], packag
 
 
 def test_parse_inputs() -> None:
-    assert parse_inputs(["a.tif", "dem=b.tif"]) == {"image": Path("a.tif"), "dem": Path("b.tif")}
+    assert parse_inputs(["a.tif", "dem=b.tif"]) == {"image": "a.tif", "dem": "b.tif"}
+    assert parse_inputs([Path("a.tif")]) == {"image": "a.tif"}
+    # GDAL's names travel as the exact strings (pathlib would fold the // of a URL)
+    assert parse_inputs(['NETCDF:"f.nc":var', "dem=/vsizip/a.zip/dem.tif", "x=/vsicurl/https://h/x.tif"]) == {
+        "image": 'NETCDF:"f.nc":var', "dem": "/vsizip/a.zip/dem.tif", "x": "/vsicurl/https://h/x.tif"}
     with pytest.raises(ConfigError, match="given twice"):
         parse_inputs(["a.tif", "b.tif"])
     with pytest.raises(ConfigError, match="no input"):

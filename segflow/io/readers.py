@@ -2,8 +2,8 @@
 
 Nothing after :func:`open_scene` names a file format. A reader is registered with a test
 (does this source look like mine?) and an opener; the first whose test passes opens the
-source, and GDAL (every raster format it reads) is the fallback. The volume readers (NIfTI,
-DICOM series) register here.
+source, and GDAL (every raster format it reads, by every name it takes) is the fallback.
+The volume readers (NIfTI, DICOM series) register here.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..scene import Scene
+from .gdal_names import input_name
 from .geotiff import open_geotiff
 
 __all__ = ["open_scene", "register_reader"]
@@ -26,10 +27,24 @@ def register_reader(name: str, accepts: Callable[[Path], bool], opener: Opener) 
     _READERS.insert(0, (name, accepts, opener))
 
 
+def _exists(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:  # e.g. a GDAL name longer than a file name may be
+        return False
+
+
 def open_scene(path: str | os.PathLike[str]) -> Scene:
-    """Open ``path`` with the first reader that accepts it (GDAL's raster formats otherwise)."""
-    p = Path(path)
-    for _, accepts, opener in _READERS:
-        if accepts(p):
-            return opener(p)
-    return open_geotiff(p)
+    """Open ``path`` with the first reader that accepts it (GDAL's raster formats otherwise).
+
+    ``path`` is a local path or any name GDAL opens (``/vsizip/archive.zip/scene.tif``,
+    ``NETCDF:"file.nc":variable``); such names reach GDAL as the exact string given. The
+    registered readers are offered local paths only.
+    """
+    name = input_name(path)
+    local = Path(name)
+    if _READERS and _exists(local):
+        for _, accepts, opener in _READERS:
+            if accepts(local):
+                return opener(local)
+    return open_geotiff(name)

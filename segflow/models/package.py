@@ -14,7 +14,13 @@
       bands:                      # model input channels, in order
         - {name: green, index: 2} # name = role; index = default 1-based band in the scene
       normalization: {mode: meanstd, mean: [...], std: [...]}   # or scale / none
+      values: scaled              # scaled (default): the raster's per-band scale/offset applied
+                                  # (stored * scale + offset, e.g. reflectance from DN), then
+                                  # normalization; raw: the stored numbers as they are
     tile: 512                     # window size, one int or one per spatial axis
+    fixed_tile: false             # true: the network takes windows of exactly `tile` (a dense head, a
+                                  # static-shape export); false: any size, so a scene smaller than the
+                                  # tile is evaluated as one window of the scene's size
     overlap: 0.25                 # default fractional overlap of windows
     output: {activation: softmax} # softmax | sigmoid (1 channel -> 2 classes) | none (already probabilities)
     classes:
@@ -96,8 +102,17 @@ class Normalization(_Strict):
 
 
 class InputSpec(_Strict):
+    """The model's input channels, their normalisation, and which values it takes.
+
+    ``values``: ``scaled`` (default) feeds each band as GDAL's physical value, ``stored *
+    scale + offset`` with the raster's per-band scale/offset tags (float32; unchanged where a
+    raster declares none); ``raw`` feeds the stored numbers (e.g. DN) whatever the tags say.
+    Normalisation applies after this.
+    """
+
     bands: list[BandSpec] = Field(min_length=1)
     normalization: Normalization = Normalization()
+    values: Literal["scaled", "raw"] = "scaled"
 
     @model_validator(mode="after")
     def _check(self) -> InputSpec:
@@ -144,6 +159,7 @@ class ModelSpec(_Strict):
     weights: str | None = None
     input: InputSpec
     tile: int | list[int]
+    fixed_tile: bool = False
     overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
     output: OutputSpec = OutputSpec()
     classes: list[ClassSpec] = Field(min_length=2, max_length=MAX_CLASSES)

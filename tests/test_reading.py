@@ -1,0 +1,278 @@
+"""How rasters are read: the nodata rule (mask bands, alpha, nodata values, NaN) and scale/offset.
+
+References are GDAL's own answers: rasterio's ``dataset_mask()`` (GDAL's dataset mask) for the
+cases GDAL covers, ``gdal_translate -unscale`` for scale/offset; the documented deviations
+("Nodata" in the README) are tested against the closed form.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+import yaml
+from rasterio.enums import ColorInterp
+
+from segflow.bands import assemble_scene
+from segflow.errors import InputError
+from segflow.io.readers import open_scene
+from segflow.models.package import ModelSpec, resolve_package
+from segflow.scene import Scene
+from segflow.tile_infer import TileInferParams, tile_infer
+
+from .helpers import make_spec, random_image, write_geotiff
+
+
+def spec_reading(indices: list[int], **input_extra: Any) -> ModelSpec:
+    """A model contract that reads these 1-based bands of the image."""
+    spec = make_spec(bands=len(indices))
+    data = spec.model_dump()
+    data["input"]["bands"] = [{"name": f"b{i}", "index": i} for i in indices]
+    data["input"].update(input_extra)
+    return ModelSpec.model_validate(data)
+
+
+def valid_of(scene: Scene) -> np.ndarray:
+    v = scene.valid
+    return np.ones(scene.spatial_shape, dtype=bool) if v is None else np.asarray(v.compute())
+
+
+def gdal_valid(path: Path) -> np.ndarray:
+    with rasterio.open(path) as ds:
+        return ds.dataset_mask() > 0
+
+
+def model_valid(path: Path, indices: list[int]) -> np.ndarray:
+    """Validity of the pixels a model reading ``indices`` sees (the assembled scene, as tile_infer builds it)."""
+    return valid_of(assemble_scene(spec_reading(indices), {"image": open_scene(path)}))
+
+
+def set_alpha(path: Path, band: int) -> Path:
+    with rasterio.open(path, "r+") as ds:
+        ci = list(ds.colorinterp)
+        ci[band - 1] = ColorInterp.alpha
+        ds.colorinterp = ci
+    return path
+
+
+# ----------------------------------------------------------------------------- nodata values
+
+
+def test_nodata_needs_every_band_and_matches_gdal(tmp_path: Path) -> None:
+    image = random_image((3, 40, 50), seed=1) + 1
+    image[:, :5, :] = 0  # every band nodata: invalid
+    image[0, 10:15, :] = 0  # one band nodata: still data (GDAL's rule, and ours)
+    image[:2, 20:25, :] = 0  # two of three bands
+    path = write_geotiff(tmp_path / "nd.tif", image, nodata=0)
+    ours = model_valid(path, [1, 2, 3])
+    np.testing.assert_array_equal(ours, gdal_valid(path))
+    assert not ours[:5].any() and ours[5:].all()
+
+
+def test_nodata_is_decided_by_the_bands_the_model_reads(tmp_path: Path) -> None:
+    """The documented deviation: GDAL asks all bands, segflow the model's (band 3 here is unused)."""
+    image = random_image((3, 30, 40), seed=2) + 1
+    image[:2, :6, :] = 0  # the model's bands 1 and 2 hold only nodata; band 3 holds data
+    path = write_geotiff(tmp_path / "nd.tif", image, nodata=0)
+    assert gdal_valid(path)[:6].all(), "GDAL: band 3 holds data, so the pixel is valid"
+    ours = model_valid(path, [1, 2])
+    assert not ours[:6].any() and ours[6:].all()
+    np.testing.assert_array_equal(model_valid(path, [1, 2, 3]), gdal_valid(path))
+
+
+# ----------------------------------------------------------------------------- mask bands and alpha
+
+
+def test_internal_mask_band_masks_like_gdal(tmp_path: Path) -> None:
+    image = random_image((3, 40, 50), seed=3)
+    mask = np.full((40, 50), 255, dtype=np.uint8)
+    mask[5:12, 7:30] = 0
+    path = tmp_path / "masked.tif"
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(path, "w", driver="GTiff", width=50, height=40, count=3, dtype="uint16", tiled=True,
+                           blockxsize=16, blockysize=16) as dst:
+            dst.write(image)
+            dst.write_mask(mask)
+    assert not path.with_suffix(".tif.msk").exists(), "the mask is inside the file"
+    reference = gdal_valid(path)
+    assert not reference.all()
+    np.testing.assert_array_equal(model_valid(path, [1, 2, 3]), reference)
+    np.testing.assert_array_equal(model_valid(path, [2]), reference)
+
+
+@pytest.mark.parametrize(("count", "dtype"), [(4, "uint8"), (2, "uint8"), (4, "uint16")])
+def test_alpha_band_of_2_and_4_band_files_masks_like_gdal(tmp_path: Path, count: int, dtype: str) -> None:
+    image = random_image((count, 30, 40), seed=4, dtype=dtype)
+    top = np.iinfo(dtype).max
+    alpha = np.full((30, 40), top, dtype=dtype)
+    alpha[:, :6] = 0
+    alpha[:, 6:9] = 1  # partly transparent is data, as in GDAL's mask
+    alpha[3:8, 20:25] = 0
+    image[-1] = alpha
+    path = set_alpha(write_geotiff(tmp_path / "alpha.tif", image), count)
+    reference = gdal_valid(path)
+    assert not reference[:, :6].any() and reference[:, 6:9].all(), "GDAL uses this alpha band as the mask"
+    np.testing.assert_array_equal(model_valid(path, list(range(1, count))), reference)
+
+
+def test_alpha_band_of_a_7_band_file_masks_where_gdal_does_not(tmp_path: Path) -> None:
+    """gdalwarp -dstalpha on a 6-band scene: band 7 is alpha; GDAL ignores it, segflow masks."""
+    image = random_image((7, 30, 40), seed=5)
+    image[6] = 65535
+    image[6, :, :10] = 0
+    image[6, 12:14, :] = 7
+    path = set_alpha(write_geotiff(tmp_path / "seven.tif", image), 7)
+    assert gdal_valid(path).all(), "GDAL treats alpha as a mask only in 2- and 4-band files"
+    np.testing.assert_array_equal(model_valid(path, [2, 3, 4]), image[6] != 0)
+
+
+def test_alpha_band_is_never_fed_to_a_model_unless_picked(tmp_path: Path) -> None:
+    image = random_image((4, 20, 20), seed=6, dtype="uint8")
+    path = set_alpha(write_geotiff(tmp_path / "rgba.tif", image), 4)
+    scene = open_scene(path)
+    assert scene.alpha_bands == (3,) and scene.num_bands == 4, "band numbers stay as in the file"
+    with pytest.raises(InputError, match=r"band 4 of .*rgba\.tif is an alpha band .* --band b4=N"):
+        assemble_scene(spec_reading([2, 3, 4]), {"image": scene})
+    chosen = assemble_scene(spec_reading([2, 3, 4]), {"image": scene}, {"b4": 4})
+    np.testing.assert_array_equal(chosen.data.compute(), image[1:])
+
+
+# ----------------------------------------------------------------------------- NaN
+
+
+def test_nan_in_a_band_the_model_reads_is_nodata_and_in_an_unused_band_is_not(tmp_path: Path) -> None:
+    image = random_image((3, 20, 30), seed=7, dtype="float32")
+    image[0, :4, :] = np.nan  # band 1 only
+    image[1, 10, 10] = np.inf
+    path = write_geotiff(tmp_path / "f.tif", image)
+    assert model_valid(path, [2, 3])[:4].all(), "NaN in band 1, which the model does not read"
+    ours = model_valid(path, [1, 2])
+    expected = np.ones((20, 30), dtype=bool)
+    expected[:4] = False
+    expected[10, 10] = False
+    np.testing.assert_array_equal(ours, expected)
+
+
+def test_nan_nodata_is_stricter_than_gdal(tmp_path: Path) -> None:
+    """GDAL (nodata NaN) masks a pixel only where every band is NaN; a model cannot take any NaN."""
+    image = random_image((2, 10, 12), seed=8, dtype="float32")
+    image[0, :3] = np.nan
+    image[:, 5] = np.nan
+    path = write_geotiff(tmp_path / "nan.tif", image, nodata=float("nan"))
+    reference = gdal_valid(path)
+    assert reference[:3].all() and not reference[5].any()
+    ours = model_valid(path, [1, 2])
+    assert not ours[:3].any() and not ours[5].any() and ours[6:].all()
+
+
+# ----------------------------------------------------------------------------- scale and offset
+
+
+def write_scaled(path: Path, image: np.ndarray, scales: list[float], offsets: list[float],
+                 nodata: float | None = None) -> Path:
+    write_geotiff(path, image, nodata=nodata)
+    with rasterio.open(path, "r+") as ds:
+        ds.scales = tuple(scales)
+        ds.offsets = tuple(offsets)
+    return path
+
+
+def gdal_unscaled(path: Path, out: Path) -> np.ndarray:
+    if shutil.which("gdal_translate") is None:
+        pytest.skip("gdal_translate is not installed (Debian gdal-bin)")
+    subprocess.run(["gdal_translate", "-q", "-unscale", "-ot", "Float32", str(path), str(out)], check=True)
+    with rasterio.open(out) as ds:
+        return ds.read()
+
+
+@pytest.mark.services
+def test_scale_and_offset_are_applied_as_gdal_does(tmp_path: Path) -> None:
+    image = random_image((3, 30, 40), seed=9)
+    path = write_scaled(tmp_path / "dn.tif", image, [0.0001, 0.0002, 1.0], [-0.1, 0.05, 0.0])
+    scene = assemble_scene(spec_reading([1, 2, 3]), {"image": open_scene(path)})
+    assert scene.data.dtype == np.float32
+    values = scene.data.compute()
+    np.testing.assert_allclose(values, gdal_unscaled(path, tmp_path / "unscaled.tif"), rtol=1e-6, atol=1e-7)
+    assert scene.meta["values"] == [{"band": "band1", "scale": 0.0001, "offset": -0.1},
+                                    {"band": "band2", "scale": 0.0002, "offset": 0.05},
+                                    {"band": "band3", "scale": 1.0, "offset": 0.0}]
+    raw = assemble_scene(spec_reading([1, 2, 3], values="raw"), {"image": open_scene(path)})
+    assert raw.data.dtype == np.uint16 and raw.meta["values"] == "raw"
+    np.testing.assert_array_equal(raw.data.compute(), image)
+
+
+def test_nodata_is_compared_on_stored_values_before_scaling(tmp_path: Path) -> None:
+    image = random_image((2, 20, 20), seed=10) + 1
+    image[:, :5] = 0
+    path = write_scaled(tmp_path / "dn.tif", image, [0.0001, 0.0001], [-0.1, -0.1], nodata=0)
+    scene = assemble_scene(spec_reading([1, 2]), {"image": open_scene(path)})
+    np.testing.assert_array_equal(valid_of(scene), gdal_valid(path))
+    assert not valid_of(scene)[:5].any() and valid_of(scene)[5:].all()
+
+
+def test_only_the_model_bands_scaling_matters(tmp_path: Path) -> None:
+    image = random_image((3, 10, 10), seed=11)
+    path = write_scaled(tmp_path / "dn.tif", image, [1.0, 1.0, 0.5], [0.0, 0.0, 3.0])
+    scene = assemble_scene(spec_reading([1, 2]), {"image": open_scene(path)})
+    assert scene.data.dtype == np.uint16, "no band the model reads is scaled: stored values, stored type"
+    np.testing.assert_array_equal(scene.data.compute(), image[:2])
+
+
+def test_spectral_model_reads_reflectance_and_run_json_says_so(tmp_path: Path) -> None:
+    """Reflectance stored as DN * 0.0001 - 0.1: the thresholds apply to reflectance, not to DN."""
+    rng = np.random.default_rng(12)
+    dn = rng.integers(800, 3000, size=(4, 48, 64)).astype("uint16")
+    path = write_scaled(tmp_path / "dn.tif", dn, [0.0001] * 4, [-0.1] * 4)
+    reflectance = (dn.astype(np.float32) * np.float32(0.0001) + np.float32(-0.1)).astype(np.float32)
+    physical = write_geotiff(tmp_path / "reflectance.tif", reflectance)
+    params = TileInferParams(tile=32, chunk=32)
+    tile_infer(str(path), tmp_path / "scaled", params)
+    tile_infer(physical, tmp_path / "physical", params)
+    labels = {name: rasterio.open(tmp_path / name / "labels.tif").read(1) for name in ("scaled", "physical")}
+    np.testing.assert_array_equal(labels["scaled"], labels["physical"])
+    record = json.loads((tmp_path / "scaled" / "run.json").read_text())["input"]["values"]
+    assert record == [{"band": f"band{i}", "scale": 0.0001, "offset": -0.1} for i in (2, 3, 4)]
+
+    package = tmp_path / "raw-model"
+    shutil.copytree(resolve_package("spectral-landcover").root, package)
+    spec = yaml.safe_load((package / "model.yaml").read_text())
+    spec["input"]["values"] = "raw"
+    (package / "model.yaml").write_text(yaml.safe_dump(spec))
+    tile_infer(path, tmp_path / "raw", TileInferParams(model=str(package), tile=32, chunk=32))
+    tile_infer(write_geotiff(tmp_path / "plain.tif", dn), tmp_path / "plain", params)
+    raw_labels = rasterio.open(tmp_path / "raw" / "labels.tif").read(1)
+    np.testing.assert_array_equal(raw_labels, rasterio.open(tmp_path / "plain" / "labels.tif").read(1))
+    assert json.loads((tmp_path / "raw" / "run.json").read_text())["input"]["values"] == "raw"
+    assert (raw_labels != labels["scaled"]).mean() > 0.05, "the offset changes the indices, hence the classes"
+
+
+# ----------------------------------------------------------------------------- end to end: gdalwarp -dstalpha
+
+
+@pytest.mark.services
+def test_transparent_border_of_a_warped_scene_is_nodata(tmp_path: Path) -> None:
+    """The issue's case: gdalwarp -dstalpha on a 6-band scene; the border must not become water."""
+    if shutil.which("gdalwarp") is None:
+        pytest.skip("gdalwarp is not installed (Debian gdal-bin)")
+    rng = np.random.default_rng(13)
+    six = rng.integers(500, 3000, size=(6, 60, 80)).astype("uint16")
+    src = write_geotiff(tmp_path / "six.tif", six)
+    warped = tmp_path / "warped.tif"
+    subprocess.run(["gdalwarp", "-q", "-dstalpha", "-t_srs", "EPSG:4326", "-r", "near", str(src), str(warped)],
+                   check=True)
+    with rasterio.open(warped) as ds:
+        assert ds.count == 7 and ds.colorinterp[6] == ColorInterp.alpha
+        border = ds.read(7) == 0
+        assert border.any() and gdal_valid(warped).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tile_infer(warped, tmp_path / "out", TileInferParams(tile=32, chunk=32))
+    labels = rasterio.open(tmp_path / "out" / "labels.tif").read(1)
+    np.testing.assert_array_equal(labels == 255, border)
