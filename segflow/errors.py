@@ -14,6 +14,7 @@ __all__ = [
     "ModelError",
     "OutputError",
     "SegflowError",
+    "SegflowWarning",
 ]
 
 
@@ -51,3 +52,10 @@ class DeviceError(SegflowError, RuntimeError):
     """The requested compute device is not available."""
 
     exit_code = 5
+
+
+class SegflowWarning(UserWarning):
+    """A request segflow carries out but that is probably not what was meant (e.g. a wasteful overlap).
+
+    The message is one line; the CLI prints it as ``segflow: warning: <message>``.
+    """

@@ -1,7 +1,16 @@
-"""Label rasters: written by windows into a tiled GeoTIFF, then converted to a Cloud-Optimized GeoTIFF."""
+"""Label rasters: written by windows into a tiled GeoTIFF, then converted to a Cloud-Optimized GeoTIFF.
+
+Desktop GIS legends show class names, not numbers: ``labels.tif`` carries a colour table (nodata
+transparent) and, in its GDAL PAM sidecar ``labels.tif.aux.xml``, the band's GDAL category names
+and a thematic raster attribute table (Value, Class, Red, Green, Blue, Alpha). The GeoTIFF driver
+of GDAL before 3.12 cannot store either inside the TIFF, so the sidecar is part of the output and
+is published together with ``labels.tif``; GDAL-based software (QGIS, ``gdalinfo``) reads it. The
+class names are also kept in the TIFF itself as metadata (``class_names``, ``class_<i>``).
+"""
 
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,10 +28,76 @@ from .._failpoints import failpoint
 from ..geometry import RasterGeometry
 from ..labels import LABEL_NODATA
 from ..tiling import Box
+from .atomic import atomic_write_text
 from .geotiff import gdal_cache_limit
 from .mask_store import MaskStore
 
-__all__ = ["LabelRasterWriter", "write_label_cog"]
+__all__ = ["PAM_SUFFIX", "LabelRasterWriter", "class_table_xml", "palette", "pam_sidecar", "write_class_table",
+           "write_label_cog"]
+
+Colors = Sequence[tuple[int, int, int] | None]
+
+PAM_SUFFIX = ".aux.xml"
+"""GDAL's persistent auxiliary metadata (PAM) sidecar of a raster ``x.tif`` is ``x.tif.aux.xml``."""
+
+# GDAL's GDALRATFieldType and GDALRATFieldUsage codes, as PAM XML writes them
+_GFT_INTEGER, _GFT_STRING = 0, 2
+_GFU_NAME, _GFU_MINMAX, _GFU_RED, _GFU_GREEN, _GFU_BLUE, _GFU_ALPHA = 2, 5, 6, 7, 8, 9
+
+
+def pam_sidecar(path: Path) -> Path:
+    """The PAM sidecar GDAL reads along with ``path``: ``<name>.aux.xml`` in the same folder."""
+    return path.with_name(path.name + PAM_SUFFIX)
+
+
+def palette(colors: Colors | None, nodata: int) -> dict[int, tuple[int, int, int, int]] | None:
+    """The colour table: class ``i`` opaque in its colour (black when it has none), nodata transparent.
+
+    None when no class has a colour. (A TIFF colour map has no alpha: GDAL reports the entry of
+    the band's nodata value as transparent on reading; other formats keep the alpha given here.)
+    """
+    if not colors or all(c is None for c in colors):
+        return None
+    table = {i: (*(c or (0, 0, 0)), 255) for i, c in enumerate(colors)}
+    table[nodata] = (0, 0, 0, 0)
+    return table
+
+
+def class_table_xml(class_names: Sequence[str], colors: Colors | None, nodata: int) -> str:
+    """PAM XML for band 1: GDAL category names and a thematic raster attribute table.
+
+    The table has one row per class value ``0..K-1`` with the columns Value (GFU_MinMax),
+    Class (GFU_Name) and, when the classes have colours, Red, Green, Blue, Alpha (0-255, the
+    colour table's entries). Nodata is no class and has no row.
+    """
+    table = palette(colors, nodata)
+    root = ET.Element("PAMDataset")
+    band = ET.SubElement(root, "PAMRasterBand", band="1")
+    categories = ET.SubElement(band, "CategoryNames")
+    for name in class_names:
+        ET.SubElement(categories, "Category").text = name
+    rat = ET.SubElement(band, "GDALRasterAttributeTable", tableType="thematic")
+    fields = [("Value", _GFT_INTEGER, _GFU_MINMAX), ("Class", _GFT_STRING, _GFU_NAME)]
+    if table is not None:
+        fields += [("Red", _GFT_INTEGER, _GFU_RED), ("Green", _GFT_INTEGER, _GFU_GREEN),
+                   ("Blue", _GFT_INTEGER, _GFU_BLUE), ("Alpha", _GFT_INTEGER, _GFU_ALPHA)]
+    for index, (name, kind, usage) in enumerate(fields):
+        field = ET.SubElement(rat, "FieldDefn", index=str(index))
+        ET.SubElement(field, "Name").text = name
+        ET.SubElement(field, "Type").text = str(kind)
+        ET.SubElement(field, "Usage").text = str(usage)
+    for value, name in enumerate(class_names):
+        row = ET.SubElement(rat, "Row", index=str(value))
+        cells = [str(value), name, *(() if table is None else map(str, table[value]))]
+        for cell in cells:
+            ET.SubElement(row, "F").text = cell
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def write_class_table(path: Path, class_names: Sequence[str], colors: Colors | None, nodata: int) -> Path:
+    """Write the category names and attribute table of the label raster ``path`` into its PAM sidecar."""
+    return atomic_write_text(pam_sidecar(path), class_table_xml(class_names, colors, nodata))
 
 
 class LabelRasterWriter:
@@ -35,7 +110,7 @@ class LabelRasterWriter:
 
     def __init__(self, path: Path, *, width: int, height: int, crs: str | None,
                  transform: Sequence[float] | None, nodata: int, class_names: Sequence[str],
-                 colors: Sequence[tuple[int, int, int] | None] | None = None,
+                 colors: Colors | None = None,
                  gcps: Sequence[Sequence[float]] = (), gcp_crs: str | None = None,
                  rpcs: Mapping[str, str] | None = None):
         self.path = path
@@ -58,9 +133,8 @@ class LabelRasterWriter:
         self.dataset.set_band_description(1, "labels")
         self.dataset.update_tags(class_names=",".join(class_names))
         self.dataset.update_tags(1, **{f"class_{i}": n for i, n in enumerate(class_names)})
-        if colors and any(c is not None for c in colors):
-            cmap = {i: (*(c or (0, 0, 0)), 255) for i, c in enumerate(colors)}
-            cmap[nodata] = (0, 0, 0, 0)
+        cmap = palette(colors, nodata)
+        if cmap is not None:
             self.dataset.write_colormap(1, cmap)
 
     def write(self, box: Box, labels: np.ndarray) -> None:
@@ -84,8 +158,11 @@ class LabelRasterWriter:
 
 
 def write_label_cog(store: MaskStore, path: Path, geometry: RasterGeometry, class_names: Sequence[str],
-                    colors: Sequence[tuple[int, int, int] | None] | None = None, *, rows: int = 2048) -> Path:
+                    colors: Colors | None = None, *, rows: int = 2048) -> Path:
     """Build ``labels.tif`` (COG) at ``path`` from the store's labels, ``rows`` rows at a time.
+
+    Its class table goes to the PAM sidecar ``path.aux.xml`` (:func:`write_class_table`), which
+    must be published with it.
 
     GDAL's block cache is held at 64 MiB meanwhile: each block is written once and read once
     for the overviews, and a larger cache only raised the peak (65536²: 608 → 474 MB, 75 → 72 s).
@@ -95,7 +172,7 @@ def write_label_cog(store: MaskStore, path: Path, geometry: RasterGeometry, clas
 
 
 def _write_label_cog(store: MaskStore, path: Path, geometry: RasterGeometry, class_names: Sequence[str],
-                     colors: Sequence[tuple[int, int, int] | None] | None, rows: int) -> Path:
+                     colors: Colors | None, rows: int) -> Path:
     height, width = store.shape
     writer = LabelRasterWriter(path, width=width, height=height, crs=geometry.crs, transform=geometry.transform,
                                nodata=LABEL_NODATA, class_names=class_names, colors=colors, gcps=geometry.gcps,
@@ -109,4 +186,6 @@ def _write_label_cog(store: MaskStore, path: Path, geometry: RasterGeometry, cla
         writer.abort()
         writer.raw.unlink(missing_ok=True)
         raise
-    return writer.finish()
+    cog = writer.finish()
+    write_class_table(cog, class_names, colors, LABEL_NODATA)
+    return cog
