@@ -6,6 +6,8 @@ with ``non_blocking=True`` and run under autocast; on the CPU those steps are sk
 
 from __future__ import annotations
 
+import math
+import os
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Protocol
@@ -14,10 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import DeviceError, ModelError
+from .errors import ConfigError, DeviceError, ModelError
 from .models.package import ModelSpec, Normalization
 
-__all__ = ["BatchedFunction", "Predictor", "WindowPredictor", "resolve_device"]
+__all__ = ["BatchedFunction", "Predictor", "WindowPredictor", "check_window_memory", "resolve_device",
+           "window_batch_bytes"]
 
 Window = tuple[np.ndarray, "np.ndarray | None"]
 
@@ -59,6 +62,39 @@ class BatchedFunction:
 
     def predict_windows(self, windows: Iterable[Window]) -> Iterator[torch.Tensor]:
         return _batched(self.predict, windows, self.batch_size, self.device)
+
+
+def window_batch_bytes(tile: Sequence[int], bands: int, classes: int, batch: int) -> int:
+    """Bytes segflow itself holds for one forward pass of ``batch`` windows of ``tile`` pixels.
+
+    The float32 input ``(N, C, *tile)``, its validity, the probabilities and their weighted copy
+    ``(N, K, *tile)`` each; the network's own activations come on top and depend on the model.
+    """
+    per_pixel = 4 * bands + 1 + 2 * 4 * classes
+    return int(batch) * math.prod(int(t) for t in tile) * per_pixel
+
+
+def _memory_bytes(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_window_memory(tile: Sequence[int], bands: int, classes: int, batch: int, device: torch.device) -> None:
+    """Refuse, before anything is allocated, a window batch whose own buffers alone need over half the memory."""
+    need = window_batch_bytes(tile, bands, classes, batch)
+    have = _memory_bytes(device)
+    if have is None or need <= have // 2:
+        return
+    shape = "x".join(str(int(t)) for t in tile)
+    fewer = max(1, int(batch * (have // 2) / need)) if batch > 1 else 0
+    hint = f"use --batch {fewer} or a smaller --tile" if fewer else "use a smaller --tile"
+    raise ConfigError(f"a batch of {batch} window(s) of {shape} pixels needs about {need / 2**30:.1f} GiB before the "
+                      f"network's own memory, over half of the {have / 2**30:.1f} GiB of {device.type} memory here; "
+                      f"{hint}")
 
 
 def resolve_device(device: str) -> torch.device:

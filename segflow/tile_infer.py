@@ -26,16 +26,19 @@ from .bands import assemble_scene, parse_inputs
 from .engine import Execution, PredictorFactory, RunSpec, input_identity, make_plan, run_fingerprint, run_plan
 from .errors import ConfigError, InputError
 from .io.atomic import atomic_write_text
+from .io.gdal_names import input_name, local_file, shown_name
 from .io.geotiff import close_datasets, gdal_cache_limit
 from .io.lock import OutputLock
 from .io.mask_store import MaskStore
 from .io.publish import STAGING_PREFIX, Staging, prepare_output, recover
+from .io.readback import verify_store
 from .io.readers import open_scene
-from .io.sinks import Sink, sinks_for
+from .io.sinks import Sink, sinks_for, write_sinks
+from .io.space import check_space, estimate_bytes, guard_writes
 from .models import ModelPackage, resolve_package
-from .predict import resolve_device
+from .predict import check_window_memory, resolve_device
 from .scene import Scene
-from .tiling import BLEND_MODES, ChunkGrid, WindowGrid
+from .tiling import BLEND_MODES, ChunkGrid, WindowGrid, effective_tile, warn_if_oversampled
 
 __all__ = ["DEFAULT_MODEL", "Execution", "RunResult", "TileInferParams", "tile_infer"]
 
@@ -97,14 +100,14 @@ class RunResult:
                 f"{self.megapixels_per_second:.2f} MP/s")
 
 
-def _provenance(input_path: Path, scene_meta: dict[str, Any], package: ModelPackage, params: TileInferParams,
+def _provenance(input_path: str, scene_meta: dict[str, Any], package: ModelPackage, params: TileInferParams,
                 grid: WindowGrid, device: str, started: str) -> dict[str, Any]:
     p = asdict(params)
     p["bands"] = dict(params.bands)
     return {
         "segflow_version": __version__,
         "started_utc": started,
-        "input": {"path": str(input_path.resolve()), "size_bytes": _size(input_path), **scene_meta},
+        "input": {"path": shown_name(input_path), "size_bytes": _size(input_path), **scene_meta},
         "model": package.provenance(),
         "parameters": p,
         "effective": {"tile": list(grid.tile), "stride": list(grid.stride), "device": device},
@@ -113,9 +116,11 @@ def _provenance(input_path: Path, scene_meta: dict[str, Any], package: ModelPack
     }
 
 
-def _size(path: Path) -> int | None:
+def _size(name: str) -> int | None:
+    """Bytes of the local file holding input ``name`` (for a GDAL name, e.g. the zip archive), or None."""
+    file = local_file(name)
     try:
-        return path.stat().st_size
+        return None if file is None else file.stat().st_size
     except OSError:
         return None
 
@@ -182,8 +187,8 @@ class _Job:
     params: TileInferParams
     execution: Execution
     package: ModelPackage
-    inputs: dict[str, Path]
-    input_path: Path
+    inputs: dict[str, str]  # local paths or GDAL dataset names, as given
+    input_path: str
     scene: Scene
     grid: WindowGrid
     chunks: ChunkGrid
@@ -191,12 +196,13 @@ class _Job:
     device: str  # resolved here; as asked when a remote cluster resolves it
     fingerprint: str
     sinks: Sequence[Sink]
+    needed_bytes: int  # roughly what the run writes into its output folder at its peak
     started: str
     t0: float
 
     @property
     def names(self) -> list[str]:
-        return ["mask.zarr", *(s.name for s in self.sinks), "run.json"]
+        return ["mask.zarr", *(e for s in self.sinks for e in s.entries), "run.json"]
 
 
 def _store(path: Path, job: _Job) -> MaskStore:
@@ -221,7 +227,7 @@ def _prepare(input_path: InputPaths, params: TileInferParams, execution: Executi
     execution.check()
     t0, started = time.perf_counter(), datetime.now(UTC).isoformat(timespec="seconds")
     inputs = dict(input_path) if isinstance(input_path, Mapping) else parse_inputs([input_path])
-    inputs = {k: Path(v) for k, v in inputs.items()}
+    inputs = {k: input_name(v) for k, v in inputs.items()}
     package = resolve_package(params.model)
     spec = package.spec
     scenes = {name: open_scene(path) for name, path in inputs.items()}
@@ -230,20 +236,28 @@ def _prepare(input_path: InputPaths, params: TileInferParams, execution: Executi
             raise InputError(f"model {spec.name!r} is {spec.spatial_dims}D but {inputs[name]} is a "
                              f"{opened.spatial_dims}D raster; choose a {opened.spatial_dims}D model")
     scene = assemble_scene(spec, scenes, params.bands)
-    grid = WindowGrid.create(scene.spatial_shape, params.tile or spec.tile_shape,
-                             spec.overlap if params.overlap is None else params.overlap)
+    overlap = spec.overlap if params.overlap is None else params.overlap
+    tile = (params.tile,) * spec.spatial_dims if params.tile else spec.tile_shape
+    grid = WindowGrid.create(scene.spatial_shape, effective_tile(tile, scene.spatial_shape, fixed=spec.fixed_tile),
+                             overlap)
+    warn_if_oversampled(grid, overlap)
     chunks = ChunkGrid.create(scene.spatial_shape, params.chunk)
-    # refuse a missing CUDA device before anything is locked or written
+    # refuse a missing CUDA device and a window batch that cannot fit before anything is locked or written
     device = params.device if execution.address else str(resolve_device(params.device))
+    if not execution.address:
+        check_window_memory(grid.tile, scene.num_bands, len(spec.classes), min(params.batch, len(grid)),
+                            resolve_device(device))
     threads = max(1, (os.cpu_count() or 1) // execution.workers) if execution.workers else None
     identities = {k: input_identity(v) for k, v in inputs.items()}
     model_id = {"weights_sha256": package.weights_sha256, "model_yaml_sha256": package.yaml_sha256}
-    fingerprint = run_fingerprint(identities, model_id, _pixel_parameters(
-        params, grid, chunks, scene.band_names, params.device.strip().lower()))
+    fingerprint = run_fingerprint(identities, model_id, {**_pixel_parameters(  # scale/offset may sit in a sidecar
+        params, grid, chunks, scene.band_names, params.device.strip().lower()), "values": scene.meta.get("values")})
     return _Job(params=params, execution=execution, package=package, inputs=inputs,
                 input_path=inputs[spec.sources[0]], scene=scene, grid=grid, chunks=chunks,
                 factory=PredictorFactory(package, params.device, params.batch, params.amp, threads), device=device,
-                fingerprint=fingerprint, sinks=sinks_for(scene.geometry, spec), started=started, t0=t0)
+                fingerprint=fingerprint, sinks=sinks_for(scene.geometry, spec),
+                needed_bytes=estimate_bytes(scene.spatial_shape, len(spec.classes), params.save_scores),
+                started=started, t0=t0)
 
 
 def _tile_infer(input_path: InputPaths, output_dir: str | os.PathLike[str], params: TileInferParams,
@@ -251,7 +265,8 @@ def _tile_infer(input_path: InputPaths, output_dir: str | os.PathLike[str], para
     job = _prepare(input_path, params, execution)
     output = Path(output_dir)
     prepare_output(output)
-    with OutputLock(output):
+    check_space(output, job.needed_bytes)
+    with guard_writes(output, job.needed_bytes), OutputLock(output):
         folder = f"run-{job.fingerprint[:16]}"
         recover(output, keep=(STAGING_PREFIX + folder,))
         done_before = _up_to_date(output, job.fingerprint, job.names)
@@ -293,9 +308,8 @@ def _compute(job: _Job, store: MaskStore, staging: Staging, progress: Progress |
     if missing or evaluated != len(set(outcome.evaluated)) or evaluated + outcome.skipped != plan.windows_to_evaluate:
         raise RuntimeError(f"engine error: {missing} chunks without a completion record, {evaluated} windows "
                            f"evaluated ({len(set(outcome.evaluated))} distinct) of {plan.windows_to_evaluate} planned")
-    for sink in job.sinks:
-        (staging.path / sink.name).unlink(missing_ok=True)
-        sink.write(store, staging.path)
+    verify_store(store)
+    write_sinks(job.sinks, store, staging.path, needed=job.needed_bytes)
     record = _provenance(job.input_path, job.scene.meta, job.package, params, grid, job.device, job.started)
     wall = time.perf_counter() - job.t0
     record.update({
@@ -307,7 +321,7 @@ def _compute(job: _Job, store: MaskStore, staging: Staging, progress: Progress |
                 "scheduler": outcome.workers},
     })
     if len(job.inputs) > 1:
-        record["inputs"] = {k: str(v.resolve()) for k, v in job.inputs.items()}
+        record["inputs"] = {k: shown_name(v) for k, v in job.inputs.items()}
     atomic_write_text(staging.path / "run.json", json.dumps(record, indent=2) + "\n")
     outputs = staging.publish(job.names)
     return RunResult(outputs=outputs, windows_total=len(grid), windows_evaluated=evaluated,

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, SegflowWarning
 
 __all__ = [
     "BLEND_MODES",
@@ -29,7 +30,10 @@ __all__ = [
     "WindowGrid",
     "axis_starts",
     "blend_weights",
+    "effective_tile",
+    "minimum_windows",
     "stride_for",
+    "warn_if_oversampled",
 ]
 
 BLEND_MODES = ("gaussian", "cosine", "constant")
@@ -107,6 +111,20 @@ def stride_for(tile: int, overlap: float) -> int:
     return max(int(tile * (1.0 - overlap)), 1)
 
 
+def effective_tile(tile: Sequence[int], shape: Sequence[int], *, fixed: bool = False) -> tuple[int, ...]:
+    """The window size actually evaluated: ``tile`` clipped to the scene on each axis.
+
+    A fully convolutional network takes any window size, so a window larger than the scene
+    would only add padding that costs memory and time; a network that needs its exact tile
+    (``fixed``) keeps it and its windows are padded.
+    """
+    if len(tile) != len(shape):
+        raise ConfigError(f"tile {tuple(tile)} and scene shape {tuple(shape)} have different numbers of axes")
+    if fixed:
+        return tuple(int(t) for t in tile)
+    return tuple(min(int(t), int(s)) for t, s in zip(tile, shape, strict=True))
+
+
 def axis_starts(size: int, tile: int, stride: int) -> np.ndarray:
     """Start indices of the windows along one axis of length ``size``.
 
@@ -182,6 +200,35 @@ class WindowGrid:
         for starts, a, b in zip(self.starts, box.start, box.stop, strict=True):
             ranges.append(range(int(np.searchsorted(starts, a, "left")), int(np.searchsorted(starts, b, "left"))))
         return list(itertools.product(*ranges))
+
+
+def minimum_windows(shape: Sequence[int], tile: Sequence[int]) -> int:
+    """How many windows of ``tile`` cover ``shape`` without overlap: the product of ``ceil(n / t)``."""
+    return math.prod(math.ceil(n / min(t, n)) for n, t in zip(shape, tile, strict=True))
+
+
+OVERSAMPLING_PER_AXIS = 4.0
+"""A grid with more than ``4 ** ndim`` times the windows that cover the scene without overlap
+(more than an overlap of 0.75 on every axis of a large scene gives) is warned about."""
+
+
+def warn_if_oversampled(grid: WindowGrid, overlap: float) -> bool:
+    """Warn (one line, :class:`~segflow.errors.SegflowWarning`) when ``grid`` evaluates far more windows than needed.
+
+    "Far more" is above ``OVERSAMPLING_PER_AXIS ** ndim`` times :func:`minimum_windows`. The
+    message names the window count, the scene and tile sizes (pixels, axis order), the overlap
+    asked and the count at overlap 0.5. Returns whether it warned.
+    """
+    needed = minimum_windows(grid.shape, grid.tile)
+    if len(grid) <= needed * OVERSAMPLING_PER_AXIS**grid.ndim:
+        return False
+    half = len(WindowGrid.create(grid.shape, grid.tile, 0.5))
+    size, tile = "x".join(map(str, grid.shape)), "x".join(map(str, grid.tile))
+    warnings.warn(
+        f"overlap {overlap:g} makes {len(grid)} windows for a {size} scene with {tile} tiles, {len(grid) / needed:.0f}"
+        f" times the {needed} that cover it without overlap; an overlap of 0.25-0.5 is usual (e.g. --overlap 0.5: "
+        f"{half} windows)", SegflowWarning, stacklevel=2)
+    return True
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -124,6 +125,7 @@ def test_directory_replaces_directory(tmp_path: Path) -> None:
 
 
 def test_failed_second_rename_puts_the_old_directory_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)  # the two-rename path (not Linux)
     target = tmp_path / "pkg"
     _make_dir(target, {"model.yaml": "old"})
     real = os.replace
@@ -146,6 +148,7 @@ def test_failed_second_rename_puts_the_old_directory_back(tmp_path: Path, monkey
 
 
 def test_publish_path_moves_aside_with_the_recovery_prefix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(atomic, "_exchange", lambda a, b: False)  # the two-rename path (not Linux)
     target, staged = tmp_path / "out.zarr", tmp_path / "staged"
     _make_dir(target, {"old": "1"})
     _make_dir(staged, {"new": "2"})
@@ -212,3 +215,51 @@ def test_full_disk_is_output_error_with_free_space_and_keeps_the_old_file(tiny_d
     assert info.value.errno == 28
     assert target.read_bytes() == before
     assert _entries(tiny_disk) == ["scene.bin"], "no temporary left"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="renameat2 is Linux only")
+def test_a_directory_is_swapped_in_one_step_on_linux(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target, staged = tmp_path / "out.zarr", tmp_path / "staged"
+    _make_dir(target, {"old": "1"})
+    _make_dir(staged, {"new": "2"})
+    renames: list[str] = []
+    real = os.replace
+
+    def spy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        renames.append(Path(dst).name)
+        real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", spy)
+    publish_path(staged, target)
+    assert renames == [], "no two-step rename"
+    assert _read_dir(target) == {"new": "2"} and _entries(tmp_path) == ["out.zarr"]
+
+
+def test_recovery_does_not_swap_back_a_directory_already_swapped_in(tmp_path: Path) -> None:
+    """Killed right after the swap: the staged name holds the old entry, and the journal knows it."""
+    from segflow.io.publish import JOURNAL, Staging, recover
+
+    out = tmp_path / "out"
+    out.mkdir()
+    _make_dir(out / "mask.zarr", {"v": "old"})
+    staging = Staging(out)
+    _make_dir(staging.path / "mask.zarr", {"v": "new"})
+    (staging.path / "run.json").write_text("new")
+    ids = {name: [os.lstat(staging.path / name).st_dev, os.lstat(staging.path / name).st_ino]
+           for name in ("mask.zarr", "run.json")}
+    (staging.path / JOURNAL).write_text(json.dumps({"names": ["mask.zarr", "run.json"], "ids": ids}))
+    # the swap happened, then the process died
+    os.rename(out / "mask.zarr", tmp_path / "x")
+    os.rename(staging.path / "mask.zarr", out / "mask.zarr")
+    os.rename(tmp_path / "x", staging.path / "mask.zarr")
+    (staging.path / "owner.json").write_text(json.dumps({"pid": 9_999_999, "space": _space()}))  # no such pid
+    recover(out)
+    assert _read_dir(out / "mask.zarr") == {"v": "new"}
+    assert (out / "run.json").read_text() == "new"
+    assert sorted(p.name for p in out.iterdir()) == ["mask.zarr", "run.json"]
+
+
+def _space() -> str:
+    from segflow.io.publish import _process_space
+
+    return _process_space()

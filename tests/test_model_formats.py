@@ -134,6 +134,21 @@ def test_onnx_input_checks(tmp_path: Path) -> None:
         load_module(resolve_package(pkg3))
 
 
+def test_onnx_with_static_spatial_axes_needs_a_fixed_tile(net: nn.Module, tmp_path: Path) -> None:
+    def static(p: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, (torch.zeros(1, BANDS, TILE, TILE),), str(p), opset_version=17, dynamo=False,
+                              input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "n"}})
+
+    loose = write_package(tmp_path / "loose", "model.onnx", static)
+    with pytest.raises(ModelError, match=rf"only takes windows of \({TILE}, {TILE}\) pixels.*fixed_tile: true"):
+        load_module(resolve_package(loose))
+    fixed = write_package(tmp_path / "fixed", "model.onnx", static, fixed_tile=True)
+    out = load_module(resolve_package(fixed))(torch.zeros(2, BANDS, TILE, TILE))
+    assert out.shape == (2, CLASSES, TILE, TILE)
+
+
 class Payload:
     """Unpickling this runs ``open(marker, "w")``: the file appears if the pickle is ever executed."""
 

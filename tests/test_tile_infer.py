@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import rasterio
 import yaml
 import zarr
 
-from segflow.errors import InputError, ModelError, OutputError
+from segflow.errors import InputError, ModelError, OutputError, SegflowWarning
 from segflow.tile_infer import TileInferParams, tile_infer
 
 from .helpers import CRS, TRANSFORM, make_ts_package, random_image, write_geotiff
@@ -38,7 +39,7 @@ def run(scene: Path, out: Path, model: Path | str, **kw: object) -> object:
 def test_outputs_have_the_input_grid_and_are_complete(scene: Path, package: Path, tmp_path: Path) -> None:
     result = run(scene, tmp_path / "out", package, chunk=64, save_scores=True, batch=3)
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["labels.tif", "mask.zarr", "run.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["labels.tif", "labels.tif.aux.xml", "mask.zarr", "run.json"]
     with rasterio.open(out / "labels.tif") as ds, rasterio.open(scene) as src:
         assert ds.crs == src.crs and ds.transform == src.transform
         assert (ds.width, ds.height, ds.count, ds.dtypes[0]) == (src.width, src.height, 1, "uint8")
@@ -130,7 +131,7 @@ def test_band_descriptions_and_overrides_choose_the_model_inputs(tmp_path: Path)
 
 def test_model_band_count_mismatch_is_refused(package: Path, tmp_path: Path) -> None:
     path = write_geotiff(tmp_path / "one.tif", random_image((2, 40, 40)))
-    with pytest.raises(ModelError, match=r"needs band 3 \(b3\) but .* has only 2 band"):
+    with pytest.raises(InputError, match=r"one\.tif has 2 bands but model .* reads 3 bands"):
         run(path, tmp_path / "out", package)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
@@ -182,3 +183,13 @@ def test_unwritable_output_is_refused(scene: Path, package: Path, tmp_path: Path
         run(scene, blocker / "sub", package)
     with pytest.raises(OutputError, match="cannot"):
         run(scene, Path("/proc/segflow-test-out"), package)
+
+
+def test_an_extreme_overlap_is_warned_about_with_the_window_count(tmp_path: Path) -> None:
+    path = write_geotiff(tmp_path / "small.tif", random_image((4, 40, 40), seed=5))
+    with pytest.warns(SegflowWarning, match=r"^overlap 0.9 makes 1089 windows for a 40x40 scene with 8x8 tiles"):
+        result = tile_infer(path, tmp_path / "a", TileInferParams(model="spectral-landcover", tile=8, overlap=0.9))
+    assert result.windows_total == 33 * 33  # stride 1: the warning's count is the run's
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SegflowWarning)
+        tile_infer(path, tmp_path / "b", TileInferParams(model="spectral-landcover", tile=8, overlap=0.5))

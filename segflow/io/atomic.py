@@ -3,22 +3,28 @@
 Every writer of segflow goes through this module. The temporary name is a hidden sibling of
 the final one (same directory, so the rename is atomic), a reader of the final name sees either
 the complete old or the complete new content, and a failed write leaves the old content
-untouched and no temporary behind. A directory that replaces a directory is first moved aside
-as ``.segflow-old-<id>-<name>`` (:data:`OLD_PREFIX`); :mod:`segflow.io.publish` puts such an
-entry back when a killed run left the final name missing.
+untouched and no temporary behind. A directory that replaces a directory is swapped with it
+atomically on Linux; elsewhere the old one is first moved aside as ``.segflow-old-<id>-<name>``
+(:data:`OLD_PREFIX`), and :mod:`segflow.io.publish` puts such an entry back when a killed run
+left the final name missing.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import functools
 import os
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ..errors import OutputError, SegflowError
+from .space import FULL_ERRNOS, format_bytes
 
 __all__ = [
     "OLD_PREFIX",
@@ -58,13 +64,45 @@ def _remove(path: Path) -> None:
             pass
 
 
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+@functools.cache
+def _renameat2() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    except OSError:
+        return None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap the entries ``a`` and ``b`` in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    False where the system or the filesystem cannot (then nothing changed); other errors raise.
+    """
+    renameat2 = _renameat2()
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
 def publish_path(staged: str | os.PathLike[str], final: str | os.PathLike[str], *, replace: bool = True) -> None:
     """Rename ``staged`` onto ``final`` (same directory) atomically; raises the plain :class:`OSError`.
 
-    A file replaces ``final`` with :func:`os.replace`. A directory replacing an existing entry
-    moves that entry aside as ``.segflow-old-<uuid12>-<name>`` first, renames ``staged`` into
-    place, then deletes the old entry; if that second rename fails the old entry is put back
-    and the error raised.
+    A file replaces ``final`` with :func:`os.replace`. A directory replacing an existing entry is
+    swapped with it in one step where Linux can (``renameat2(RENAME_EXCHANGE)``), after which
+    the old entry, now under the staged name, is deleted. Elsewhere the old entry is moved aside
+    as ``.segflow-old-<uuid12>-<name>`` first, ``staged`` renamed into place and the old entry
+    deleted (``final`` is missing for that instant); if the second rename fails the old entry is
+    put back and the error raised.
     With ``replace=False`` an existing ``final`` is never touched: :class:`FileExistsError`
     (or the rename's own error when ``final`` appears meanwhile) is raised instead.
     """
@@ -81,6 +119,9 @@ def publish_path(staged: str | os.PathLike[str], final: str | os.PathLike[str], 
         return
     if not is_dir or not os.path.lexists(final):
         os.replace(staged, final)
+        return
+    if _exchange(staged, final):  # the new directory in, the old one at the staged name: no gap
+        _remove(staged)
         return
     old = final.parent / f"{OLD_PREFIX}{uuid.uuid4().hex[:12]}-{final.name}"
     os.replace(final, old)
@@ -124,22 +165,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
 def _output_error(path: Path, exc: OSError, hint: str) -> OutputError:
     """One line: which path, the OS reason and, for a full disk, the space left there."""
     reason = " ".join((exc.strerror or str(exc) or type(exc).__name__).split())
-    if exc.errno == errno.ENOSPC:
+    if exc.errno in FULL_ERRNOS:
         try:
             free = shutil.disk_usage(path.parent).free
-            reason += f" ({_size(free)} free in {path.parent})"
+            reason += f" ({format_bytes(free)} free in {path.parent})"
         except OSError:
             pass
     error = OutputError(f"cannot write {path}: {reason}; {hint}")

@@ -88,15 +88,28 @@ def _orphaned(staging: Path) -> bool:
 def _finish_journal(staging: Path) -> bool:
     """Complete the publication a killed run started; True when ``staging`` had a journal."""
     try:
-        names = json.loads((staging / JOURNAL).read_text(encoding="utf-8"))["names"]
-    except (OSError, ValueError, KeyError, TypeError):
+        record = json.loads((staging / JOURNAL).read_text(encoding="utf-8"))
+        names, ids = record["names"], record.get("ids", {})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return False
     for name in names:
-        staged = staging / name
-        if os.path.lexists(staged):
-            publish_path(staged, staging.parent / name)
+        staged, final = staging / name, staging.parent / name
+        if not os.path.lexists(staged):
+            continue
+        if name in ids and _identity(final) == tuple(ids[name]):
+            continue  # already swapped in: the staged name holds the replaced entry, removed below
+        publish_path(staged, final)
     shutil.rmtree(staging, ignore_errors=True)
     return True
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of ``path`` itself, or None when it does not exist."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def recover(output: Path, keep: tuple[str, ...] = ()) -> list[Path]:
@@ -162,11 +175,16 @@ class Staging:
         if name is None:
             remove_orphans(self.output)
         self.path = self.output / f"{STAGING_PREFIX}{name or uuid.uuid4().hex[:12]}"
+        created = not self.path.exists()
         try:
             self.path.mkdir(exist_ok=name is not None)
             owner = {"pid": os.getpid(), "space": _process_space(), "started": time.time()}
             atomic_write_text(self.path / OWNER, json.dumps(owner))
         except OSError as exc:
+            if created:
+                shutil.rmtree(self.path, ignore_errors=True)
+            if isinstance(exc, OutputError):
+                raise
             raise OutputError(
                 f"cannot write to output directory {self.output} ({exc.strerror}); choose a writable --output"
             ) from None
@@ -185,7 +203,9 @@ class Staging:
         A journal is written first, so a run killed between two renames has its publication
         completed by the next run (:func:`recover`) instead of leaving a mix of old and new.
         """
-        atomic_write_text(self.path / JOURNAL, json.dumps({"names": list(names)}))
+        # the identity of each staged entry tells a later recovery which ones were already swapped in
+        ids = {name: _identity(self.path / name) for name in names}
+        atomic_write_text(self.path / JOURNAL, json.dumps({"names": list(names), "ids": ids}))
         done = {}
         for n, name in enumerate(names):
             if n:

@@ -7,19 +7,22 @@ vector exports, plug in here.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from ..geometry import Geometry, RasterGeometry
-from .cog import write_label_cog
+from .cog import PAM_SUFFIX, write_label_cog
 from .mask_store import MaskStore
+from .readback import verify_label_raster
+from .space import is_disk_full, native_stderr, space_error
 
 if TYPE_CHECKING:
     from ..models.package import ModelSpec
 
-__all__ = ["LabelCOGSink", "Sink", "sinks_for"]
+__all__ = ["LabelCOGSink", "Sink", "sinks_for", "write_sinks"]
 
 
 class Sink(Protocol):
@@ -28,8 +31,16 @@ class Sink(Protocol):
         """The output entry this sink makes (e.g. ``labels.tif``)."""
         ...
 
+    @property
+    def entries(self) -> tuple[str, ...]:
+        """Every output entry this sink makes, in publication order, ``name`` last (its sidecars first)."""
+        ...
+
     def write(self, store: MaskStore, folder: Path) -> Path:
-        """Write this sink's output into ``folder`` from the finished ``store``; return its path."""
+        """Write this sink's output into ``folder`` from the finished ``store``; return its path.
+
+        It returns only once the output reads back as written (see :mod:`segflow.io.readback`).
+        """
         ...
 
 
@@ -42,8 +53,14 @@ class LabelCOGSink:
     colors: tuple[tuple[int, int, int] | None, ...]
     name: str = "labels.tif"
 
+    @property
+    def entries(self) -> tuple[str, ...]:
+        return (self.name + PAM_SUFFIX, self.name)  # the class table (GDAL PAM sidecar) comes along
+
     def write(self, store: MaskStore, folder: Path) -> Path:
-        return write_label_cog(store, folder / self.name, self.geometry, self.class_names, self.colors)
+        path = write_label_cog(store, folder / self.name, self.geometry, self.class_names, self.colors)
+        verify_label_raster(path, store)
+        return path
 
 
 def sinks_for(geometry: Geometry, spec: ModelSpec) -> Sequence[Sink]:
@@ -51,3 +68,37 @@ def sinks_for(geometry: Geometry, spec: ModelSpec) -> Sequence[Sink]:
     if isinstance(geometry, RasterGeometry):
         return [LabelCOGSink(geometry, tuple(spec.class_names), tuple(c.color for c in spec.classes))]
     return []
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def write_sinks(sinks: Sequence[Sink], store: MaskStore, folder: Path, *, needed: int | None = None) -> None:
+    """Write every sink's output into ``folder``, replacing what an earlier attempt left there.
+
+    What GDAL and libtiff print meanwhile is captured: a full disk becomes one
+    :class:`~segflow.errors.OutputError` (even when the writer itself reported success), and a
+    failed sink's partial output is removed. ``needed`` (bytes) goes into that message.
+    """
+    for sink in sinks:
+        targets = [folder / entry for entry in sink.entries]
+        for target in targets:
+            _remove(target)
+        error: Exception | None = None
+        with native_stderr() as native:
+            try:
+                sink.write(store, folder)
+            except Exception as exc:  # judged below, once the captured messages are known
+                error = exc
+        if error is None and not is_disk_full(None, native.text):
+            continue
+        for target in targets:
+            _remove(target)
+        if is_disk_full(error, native.text):
+            raise space_error(folder.parent, needed, sink.name) from None
+        assert error is not None
+        raise error

@@ -331,6 +331,12 @@ def _check_onnx_io(session: Any, spec: ModelSpec, filename: str) -> None:
             f"model {spec.name!r}: {filename} takes a {len(shape)}-D input {shape} but the model is "
             f"{spec.spatial_dims}D and gets (N, C, {'Z, ' if spec.spatial_dims == 3 else ''}Y, X); re-export it"
         )
+    spatial = shape[2:]
+    if all(isinstance(s, int) for s in spatial) and (not spec.fixed_tile or tuple(spatial) != spec.tile_shape):
+        raise ModelError(
+            f"model {spec.name!r}: {filename} only takes windows of {tuple(spatial)} pixels; declare "
+            f"'tile: {list(spatial)}' and 'fixed_tile: true' in model.yaml, or re-export with dynamic spatial axes"
+        )
     channels = shape[1]
     if isinstance(channels, int) and channels != len(spec.input.bands):
         raise ModelError(
