@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from rasterio.crs import CRS as RioCRS
 from rasterio.transform import from_origin
 
-from segflow.commands import eval_cmd
+from segflow.cli.evaluate import eval_cmd
 from segflow.errors import ConfigError, InputError
 from segflow.evaluate import EvalReport, evaluate
 

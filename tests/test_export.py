@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from safetensors.torch import save_file
 from torch import nn
 
-from segflow.commands import export_cmd
+from segflow.cli.models import export_cmd
 from segflow.errors import ConfigError, ModelError, OutputError
 from segflow.models import export as export_mod
 from segflow.models import load_module, resolve_package

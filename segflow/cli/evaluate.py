@@ -6,10 +6,12 @@ from pathlib import Path
 
 import click
 
+from ._errors import SegflowCommand
+
 __all__ = ["eval_cmd"]
 
 
-@click.command("eval")
+@click.command("eval", cls=SegflowCommand)
 @click.option("--pred", "-p", "pred", required=True, type=click.Path(path_type=Path),
               help="Prediction: tile-infer output folder, label GeoTIFF or mask.zarr.")
 @click.option("--truth", "-t", "truth", required=True, type=click.Path(path_type=Path),

@@ -18,6 +18,9 @@ from typing import Any
 
 import click
 
+from ._errors import SegflowCommand
+from .options import device_option, output_option, quiet_option
+
 __all__ = ["train_cmd"]
 
 
@@ -133,7 +136,7 @@ def _reporter(quiet: bool) -> Iterator[Callable[[Any], None] | None]:
             bar.close()
 
 
-@click.command("train")
+@click.command("train", cls=SegflowCommand)
 @click.option("--config", "-c", "config", type=click.Path(path_type=Path), default=None,
               help="Training config YAML (model, data, validation, loss, optimizer, epochs...).")
 @click.option("--image", "images", multiple=True, type=click.Path(path_type=Path),
@@ -146,20 +149,19 @@ def _reporter(quiet: bool) -> Iterator[Callable[[Any], None] | None]:
 @click.option("--chip", type=int, default=None, help="Override the training chip size (pixels a side).")
 @click.option("--batch-size", type=int, default=None, help="Override the number of chips per step.")
 @click.option("--chips-per-epoch", type=int, default=None, help="Override the number of chips per epoch.")
-@click.option("--output", "-o", type=click.Path(path_type=Path), default=None,
-              help="Override the output directory (checkpoint, history, package/).")
-@click.option("--device", default=None, help="Override the device: auto, cpu, cuda or cuda:N.")
+@output_option(help="Override the output directory (checkpoint, history, package/).")
+@device_option(default=None, help="Override the device: auto, cpu, cuda or cuda:N.")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in the output directory.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress output and no summary line.")
+@quiet_option(help="No progress output and no summary line.")
 def train_cmd(config: Path | None, images: tuple[Path, ...], labels: tuple[Path, ...], classes: str | None,
               epochs: int | None, chip: int | None, batch_size: int | None, chips_per_epoch: int | None,
-              output: Path | None, device: str | None, resume: bool, quiet: bool) -> None:
+              output_dir: Path | None, device: str | None, resume: bool, quiet: bool) -> None:
     """Train a segmentation model on labelled chips and write a model package."""
     from ..train import train
     from ..train_config import train_config_from_dict
 
     raw = _raw_config(config, images, labels, classes)
-    overrides = {"epochs": epochs, "batch_size": batch_size, "chips_per_epoch": chips_per_epoch, "output": output,
+    overrides = {"epochs": epochs, "batch_size": batch_size, "chips_per_epoch": chips_per_epoch, "output": output_dir,
                  "device": device}
     raw.update({k: v for k, v in overrides.items() if v is not None})
     if chip is not None:

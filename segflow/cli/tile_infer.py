@@ -1,0 +1,59 @@
+"""``segflow run tile-infer``: segment a raster of any size into mask.zarr + labels.tif (COG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ._errors import SegflowCommand
+from .options import device_option, model_option, output_option, progress_bar, quiet_option
+
+__all__ = ["tile_infer_cmd"]
+
+
+@click.command("tile-infer", cls=SegflowCommand)
+@click.option("--input", "-i", "inputs", required=True, multiple=True, metavar="[NAME=]PATH",
+              help="Input raster (GeoTIFF or any GDAL raster). Models that read several co-registered "
+                   "rasters take the others by name, e.g. --input scene.tif --input dem=dem.tif.")
+@output_option(default=Path("out"), help="Output directory; gets mask.zarr, labels.tif and run.json.")
+@model_option(help="Built-in model name or path to a model package directory "
+                   "(default: spectral-landcover). See `segflow models list`.")
+@click.option("--tile", type=int, default=None, help="Window size in pixels (default: the model's).")
+@click.option("--overlap", type=float, default=None,
+              help="Fraction of a window shared with its neighbour, 0 <= overlap < 1 (default: the model's).")
+@click.option("--blend", type=click.Choice(["gaussian", "cosine", "constant"]), default="gaussian",
+              show_default=True, help="Weights for blending overlapping windows.")
+@click.option("--chunk", type=int, default=2048, show_default=True,
+              help="Processing chunk size in pixels; bounds memory, never changes the result.")
+@click.option("--batch", type=int, default=16, show_default=True, help="Windows per forward pass.")
+@device_option(default="auto", help="auto, cpu, cuda or cuda:N.")
+@click.option("--band", "bands", multiple=True, metavar="NAME=N",
+              help="Scene band (1-based) for a model input, e.g. --band nir=8; repeatable.")
+@click.option("--save-scores", is_flag=True, help="Also store blended class scores (float16) in mask.zarr.")
+@click.option("--no-amp", is_flag=True, help="Disable mixed precision on CUDA.")
+@click.option("--workers", type=int, default=None,
+              help="Run the chunk tasks on a local cluster of this many worker processes (default: threads in "
+                   "this process).")
+@click.option("--dask-address", default=None, metavar="ADDRESS",
+              help="Run the chunk tasks on a running dask.distributed cluster, e.g. tcp://scheduler:8786.")
+@quiet_option(help="No progress bar and no summary line.")
+def tile_infer_cmd(inputs: tuple[str, ...], output_dir: Path, model: str | None, tile: int | None,
+                   overlap: float | None, blend: str, chunk: int, batch: int, device: str, bands: tuple[str, ...],
+                   save_scores: bool, no_amp: bool, workers: int | None, dask_address: str | None,
+                   quiet: bool) -> None:
+    """Segment a raster of any size by overlapping windows into mask.zarr + labels.tif (COG).
+
+    Run again after a crash with the same options: only the unfinished chunks are computed.
+    """
+    from ..bands import parse_band_overrides, parse_inputs
+    from ..tile_infer import DEFAULT_MODEL, Execution, TileInferParams, tile_infer
+
+    params = TileInferParams(model=model or DEFAULT_MODEL, tile=tile, overlap=overlap, blend=blend, chunk=chunk,
+                             batch=batch, device=device, save_scores=save_scores,
+                             bands=parse_band_overrides(bands), amp=not no_amp)
+    execution = Execution(workers=workers, address=dask_address)
+    with progress_bar(not quiet, "chunk") as progress:
+        result = tile_infer(parse_inputs(inputs), output_dir, params, progress=progress, execution=execution)
+    if not quiet:
+        click.echo(result.summary())
