@@ -11,7 +11,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from segflow.tile_infer import DEFAULT_MODEL, Execution, TileInferParams, tile_infer
+from segflow.tile_infer import Execution, TileInferParams, tile_infer
 
 
 @task(name="tile-infer", retries=0)
@@ -31,7 +31,7 @@ def tile_infer_task(input_path: str, output_dir: str, params: TileInferParams,
 
 
 @flow(name="segflow-tile-infer", log_prints=False)
-def tile_infer_flow(input_path: str, output_dir: str, model: str = DEFAULT_MODEL, tile: int | None = None,
+def tile_infer_flow(input_path: str, output_dir: str, model: str | None = None, tile: int | None = None,
                     overlap: float | None = None, blend: str = "gaussian", chunk: int = 2048, batch: int = 16,
                     device: str = "auto", save_scores: bool = False,
                     bands: dict[str, int] | None = None, workers: int | None = None,

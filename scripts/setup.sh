@@ -5,14 +5,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 
-if [ ! -f /usr/lib/python3/dist-packages/osgeo_utils/samples/validate_cloud_optimized_geotiff.py ] \
-   || ! command -v gdalinfo >/dev/null 2>&1; then
+# System tools the tests use against real programs: GDAL's tools and COG validator, the Orthanc PACS with
+# its DICOMweb plugin, dicom3tools' DICOM validator (dciodvfy).
+need=()
+[ -f /usr/lib/python3/dist-packages/osgeo_utils/samples/validate_cloud_optimized_geotiff.py ] || need+=(python3-gdal)
+command -v gdalinfo >/dev/null 2>&1 || need+=(gdal-bin)
+command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
+[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
+command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
+if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing GDAL command-line tools and validators (gdal-bin, python3-gdal)"
+    echo "setup: installing ${need[*]}"
     apt-get update -qq >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gdal-bin python3-gdal >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   else
-    echo "setup: warning: gdal-bin and python3-gdal are missing; install them for the COG validator tests" >&2
+    echo "setup: warning: ${need[*]} missing; the tests that need them are skipped" >&2
   fi
 fi
 

@@ -40,17 +40,22 @@ from .predict import check_window_memory, resolve_device
 from .scene import Scene
 from .tiling import BLEND_MODES, ChunkGrid, WindowGrid, effective_tile, warn_if_oversampled
 
-__all__ = ["DEFAULT_MODEL", "Execution", "RunResult", "TileInferParams", "tile_infer"]
+__all__ = ["DEFAULT_MODEL", "DEFAULT_MODELS", "Execution", "RunResult", "TileInferParams", "tile_infer"]
 
 DEFAULT_MODEL = "spectral-landcover"
+DEFAULT_MODELS = {2: DEFAULT_MODEL, 3: "ct-tissue"}  # by the input's spatial dimensions
 Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
 class TileInferParams:
-    """Every knob of a tile-infer run (``None`` = the model package's default)."""
+    """Every knob of a tile-infer run (``None`` = the model package's default).
 
-    model: str = DEFAULT_MODEL
+    ``model`` ``None`` takes the built-in default for the input: :data:`DEFAULT_MODELS` by its
+    spatial dimensions (a raster or a volume).
+    """
+
+    model: str | None = None
     tile: int | None = None
     overlap: float | None = None
     blend: str = "gaussian"
@@ -228,9 +233,9 @@ def _prepare(input_path: InputPaths, params: TileInferParams, execution: Executi
     t0, started = time.perf_counter(), datetime.now(UTC).isoformat(timespec="seconds")
     inputs = dict(input_path) if isinstance(input_path, Mapping) else parse_inputs([input_path])
     inputs = {k: input_name(v) for k, v in inputs.items()}
-    package = resolve_package(params.model)
-    spec = package.spec
     scenes = {name: open_scene(path) for name, path in inputs.items()}
+    package = resolve_package(params.model or DEFAULT_MODELS[next(iter(scenes.values())).spatial_dims])
+    spec = package.spec
     for name, opened in scenes.items():
         if spec.spatial_dims != opened.spatial_dims:
             raise InputError(f"model {spec.name!r} is {spec.spatial_dims}D but {inputs[name]} is a "
@@ -255,7 +260,7 @@ def _prepare(input_path: InputPaths, params: TileInferParams, execution: Executi
     return _Job(params=params, execution=execution, package=package, inputs=inputs,
                 input_path=inputs[spec.sources[0]], scene=scene, grid=grid, chunks=chunks,
                 factory=PredictorFactory(package, params.device, params.batch, params.amp, threads), device=device,
-                fingerprint=fingerprint, sinks=sinks_for(scene.geometry, spec),
+                fingerprint=fingerprint, sinks=sinks_for(scene, spec),
                 needed_bytes=estimate_bytes(scene.spatial_shape, len(spec.classes), params.save_scores),
                 started=started, t0=t0)
 

@@ -18,7 +18,7 @@ __all__ = ["tile_infer_cmd"]
                    "rasters take the others by name, e.g. --input scene.tif --input dem=dem.tif.")
 @output_option(default=Path("out"), help="Output directory; gets mask.zarr, labels.tif and run.json.")
 @model_option(help="Built-in model name or path to a model package directory "
-                   "(default: spectral-landcover). See `segflow models list`.")
+                   "(default: spectral-landcover for rasters, ct-tissue for volumes). See `segflow models list`.")
 @click.option("--tile", type=int, default=None, help="Window size in pixels (default: the model's).")
 @click.option("--overlap", type=float, default=None,
               help="Fraction of a window shared with its neighbour, 0 <= overlap < 1 (default: the model's).")
@@ -47,9 +47,9 @@ def tile_infer_cmd(inputs: tuple[str, ...], output_dir: Path, model: str | None,
     Run again after a crash with the same options: only the unfinished chunks are computed.
     """
     from ..bands import parse_band_overrides, parse_inputs
-    from ..tile_infer import DEFAULT_MODEL, Execution, TileInferParams, tile_infer
+    from ..tile_infer import Execution, TileInferParams, tile_infer
 
-    params = TileInferParams(model=model or DEFAULT_MODEL, tile=tile, overlap=overlap, blend=blend, chunk=chunk,
+    params = TileInferParams(model=model, tile=tile, overlap=overlap, blend=blend, chunk=chunk,
                              batch=batch, device=device, save_scores=save_scores,
                              bands=parse_band_overrides(bands), amp=not no_amp)
     execution = Execution(workers=workers, address=dask_address)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from ..geometry import Geometry, RasterGeometry
+from ..geometry import RasterGeometry
 from .cog import PAM_SUFFIX, write_label_cog
 from .mask_store import MaskStore
 from .readback import verify_label_raster
@@ -21,6 +21,7 @@ from .space import is_disk_full, native_stderr, space_error
 
 if TYPE_CHECKING:
     from ..models.package import ModelSpec
+    from ..scene import Scene
 
 __all__ = ["LabelCOGSink", "Sink", "sinks_for", "write_sinks"]
 
@@ -63,8 +64,10 @@ class LabelCOGSink:
         return path
 
 
-def sinks_for(geometry: Geometry, spec: ModelSpec) -> Sequence[Sink]:
-    """The exports a scene of this geometry gets."""
+def sinks_for(scene: Scene, spec: ModelSpec) -> Sequence[Sink]:
+    """The exports a scene gets: chosen by its geometry (raster or volume) and, for exports that
+    go back to where the scene came from (DICOM SEG for a DICOM series), by ``scene.meta["format"]``."""
+    geometry = scene.geometry
     if isinstance(geometry, RasterGeometry):
         return [LabelCOGSink(geometry, tuple(spec.class_names), tuple(c.color for c in spec.classes))]
     return []
