@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConfigError",
+    "DeliveryError",
     "DeviceError",
     "InputError",
     "ModelError",
@@ -46,6 +47,12 @@ class OutputError(SegflowError, OSError):
     """An output location cannot be written."""
 
     exit_code = 4
+
+
+class DeliveryError(SegflowError, ConnectionError):
+    """Finished outputs could not be delivered (a PACS down, refusing or not confirming the store)."""
+
+    exit_code = 6
 
 
 class DeviceError(SegflowError, RuntimeError):

@@ -37,11 +37,14 @@ __all__ = ["tile_infer_cmd"]
                    "this process).")
 @click.option("--dask-address", default=None, metavar="ADDRESS",
               help="Run the chunk tasks on a running dask.distributed cluster, e.g. tcp://scheduler:8786.")
+@click.option("--pacs", default=None, metavar="TARGET",
+              help="Send seg.dcm (DICOM series inputs) to a PACS and confirm it is stored: "
+                   "dicomweb+http://host:8042/dicom-web or dimse://AET@host:4242.")
 @quiet_option(help="No progress bar and no summary line.")
 def tile_infer_cmd(inputs: tuple[str, ...], output_dir: Path, model: str | None, tile: int | None,
                    overlap: float | None, blend: str, chunk: int, batch: int, device: str, bands: tuple[str, ...],
                    save_scores: bool, no_amp: bool, workers: int | None, dask_address: str | None,
-                   quiet: bool) -> None:
+                   pacs: str | None, quiet: bool) -> None:
     """Segment a raster of any size by overlapping windows into mask.zarr + labels.tif (COG).
 
     Run again after a crash with the same options: only the unfinished chunks are computed.
@@ -51,7 +54,7 @@ def tile_infer_cmd(inputs: tuple[str, ...], output_dir: Path, model: str | None,
 
     params = TileInferParams(model=model, tile=tile, overlap=overlap, blend=blend, chunk=chunk,
                              batch=batch, device=device, save_scores=save_scores,
-                             bands=parse_band_overrides(bands), amp=not no_amp)
+                             bands=parse_band_overrides(bands), amp=not no_amp, pacs=pacs)
     execution = Execution(workers=workers, address=dask_address)
     with progress_bar(not quiet, "chunk") as progress:
         result = tile_infer(parse_inputs(inputs), output_dir, params, progress=progress, execution=execution)
