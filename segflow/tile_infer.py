@@ -12,7 +12,7 @@ import platform
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,12 +30,14 @@ from .io.gdal_names import input_name, local_file, shown_name
 from .io.geotiff import close_datasets, gdal_cache_limit
 from .io.lock import OutputLock
 from .io.mask_store import MaskStore
+from .io.pacs import PacsTarget, deliver_once, parse_pacs
 from .io.publish import STAGING_PREFIX, Staging, prepare_output, recover
 from .io.readback import verify_store
 from .io.readers import open_scene
 from .io.sinks import Sink, sinks_for, write_sinks
 from .io.space import check_space, estimate_bytes, guard_writes
 from .models import ModelPackage, resolve_package
+from .models.expects import check_expected_input
 from .predict import check_window_memory, resolve_device
 from .scene import Scene
 from .tiling import BLEND_MODES, ChunkGrid, WindowGrid, effective_tile, warn_if_oversampled
@@ -44,6 +46,8 @@ __all__ = ["DEFAULT_MODEL", "DEFAULT_MODELS", "Execution", "RunResult", "TileInf
 
 DEFAULT_MODEL = "spectral-landcover"
 DEFAULT_MODELS = {2: DEFAULT_MODEL, 3: "ct-tissue"}  # by the input's spatial dimensions
+DICOM_SEG = "seg.dcm"
+PACS_RECEIPT = "pacs.json"
 Progress = Callable[[int, int], None]
 
 
@@ -65,6 +69,7 @@ class TileInferParams:
     save_scores: bool = False
     bands: Mapping[str, int] = field(default_factory=dict)
     amp: bool = True
+    pacs: str | None = None  # deliver seg.dcm there (see segflow.io.pacs.parse_pacs)
 
     def check(self) -> None:
         if self.blend not in BLEND_MODES:
@@ -92,6 +97,7 @@ class RunResult:
     megapixels: float
     chunks_computed: int = 0
     chunks_reused: int = 0
+    delivered: tuple[str, ...] = ()  # SOP Instance UIDs confirmed at the PACS
 
     @property
     def megapixels_per_second(self) -> float:
@@ -100,9 +106,10 @@ class RunResult:
     def summary(self) -> str:
         where = ", ".join(str(p) for p in self.outputs.values())
         reused = f", {self.chunks_reused} reused from an earlier attempt" if self.chunks_reused else ""
+        sent = f" | {len(self.delivered)} instance(s) stored at the PACS (confirmed)" if self.delivered else ""
         return (f"wrote {where} | {self.windows_evaluated} windows evaluated ({self.windows_skipped} nodata "
                 f"skipped) in {self.chunks} chunks{reused} | {self.wall_seconds:.1f} s | "
-                f"{self.megapixels_per_second:.2f} MP/s")
+                f"{self.megapixels_per_second:.2f} MP/s{sent}")
 
 
 def _provenance(input_path: str, scene_meta: dict[str, Any], package: ModelPackage, params: TileInferParams,
@@ -202,6 +209,7 @@ class _Job:
     fingerprint: str
     sinks: Sequence[Sink]
     needed_bytes: int  # roughly what the run writes into its output folder at its peak
+    pacs: PacsTarget | None
     started: str
     t0: float
 
@@ -241,6 +249,7 @@ def _prepare(input_path: InputPaths, params: TileInferParams, execution: Executi
             raise InputError(f"model {spec.name!r} is {spec.spatial_dims}D but {inputs[name]} is a "
                              f"{opened.spatial_dims}D raster; choose a {opened.spatial_dims}D model")
     scene = assemble_scene(spec, scenes, params.bands)
+    check_expected_input(spec, scene)  # e.g. an MR volume given to a CT model: refused, asking for --model
     overlap = spec.overlap if params.overlap is None else params.overlap
     tile = (params.tile,) * spec.spatial_dims if params.tile else spec.tile_shape
     grid = WindowGrid.create(scene.spatial_shape, effective_tile(tile, scene.spatial_shape, fixed=spec.fixed_tile),
@@ -257,12 +266,23 @@ def _prepare(input_path: InputPaths, params: TileInferParams, execution: Executi
     model_id = {"weights_sha256": package.weights_sha256, "model_yaml_sha256": package.yaml_sha256}
     fingerprint = run_fingerprint(identities, model_id, {**_pixel_parameters(  # scale/offset may sit in a sidecar
         params, grid, chunks, scene.band_names, params.device.strip().lower()), "values": scene.meta.get("values")})
+    sinks = sinks_for(scene, spec)
     return _Job(params=params, execution=execution, package=package, inputs=inputs,
                 input_path=inputs[spec.sources[0]], scene=scene, grid=grid, chunks=chunks,
                 factory=PredictorFactory(package, params.device, params.batch, params.amp, threads), device=device,
-                fingerprint=fingerprint, sinks=sinks_for(scene, spec),
+                fingerprint=fingerprint, sinks=sinks,
                 needed_bytes=estimate_bytes(scene.spatial_shape, len(spec.classes), params.save_scores),
-                started=started, t0=t0)
+                pacs=_pacs_target(params.pacs, sinks, inputs[spec.sources[0]]), started=started, t0=t0)
+
+
+def _pacs_target(pacs: str | None, sinks: Sequence[Sink], source: str) -> PacsTarget | None:
+    if pacs is None:
+        return None
+    target = parse_pacs(pacs)
+    if not any(DICOM_SEG in s.entries for s in sinks):
+        raise ConfigError(f"--pacs sends the DICOM SEG ({DICOM_SEG}), which is made only for a DICOM series input; "
+                          f"{shown_name(source)} is not one")
+    return target
 
 
 def _tile_infer(input_path: InputPaths, output_dir: str | os.PathLike[str], params: TileInferParams,
@@ -276,15 +296,20 @@ def _tile_infer(input_path: InputPaths, output_dir: str | os.PathLike[str], para
         recover(output, keep=(STAGING_PREFIX + folder,))
         done_before = _up_to_date(output, job.fingerprint, job.names)
         if done_before is not None:
-            return _result_from(done_before, output, job.names, time.perf_counter() - job.t0, job.scene)
-        with Staging(output, folder, keep_on_error=True) as staging:
-            store = _store(staging.path / "mask.zarr", job)
-            try:
-                return _compute(job, store, staging, progress)
-            except BaseException:
-                if not store.done():  # nothing worth resuming
-                    staging.discard()
-                raise
+            result = _result_from(done_before, output, job.names, time.perf_counter() - job.t0, job.scene)
+        else:
+            with Staging(output, folder, keep_on_error=True) as staging:
+                store = _store(staging.path / "mask.zarr", job)
+                try:
+                    result = _compute(job, store, staging, progress)
+                except BaseException:
+                    if not store.done():  # nothing worth resuming
+                        staging.discard()
+                    raise
+        if job.pacs is not None:  # the outputs are published: a failed delivery loses nothing
+            sent = deliver_once([output / DICOM_SEG], job.pacs, output / PACS_RECEIPT)
+            result = replace(result, delivered=tuple(sent))
+        return result
 
 
 def _compute(job: _Job, store: MaskStore, staging: Staging, progress: Progress | None) -> RunResult:

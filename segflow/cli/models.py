@@ -36,6 +36,13 @@ def models_show_cmd(name_or_path: str) -> None:
     bands = ", ".join(f"{b.name}" + (f"=band {b.index}" if b.index else "") for b in spec.input.bands)
     click.echo(f"  spatial dims: {spec.spatial_dims}   tile: {spec.tile_shape}   overlap: {spec.overlap}")
     click.echo(f"  input bands: {bands}   normalization: {spec.input.normalization.mode}")
+    if (e := spec.input.expects) is not None:
+        low = f", 1st percentile <= {e.p1_at_most:g}" if e.p1_at_most is not None else ""
+        click.echo(f"  expects: {'/'.join(e.modality or ['any modality'])}, {e.unit} in [{e.range[0]:g}, "
+                   f"{e.range[1]:g}]{low}")
+    if spec.spatial_dims == 3:
+        spacing = "not declared" if spec.spacing is None else f"{list(spec.spacing)} mm"
+        click.echo(f"  spacing (dz, dy, dx): {spacing}   orientation: {spec.orientation or 'not declared'}")
     click.echo(f"  output: {spec.output.activation}   weights: {spec.weights or 'none'}"
                + (f" (sha256 {package.weights_sha256[:12]})" if package.weights_sha256 else ""))
     for i, c in enumerate(spec.classes):

@@ -3,7 +3,8 @@
 The weights format follows the suffix of ``model.yaml``'s ``weights:`` file (see
 :mod:`segflow.models.formats`): ``.safetensors`` / ``.pt`` / ``.pth`` hold parameters for the
 declared ``architecture``, ``.ts`` is TorchScript, ``.onnx`` runs through onnxruntime. A
-package without weights is its architecture (e.g. the built-in spectral-index models).
+package without weights is its architecture (e.g. the built-in spectral-index models and the
+Hounsfield-unit model ``hounsfield`` of ``ct-tissue``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import nn
 
 from ..errors import ConfigError, ModelError
 from .formats import SUPPORTED_SUFFIXES, apply_state_dict, load_onnx, load_state_dict_file, load_torchscript
+from .hounsfield import build_hounsfield
 from .package import ModelPackage
 from .spectral import build_spectral_index
 
@@ -28,6 +30,8 @@ def _build_architecture(package: ModelPackage) -> nn.Module:
     try:
         if spec.architecture.name == "spectral-index":
             return build_spectral_index([b.name.lower() for b in spec.input.bands], **args)
+        if spec.architecture.name == "hounsfield":
+            return build_hounsfield(len(spec.input.bands), len(spec.classes), **args)
         from .arch import build_architecture
 
         return build_architecture(

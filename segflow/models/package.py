@@ -17,6 +17,12 @@
       values: scaled              # scaled (default): the raster's per-band scale/offset applied
                                   # (stored * scale + offset, e.g. reflectance from DN), then
                                   # normalization; raw: the stored numbers as they are
+      expects:                    # optional: refuse inputs that are evidently something else
+        modality: [CT]            # DICOM modalities taken (checked where the reader records one)
+        unit: HU                  # unit of the numbers below, named in messages
+        range: [-1024, 3071]      # what a measurement reads; values below are fill (left out)
+        p1_at_most: -100          # the 1st percentile of the values must be <= this
+                                  # (see segflow.models.expects for the exact rule)
     tile: 512                     # window size, one int or one per spatial axis
     fixed_tile: false             # true: the network takes windows of exactly `tile` (a dense head, a
                                   # static-shape export); false: any size, so a scene smaller than the
@@ -26,6 +32,9 @@
     classes:
       - {name: background, kind: stuff, color: [0, 0, 0]}
       - {name: building, kind: thing}
+    spacing: [4.0, 4.0, 4.0]      # 3D only, optional: voxel spacing (dz, dy, dx) in mm it was trained at
+    orientation: RAS              # 3D only, optional: world direction of voxel +x, +y, +z (arrays are
+                                  # (z, y, x)); one of R/L, A/P, S/I each, nibabel's aff2axcodes letters
 
 A package is found by built-in name, by directory (or its ``model.yaml``), or as a single
 archive of the directory (``.zip``, ``.tar``, ``.tar.gz``, ``.tgz``), unpacked safely into a
@@ -34,6 +43,7 @@ cache (see :mod:`segflow.models.archive`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -48,6 +58,7 @@ from .archive import extract_package_archive, is_archive, sha256_file
 
 __all__ = [
     "ClassSpec",
+    "ExpectsSpec",
     "ModelPackage",
     "ModelSpec",
     "Normalization",
@@ -101,18 +112,46 @@ class Normalization(_Strict):
         return self
 
 
+class ExpectsSpec(_Strict):
+    """What the model's input values are; an input that is evidently something else is refused.
+
+    ``modality``: DICOM Modality codes taken (``CT``, ``MR``, ...), checked against the scene's
+    ``meta["modality"]`` where the reader records one. ``unit``: the unit of ``range`` and
+    ``p1_at_most``, for messages. ``range``: ``[low, high]`` that a measurement reads; sampled
+    values below ``low`` are fill (no measurement, e.g. -2048 or -3024 HU outside a CT's field of
+    view) and left out; of the rest, at most 1 % may lie above ``high``, and with ``p1_at_most``
+    at least 1 % must lie at or below it. The rule and the sample: :mod:`segflow.models.expects`.
+    """
+
+    unit: str = Field(min_length=1)
+    range: tuple[float, float]
+    p1_at_most: float | None = None
+    modality: list[str] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> ExpectsSpec:
+        low, high = self.range
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise ValueError(f"expects.range must be two finite numbers [low, high] with low < high, got {self.range}")
+        if self.p1_at_most is not None and not low <= self.p1_at_most <= high:
+            raise ValueError(f"expects.p1_at_most {self.p1_at_most} must lie in expects.range {list(self.range)}")
+        return self
+
+
 class InputSpec(_Strict):
     """The model's input channels, their normalisation, and which values it takes.
 
     ``values``: ``scaled`` (default) feeds each band as GDAL's physical value, ``stored *
     scale + offset`` with the raster's per-band scale/offset tags (float32; unchanged where a
     raster declares none); ``raw`` feeds the stored numbers (e.g. DN) whatever the tags say.
-    Normalisation applies after this.
+    Normalisation applies after this. ``expects`` (optional) describes those values, so that an
+    input that evidently is something else is refused (see :class:`ExpectsSpec`).
     """
 
     bands: list[BandSpec] = Field(min_length=1)
     normalization: Normalization = Normalization()
     values: Literal["scaled", "raw"] = "scaled"
+    expects: ExpectsSpec | None = None
 
     @model_validator(mode="after")
     def _check(self) -> InputSpec:
@@ -147,8 +186,31 @@ class ArchitectureSpec(_Strict):
     args: dict[str, Any] = Field(default_factory=dict)
 
 
+def _check_volume_contract(spec: ModelSpec) -> None:
+    """``spacing`` (dz, dy, dx) mm and ``orientation`` (see :class:`ModelSpec`) are for 3D models and well formed."""
+    if spec.spatial_dims != 3 and (spec.spacing is not None or spec.orientation is not None):
+        raise ValueError("spacing and orientation are for volumes (spatial_dims 3); remove them")
+    if spec.spacing is not None and not all(math.isfinite(s) and s > 0 for s in spec.spacing):
+        raise ValueError(f"spacing must be 3 positive voxel sizes (dz, dy, dx) in mm, got {list(spec.spacing)}")
+    code = spec.orientation
+    if code is not None and (len(code) != 3 or sorted(_AXIS_OF.get(c, "?") for c in code) != ["LR", "PA", "SI"]):
+        raise ValueError(f"orientation must be 3 letters, one of R/L, one of A/P and one of S/I, giving the world "
+                         f"direction of voxel +x, +y, +z (e.g. RAS, LPS), got {code!r}")
+
+
+_AXIS_OF = {"R": "LR", "L": "LR", "A": "PA", "P": "PA", "S": "SI", "I": "SI"}
+
+
 class ModelSpec(_Strict):
-    """The contract of a model, as declared in ``model.yaml``."""
+    """The contract of a model, as declared in ``model.yaml``.
+
+    For volumes, ``spacing`` is the voxel size ``(dz, dy, dx)`` in mm the model was made for and
+    ``orientation`` the world direction toward which voxel x, y and z grow (arrays are ``(z, y,
+    x)``), three letters in nibabel's ``aff2axcodes`` convention over ``(x, y, z)``: ``RAS`` (x grows
+    toward the patient's Right, y toward Anterior, z toward Superior) is nibabel's canonical
+    orientation, ``LPS`` that of a DICOM axial series. Both optional; the engine does not
+    resample to them (yet).
+    """
 
     name: str = Field(min_length=1)
     version: str = "0"
@@ -164,6 +226,8 @@ class ModelSpec(_Strict):
     output: OutputSpec = OutputSpec()
     classes: list[ClassSpec] = Field(min_length=2, max_length=MAX_CLASSES)
     pixel_size: list[float] | None = None
+    spacing: tuple[float, float, float] | None = None
+    orientation: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
@@ -179,6 +243,7 @@ class ModelSpec(_Strict):
             raise ValueError("activation sigmoid is for binary models: declare exactly 2 classes")
         if self.weights is None and self.architecture is None:
             raise ValueError("declare 'weights' (a file in the package) or an 'architecture' (or both)")
+        _check_volume_contract(self)
         return self
 
     @property
