@@ -1,10 +1,14 @@
 """The mask store: the run's source of truth, written chunk by chunk and read by every sink.
 
-Layout of ``mask.zarr`` (zarr v3 group), written and read by this module alone:
+Layout of ``mask.zarr`` (zarr v3 group), written and read by this module alone (except ``instances``):
 
 - ``labels``: uint8 over the spatial axes, :data:`~segflow.labels.LABEL_NODATA` where no
   prediction; sharded so that one processing chunk is one shard (inner chunks of 512).
 - ``scores`` (optional): float16 ``(K, *spatial)``, NaN exactly where labels are nodata.
+- ``instances`` (when the model has "thing" classes; added after the chunks, in the staging
+  folder, by :class:`~segflow.io.instances_sink.InstancesSink`): uint32 over the spatial axes,
+  0 = no instance, else the ``id`` of a row of ``instances.csv``; its own chunking (the
+  labelling chunk), attributes ``things``, ``connectivity``, ``count``, ``table``.
 - group attributes: geometry (``crs`` WKT, ``transform``; ``gcps``/``gcp_crs``/``rpcs``),
   ``nodata``, ``class_names``, ``axes``, ``chunk`` (processing chunk) and ``run_fingerprint``.
 - ``.segflow-done/<i>_<j>.json``: a completion record per finished processing chunk, written
