@@ -11,6 +11,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
+from segflow.io.dicom import dicom_series_name
 from segflow.tile_infer import Execution, TileInferParams, tile_infer
 
 
@@ -35,15 +36,19 @@ def tile_infer_flow(input_path: str, output_dir: str, model: str | None = None, 
                     overlap: float | None = None, blend: str = "gaussian", chunk: int = 2048, batch: int = 16,
                     device: str = "auto", save_scores: bool = False,
                     bands: dict[str, int] | None = None, workers: int | None = None,
-                    dask_address: str | None = None) -> dict[str, Any]:
+                    dask_address: str | None = None, series: str | None = None,
+                    pacs: str | None = None) -> dict[str, Any]:
     """Segment one raster into mask.zarr, labels.tif (COG) and run.json under ``output_dir``.
 
     ``workers`` runs the chunk tasks on a local cluster of that many processes, ``dask_address``
-    on a running dask cluster; a re-run after a crash continues the interrupted run.
+    on a running dask cluster; a re-run after a crash continues the interrupted run. ``series``
+    picks one series of a DICOM folder; ``pacs`` delivers its DICOM SEG (see ``segflow run
+    tile-infer --help``).
     """
     params = TileInferParams(model=model, tile=tile, overlap=overlap, blend=blend, chunk=chunk, batch=batch,
-                             device=device, save_scores=save_scores, bands=bands or {})
-    result = tile_infer_task(input_path, output_dir, params, Execution(workers=workers, address=dask_address))
+                             device=device, save_scores=save_scores, bands=bands or {}, pacs=pacs)
+    source = dicom_series_name(input_path, series) if series else input_path
+    result = tile_infer_task(source, output_dir, params, Execution(workers=workers, address=dask_address))
     get_run_logger().info(result["summary"])
     return result
 

@@ -19,7 +19,8 @@ from .georef import PixelGrid
 from .models.package import ModelSpec
 from .scene import Scene
 
-__all__ = ["assemble_scene", "check_same_grid", "parse_band_overrides", "parse_inputs", "resolve_bands"]
+__all__ = ["assemble_scene", "check_same_grid", "parse_band_overrides", "parse_inputs", "resolve_bands",
+           "with_series"]
 
 PRIMARY = "image"
 
@@ -98,6 +99,15 @@ def _too_few_bands(spec: ModelSpec, scene: Scene, roles: list[str], source: str)
         advice = (f"no built-in model fits a {n}-band raster; pass a model package that takes "
                   f"{_bands_word(n)} with --model PATH (see `segflow models list`)")
     return InputError(f"{head}; {advice}")
+
+
+def with_series(inputs: dict[str, str], series: str | None) -> dict[str, str]:
+    """``inputs`` with the primary input narrowed to one DICOM series (``--series UID``), when given."""
+    if series is None:
+        return inputs
+    from .io.dicom import dicom_series_name
+
+    return {**inputs, PRIMARY: dicom_series_name(inputs[PRIMARY], series.strip())}
 
 
 def resolve_bands(spec: ModelSpec, scene: Scene, overrides: Mapping[str, int] | None = None,

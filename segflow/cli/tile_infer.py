@@ -37,6 +37,8 @@ __all__ = ["tile_infer_cmd"]
                    "this process).")
 @click.option("--dask-address", default=None, metavar="ADDRESS",
               help="Run the chunk tasks on a running dask.distributed cluster, e.g. tcp://scheduler:8786.")
+@click.option("--series", default=None, metavar="UID",
+              help="For a folder of DICOM files holding several series: the SeriesInstanceUID to segment.")
 @click.option("--pacs", default=None, metavar="TARGET",
               help="Send seg.dcm (DICOM series inputs) to a PACS and confirm it is stored: "
                    "dicomweb+http://host:8042/dicom-web or dimse://AET@host:4242.")
@@ -44,12 +46,12 @@ __all__ = ["tile_infer_cmd"]
 def tile_infer_cmd(inputs: tuple[str, ...], output_dir: Path, model: str | None, tile: int | None,
                    overlap: float | None, blend: str, chunk: int, batch: int, device: str, bands: tuple[str, ...],
                    save_scores: bool, no_amp: bool, workers: int | None, dask_address: str | None,
-                   pacs: str | None, quiet: bool) -> None:
+                   series: str | None, pacs: str | None, quiet: bool) -> None:
     """Segment a raster of any size by overlapping windows into mask.zarr + labels.tif (COG).
 
     Run again after a crash with the same options: only the unfinished chunks are computed.
     """
-    from ..bands import parse_band_overrides, parse_inputs
+    from ..bands import parse_band_overrides, parse_inputs, with_series
     from ..tile_infer import Execution, TileInferParams, tile_infer
 
     params = TileInferParams(model=model, tile=tile, overlap=overlap, blend=blend, chunk=chunk,
@@ -57,6 +59,7 @@ def tile_infer_cmd(inputs: tuple[str, ...], output_dir: Path, model: str | None,
                              bands=parse_band_overrides(bands), amp=not no_amp, pacs=pacs)
     execution = Execution(workers=workers, address=dask_address)
     with progress_bar(not quiet, "chunk") as progress:
-        result = tile_infer(parse_inputs(inputs), output_dir, params, progress=progress, execution=execution)
+        result = tile_infer(with_series(parse_inputs(inputs), series), output_dir, params, progress=progress,
+                            execution=execution)
     if not quiet:
         click.echo(result.summary())

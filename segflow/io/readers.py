@@ -13,8 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..scene import Scene
+from .dicom import is_dicom_input, open_dicom_input
 from .gdal_names import input_name
 from .geotiff import open_geotiff
+from .nifti import is_nifti_name, open_nifti
 
 __all__ = ["open_scene", "register_reader"]
 
@@ -39,12 +41,21 @@ def open_scene(path: str | os.PathLike[str]) -> Scene:
 
     ``path`` is a local path or any name GDAL opens (``/vsizip/archive.zip/scene.tif``,
     ``NETCDF:"file.nc":variable``); such names reach GDAL as the exact string given. The
-    registered readers are offered local paths only.
+    registered readers are offered local paths, and names ``READER:...`` addressed to one by its
+    registered name (``DICOM:<folder>:<SeriesInstanceUID>``, one series of a DICOM folder).
     """
     name = input_name(path)
     local = Path(name)
+    prefix, sep, _ = name.partition(":")
+    for reader, _, opener in _READERS if sep and len(prefix) > 1 else ():
+        if reader.upper() == prefix.upper():  # a name addressed to a reader, e.g. DICOM:<folder>:<SeriesUID>
+            return opener(local)
     if _READERS and _exists(local):
         for _, accepts, opener in _READERS:
             if accepts(local):
                 return opener(local)
     return open_geotiff(name)
+
+
+register_reader("DICOM", is_dicom_input, open_dicom_input)  # a folder of one series, or DICOM:<folder>:<uid>
+register_reader("NIfTI", is_nifti_name, open_nifti)  # .nii / .nii.gz, any letter case

@@ -68,9 +68,21 @@ def sinks_for(scene: Scene, spec: ModelSpec) -> Sequence[Sink]:
     """The exports a scene gets: chosen by its geometry (raster or volume) and, for exports that
     go back to where the scene came from (DICOM SEG for a DICOM series), by ``scene.meta["format"]``."""
     geometry = scene.geometry
-    if isinstance(geometry, RasterGeometry):
+    if isinstance(geometry, RasterGeometry):  # InstancesSink (with polygons) comes to rasters with the GIS issue
         return [LabelCOGSink(geometry, tuple(spec.class_names), tuple(c.color for c in spec.classes))]
-    return []
+    sinks: list[Sink] = []
+    from .nifti_sink import nifti_label_sink  # labels.nii.gz for every volume
+
+    sinks.append(nifti_label_sink(scene, spec))
+    if scene.meta.get("format") == "dicom":
+        from .dicom_seg import DicomSegSink  # highdicom is imported for DICOM inputs only
+
+        sinks.append(DicomSegSink.for_scene(scene, spec))
+    if any(c.kind == "thing" for c in spec.classes):
+        from .instances_sink import InstancesSink  # instances.csv + the instances array of mask.zarr
+
+        sinks.append(InstancesSink(scene, spec))
+    return sinks
 
 
 def _remove(path: Path) -> None:
