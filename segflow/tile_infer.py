@@ -39,6 +39,7 @@ from .io.space import check_space, estimate_bytes, guard_writes
 from .models import ModelPackage, resolve_package
 from .models.expects import check_expected_input
 from .predict import check_window_memory, resolve_device
+from .resample import GridMap, model_grid, model_scene, to_input_grid
 from .scene import Scene
 from .tiling import BLEND_MODES, ChunkGrid, WindowGrid, effective_tile, warn_if_oversampled
 
@@ -47,6 +48,7 @@ __all__ = ["DEFAULT_MODEL", "DEFAULT_MODELS", "Execution", "RunResult", "TileInf
 DEFAULT_MODEL = "spectral-landcover"
 DEFAULT_MODELS = {2: DEFAULT_MODEL, 3: "ct-tissue"}  # by the input's spatial dimensions
 DICOM_SEG = "seg.dcm"
+MODEL_GRID_STORE = "model-grid.zarr"  # in the staging folder only: the engine's store when the model has its own grid
 PACS_RECEIPT = "pacs.json"
 Progress = Callable[[int, int], None]
 
@@ -201,9 +203,12 @@ class _Job:
     package: ModelPackage
     inputs: dict[str, str]  # local paths or GDAL dataset names, as given
     input_path: str
-    scene: Scene
+    scene: Scene  # as read, on the input's grid: the outputs' grid
     grid: WindowGrid
-    chunks: ChunkGrid
+    chunks: ChunkGrid  # of the engine's grid (the model grid when the model declares one)
+    work: Scene  # what the model sees: ``scene``, or ``scene`` on the model's spacing and orientation
+    grid_map: GridMap | None
+    out_chunks: ChunkGrid  # of the outputs' grid
     factory: PredictorFactory
     device: str  # resolved here; as asked when a remote cluster resolves it
     fingerprint: str
@@ -231,8 +236,23 @@ def _store(path: Path, job: _Job) -> MaskStore:
     spec = job.package.spec
     attrs = {**job.scene.geometry.attrs(), "source": str(job.input_path), "model": spec.name,
              "run_fingerprint": job.fingerprint}
-    return MaskStore.create(path, job.scene.spatial_shape, job.chunks.chunk, spec.class_names,
+    return MaskStore.create(path, job.scene.spatial_shape, job.out_chunks.chunk, spec.class_names,
                             save_scores=job.params.save_scores, attrs=attrs)
+
+
+def _work_store(path: Path, job: _Job) -> MaskStore:
+    """The store on the model grid, with scores, that the input grid's labels are made from."""
+    if path.exists():
+        try:
+            store = MaskStore.open(path, mode="r+")
+            if store.fingerprint == job.fingerprint:
+                return store
+        except InputError:
+            pass
+        shutil.rmtree(path)
+    attrs = {**job.work.geometry.attrs(), "run_fingerprint": job.fingerprint}
+    return MaskStore.create(path, job.work.spatial_shape, job.chunks.chunk, job.package.spec.class_names,
+                            save_scores=True, attrs=attrs)
 
 
 def _prepare(input_path: InputPaths, params: TileInferParams, execution: Execution) -> _Job:
@@ -250,12 +270,15 @@ def _prepare(input_path: InputPaths, params: TileInferParams, execution: Executi
                              f"{opened.spatial_dims}D raster; choose a {opened.spatial_dims}D model")
     scene = assemble_scene(spec, scenes, params.bands)
     check_expected_input(spec, scene)  # e.g. an MR volume given to a CT model: refused, asking for --model
+    grid_map = None if scene.volume is None else model_grid(scene.volume, scene.spatial_shape, spec.spacing,
+                                                               spec.orientation)
+    work = scene if grid_map is None else model_scene(scene, grid_map)  # what the model sees
     overlap = spec.overlap if params.overlap is None else params.overlap
     tile = (params.tile,) * spec.spatial_dims if params.tile else spec.tile_shape
-    grid = WindowGrid.create(scene.spatial_shape, effective_tile(tile, scene.spatial_shape, fixed=spec.fixed_tile),
+    grid = WindowGrid.create(work.spatial_shape, effective_tile(tile, work.spatial_shape, fixed=spec.fixed_tile),
                              overlap)
     warn_if_oversampled(grid, overlap)
-    chunks = ChunkGrid.create(scene.spatial_shape, params.chunk)
+    chunks = ChunkGrid.create(work.spatial_shape, params.chunk)
     # refuse a missing CUDA device and a window batch that cannot fit before anything is locked or written
     device = params.device if execution.address else str(resolve_device(params.device))
     if not execution.address:
@@ -265,10 +288,13 @@ def _prepare(input_path: InputPaths, params: TileInferParams, execution: Executi
     identities = {k: input_identity(v) for k, v in inputs.items()}
     model_id = {"weights_sha256": package.weights_sha256, "model_yaml_sha256": package.yaml_sha256}
     fingerprint = run_fingerprint(identities, model_id, {**_pixel_parameters(  # scale/offset may sit in a sidecar
-        params, grid, chunks, scene.band_names, params.device.strip().lower()), "values": scene.meta.get("values")})
+        params, grid, chunks, scene.band_names, params.device.strip().lower()), "values": scene.meta.get("values"),
+        "source_files": scene.meta.get("identity")})  # a folder's files (a DICOM series) as they are now
     sinks = sinks_for(scene, spec)
     return _Job(params=params, execution=execution, package=package, inputs=inputs,
-                input_path=inputs[spec.sources[0]], scene=scene, grid=grid, chunks=chunks,
+                input_path=inputs[spec.sources[0]], scene=scene, grid=grid, chunks=chunks, work=work,
+                grid_map=grid_map, out_chunks=chunks if grid_map is None else ChunkGrid.create(scene.spatial_shape,
+                                                                                               params.chunk),
                 factory=PredictorFactory(package, params.device, params.batch, params.amp, threads), device=device,
                 fingerprint=fingerprint, sinks=sinks,
                 needed_bytes=estimate_bytes(scene.spatial_shape, len(spec.classes), params.save_scores),
@@ -314,26 +340,31 @@ def _tile_infer(input_path: InputPaths, output_dir: str | os.PathLike[str], para
 
 def _compute(job: _Job, store: MaskStore, staging: Staging, progress: Progress | None) -> RunResult:
     grid, chunks, params = job.grid, job.chunks, job.params
-    reused = set(store.done())
+    engine_store = store if job.grid_map is None else _work_store(staging.path / MODEL_GRID_STORE, job)
+    reused = set(engine_store.done())
     plan = make_plan(grid, chunks, reused)
     run = RunSpec(grid=grid, chunks=chunks, blend=params.blend, num_classes=len(job.package.spec.classes),
-                  factory=job.factory, store=store.path, fingerprint=job.fingerprint,
-                  save_scores=params.save_scores, to_host=job.execution.distributed)
-    finished = len(reused)
+                  factory=job.factory, store=engine_store.path, fingerprint=job.fingerprint,
+                  save_scores=params.save_scores or job.grid_map is not None, to_host=job.execution.distributed)
+    finished, total = len(reused), len(chunks) + (0 if job.grid_map is None else len(job.out_chunks))
 
-    def on_chunk(record: dict[str, Any]) -> None:
+    def on_chunk(record: dict[str, Any] | None = None) -> None:
         nonlocal finished
         finished += 1
         if progress is not None:
-            progress(finished, len(chunks))
+            progress(finished, total)
         failpoint("chunk")
 
     try:
-        outcome = run_plan(plan, job.scene, run, job.execution, on_chunk=on_chunk,
+        outcome = run_plan(plan, job.work, run, job.execution, on_chunk=on_chunk,
                            cuda=job.device.startswith("cuda"))
+        if job.grid_map is not None:  # the model grid's scores back onto the input grid
+            finished += len(store.done())
+            to_input_grid(job.grid_map, engine_store, store, job.scene, job.out_chunks,
+                          save_scores=params.save_scores, on_chunk=on_chunk)
     finally:
         close_datasets()  # the input's cached blocks are not needed by the sinks
-    missing = len(chunks) - len(store.done())
+    missing = len(chunks) - len(engine_store.done()) + len(job.out_chunks) - len(store.done())
     evaluated = len(outcome.evaluated)
     if missing or evaluated != len(set(outcome.evaluated)) or evaluated + outcome.skipped != plan.windows_to_evaluate:
         raise RuntimeError(f"engine error: {missing} chunks without a completion record, {evaluated} windows "
@@ -341,12 +372,16 @@ def _compute(job: _Job, store: MaskStore, staging: Staging, progress: Progress |
     verify_store(store)
     write_sinks(job.sinks, store, staging.path, needed=job.needed_bytes)
     record = _provenance(job.input_path, job.scene.meta, job.package, params, grid, job.device, job.started)
+    if job.grid_map is not None:
+        record["effective"]["model_grid"] = {"shape": list(job.grid_map.shape),
+                                             "spacing": list(job.grid_map.geometry.spacing),
+                                             "orientation": job.package.spec.orientation}
     wall = time.perf_counter() - job.t0
     record.update({
         "wall_seconds": round(wall, 3),
         "windows": {"total": len(grid), "evaluated": evaluated, "skipped_nodata": outcome.skipped,
                     "each_evaluated_once": True},
-        "chunks_written": len(chunks),
+        "chunks_written": len(job.out_chunks),
         "run": {"fingerprint": job.fingerprint, "chunks_computed": len(plan.merged), "chunks_reused": len(reused),
                 "scheduler": outcome.workers},
     })
@@ -355,7 +390,7 @@ def _compute(job: _Job, store: MaskStore, staging: Staging, progress: Progress |
     atomic_write_text(staging.path / "run.json", json.dumps(record, indent=2) + "\n")
     outputs = staging.publish(job.names)
     return RunResult(outputs=outputs, windows_total=len(grid), windows_evaluated=evaluated,
-                     windows_skipped=outcome.skipped, chunks=len(chunks), wall_seconds=wall,
+                     windows_skipped=outcome.skipped, chunks=len(job.out_chunks), wall_seconds=wall,
                      megapixels=math.prod(job.scene.spatial_shape) / 1e6, chunks_computed=len(plan.merged),
                      chunks_reused=len(reused))
 

@@ -74,7 +74,7 @@ def running_orthanc(folder: Path) -> Iterator[Orthanc]:
         "Plugins": [str(PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
     }
     (folder / "orthanc.json").write_text(json.dumps(config))
-    log = open(folder / "orthanc.log", "wb")  # noqa: SIM115 - closed below
+    log = open(folder / "orthanc.log", "wb")  # closed below, after the process
     process = subprocess.Popen(["Orthanc", str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 30
@@ -84,7 +84,8 @@ def running_orthanc(folder: Path) -> Iterator[Orthanc]:
                     break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"Orthanc did not start: {(folder / 'orthanc.log').read_text()[-2000:]}")
+                    raise RuntimeError(
+                        f"Orthanc did not start: {(folder / 'orthanc.log').read_text()[-2000:]}") from None
                 time.sleep(0.2)
         yield server
     finally:

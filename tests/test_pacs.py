@@ -106,7 +106,7 @@ def test_parse_pacs(text: str, expected: PacsTarget) -> None:
 @pytest.mark.parametrize("text", ["http://pacs/dicom-web", "dimse://pacs:4242", "dimse://A@pacs", "dicomweb+http://",
                                   "dimse://AVERYLONGAETITLE17@pacs:1"])
 def test_parse_pacs_refuses(text: str) -> None:
-    with pytest.raises(ConfigError, match="--pacs|AE title"):
+    with pytest.raises(ConfigError, match=r"--pacs|AE title"):
         parse_pacs(text)
 
 
@@ -139,3 +139,30 @@ def test_pacs_for_a_raster_is_a_usage_error(tmp_path: Path, capsys: pytest.Captu
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "made only for a DICOM series input" in err[0], err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_dicom_series_is_segmented_and_its_seg_stored_at_the_pacs(orthanc: Orthanc, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """The issue's workflow end to end: a folder of two series, --series, --pacs, confirmed by a query."""
+    import json
+
+    from segflow.cli import main
+
+    from .test_dicom import hu_volume, write_series
+
+    files = write_series(tmp_path / "study" / "a", hu_volume(seed=1), description="arterial", seed=1)
+    write_series(tmp_path / "study" / "b", hu_volume((7, 24, 20), seed=2), description="venous", seed=2)
+    series = str(pydicom.dcmread(files[0]["path"]).SeriesInstanceUID)
+    out = tmp_path / "out"
+    args = ["run", "tile-infer", "--input", str(tmp_path / "study"), "--series", series, "--output", str(out),
+            "--model", "ct-tissue", "--pacs", orthanc.dicomweb]
+    assert main(args) == 0, capsys.readouterr().err
+    summary = capsys.readouterr().out
+    assert "1 instance(s) stored at the PACS (confirmed)" in summary
+    seg = pydicom.dcmread(out / "seg.dcm")
+    assert seg.Modality == "SEG" and seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series
+    assert str(seg.SOPInstanceUID) in orthanc.instances()
+    receipt = json.loads((out / "pacs.json").read_text())
+    assert receipt["instances"] == [str(seg.SOPInstanceUID)] and receipt["target"].startswith("http://127.0.0.1")
+    assert main(args) == 0  # finished and delivered: nothing computed, nothing sent again
+    assert "0 windows evaluated" in capsys.readouterr().out
