@@ -33,20 +33,20 @@ def tile_infer_task(input_path: str, output_dir: str, params: TileInferParams,
 
 @flow(name="segflow-tile-infer", log_prints=False)
 def tile_infer_flow(input_path: str, output_dir: str, model: str | None = None, tile: int | None = None,
-                    overlap: float | None = None, blend: str = "gaussian", chunk: int = 2048, batch: int = 16,
+                    overlap: float | None = None, blend: str = "gaussian", chunk: int | None = None, batch: int = 16,
                     device: str = "auto", save_scores: bool = False,
                     bands: dict[str, int] | None = None, workers: int | None = None,
                     dask_address: str | None = None, series: str | None = None,
-                    pacs: str | None = None) -> dict[str, Any]:
+                    pacs: str | None = None, meshes: bool = False) -> dict[str, Any]:
     """Segment one raster into mask.zarr, labels.tif (COG) and run.json under ``output_dir``.
 
     ``workers`` runs the chunk tasks on a local cluster of that many processes, ``dask_address``
     on a running dask cluster; a re-run after a crash continues the interrupted run. ``series``
     picks one series of a DICOM folder; ``pacs`` delivers its DICOM SEG (see ``segflow run
-    tile-infer --help``).
+    tile-infer --help``); ``meshes`` adds a surface mesh per instance of a volume (``meshes/``).
     """
     params = TileInferParams(model=model, tile=tile, overlap=overlap, blend=blend, chunk=chunk, batch=batch,
-                             device=device, save_scores=save_scores, bands=bands or {}, pacs=pacs)
+                             device=device, save_scores=save_scores, bands=bands or {}, pacs=pacs, meshes=meshes)
     source = dicom_series_name(input_path, series) if series else input_path
     result = tile_infer_task(source, output_dir, params, Execution(workers=workers, address=dask_address))
     get_run_logger().info(result["summary"])

@@ -47,6 +47,9 @@ __all__ = ["DEFAULT_MODEL", "DEFAULT_MODELS", "Execution", "RunResult", "TileInf
 
 DEFAULT_MODEL = "spectral-landcover"
 DEFAULT_MODELS = {2: DEFAULT_MODEL, 3: "ct-tissue"}  # by the input's spatial dimensions
+# processing chunk per axis: 2048² pixels or 256³ voxels hold the blend of a chunk (K float32 sums) in
+# ~100 MB-1 GB for typical class counts, so memory stays bounded whatever the scene or volume size
+DEFAULT_CHUNK = {2: 2048, 3: 256}
 DICOM_SEG = "seg.dcm"
 MODEL_GRID_STORE = "model-grid.zarr"  # in the staging folder only: the engine's store when the model has its own grid
 PACS_RECEIPT = "pacs.json"
@@ -65,18 +68,19 @@ class TileInferParams:
     tile: int | None = None
     overlap: float | None = None
     blend: str = "gaussian"
-    chunk: int = 2048
+    chunk: int | None = None  # None: DEFAULT_CHUNK for the input's dimensions
     batch: int = 16
     device: str = "auto"
     save_scores: bool = False
     bands: Mapping[str, int] = field(default_factory=dict)
     amp: bool = True
     pacs: str | None = None  # deliver seg.dcm there (see segflow.io.pacs.parse_pacs)
+    meshes: bool = False  # volumes: a surface mesh per instance in meshes/ (segflow.io.meshes)
 
     def check(self) -> None:
         if self.blend not in BLEND_MODES:
             raise ConfigError(f"blend must be one of {', '.join(BLEND_MODES)}, got {self.blend!r}")
-        if self.chunk < 1:
+        if self.chunk is not None and self.chunk < 1:
             raise ConfigError(f"chunk must be >= 1 pixel, got {self.chunk}; e.g. --chunk 2048")
         if self.batch < 1:
             raise ConfigError(f"batch must be >= 1 window, got {self.batch}; e.g. --batch 16")
@@ -278,7 +282,8 @@ def _prepare(input_path: InputPaths, params: TileInferParams, execution: Executi
     grid = WindowGrid.create(work.spatial_shape, effective_tile(tile, work.spatial_shape, fixed=spec.fixed_tile),
                              overlap)
     warn_if_oversampled(grid, overlap)
-    chunks = ChunkGrid.create(work.spatial_shape, params.chunk)
+    chunk = params.chunk or DEFAULT_CHUNK[scene.spatial_dims]
+    chunks = ChunkGrid.create(work.spatial_shape, chunk)
     # refuse a missing CUDA device and a window batch that cannot fit before anything is locked or written
     device = params.device if execution.address else str(resolve_device(params.device))
     if not execution.address:
@@ -290,11 +295,11 @@ def _prepare(input_path: InputPaths, params: TileInferParams, execution: Executi
     fingerprint = run_fingerprint(identities, model_id, {**_pixel_parameters(  # scale/offset may sit in a sidecar
         params, grid, chunks, scene.band_names, params.device.strip().lower()), "values": scene.meta.get("values"),
         "source_files": scene.meta.get("identity")})  # a folder's files (a DICOM series) as they are now
-    sinks = sinks_for(scene, spec)
+    sinks = sinks_for(scene, spec, meshes=params.meshes)
     return _Job(params=params, execution=execution, package=package, inputs=inputs,
                 input_path=inputs[spec.sources[0]], scene=scene, grid=grid, chunks=chunks, work=work,
-                grid_map=grid_map, out_chunks=chunks if grid_map is None else ChunkGrid.create(scene.spatial_shape,
-                                                                                               params.chunk),
+                grid_map=grid_map,
+                out_chunks=chunks if grid_map is None else ChunkGrid.create(scene.spatial_shape, chunk),
                 factory=PredictorFactory(package, params.device, params.batch, params.amp, threads), device=device,
                 fingerprint=fingerprint, sinks=sinks,
                 needed_bytes=estimate_bytes(scene.spatial_shape, len(spec.classes), params.save_scores),

@@ -24,8 +24,9 @@ __all__ = ["tile_infer_cmd"]
               help="Fraction of a window shared with its neighbour, 0 <= overlap < 1 (default: the model's).")
 @click.option("--blend", type=click.Choice(["gaussian", "cosine", "constant"]), default="gaussian",
               show_default=True, help="Weights for blending overlapping windows.")
-@click.option("--chunk", type=int, default=2048, show_default=True,
-              help="Processing chunk size in pixels; bounds memory, never changes the result.")
+@click.option("--chunk", type=int, default=None,
+              help="Processing chunk size in pixels (voxels) per axis; bounds memory, never changes the result "
+                   "(default: 2048 for rasters, 256 for volumes).")
 @click.option("--batch", type=int, default=16, show_default=True, help="Windows per forward pass.")
 @device_option(default="auto", help="auto, cpu, cuda or cuda:N.")
 @click.option("--band", "bands", multiple=True, metavar="NAME=N",
@@ -42,11 +43,15 @@ __all__ = ["tile_infer_cmd"]
 @click.option("--pacs", default=None, metavar="TARGET",
               help="Send seg.dcm (DICOM series inputs) to a PACS and confirm it is stored: "
                    "dicomweb+http://host:8042/dicom-web or dimse://AET@host:4242.")
+@click.option("--meshes", is_flag=True,
+              help="Volumes: also a surface mesh per instance of the model's thing classes, in world millimetres "
+                   "(RAS), as binary PLY in meshes/ with meshes/index.csv.")
 @quiet_option(help="No progress bar and no summary line.")
 def tile_infer_cmd(inputs: tuple[str, ...], output_dir: Path, model: str | None, tile: int | None,
-                   overlap: float | None, blend: str, chunk: int, batch: int, device: str, bands: tuple[str, ...],
-                   save_scores: bool, no_amp: bool, workers: int | None, dask_address: str | None,
-                   series: str | None, pacs: str | None, quiet: bool) -> None:
+                   overlap: float | None, blend: str, chunk: int | None, batch: int, device: str,
+                   bands: tuple[str, ...], save_scores: bool, no_amp: bool, workers: int | None,
+                   dask_address: str | None, series: str | None, pacs: str | None, meshes: bool,
+                   quiet: bool) -> None:
     """Segment a raster of any size by overlapping windows into mask.zarr + labels.tif (COG).
 
     Run again after a crash with the same options: only the unfinished chunks are computed.
@@ -56,7 +61,7 @@ def tile_infer_cmd(inputs: tuple[str, ...], output_dir: Path, model: str | None,
 
     params = TileInferParams(model=model, tile=tile, overlap=overlap, blend=blend, chunk=chunk,
                              batch=batch, device=device, save_scores=save_scores,
-                             bands=parse_band_overrides(bands), amp=not no_amp, pacs=pacs)
+                             bands=parse_band_overrides(bands), amp=not no_amp, pacs=pacs, meshes=meshes)
     execution = Execution(workers=workers, address=dask_address)
     with progress_bar(not quiet, "chunk") as progress:
         result = tile_infer(with_series(parse_inputs(inputs), series), output_dir, params, progress=progress,

@@ -64,10 +64,17 @@ class LabelCOGSink:
         return path
 
 
-def sinks_for(scene: Scene, spec: ModelSpec) -> Sequence[Sink]:
+def sinks_for(scene: Scene, spec: ModelSpec, *, meshes: bool = False) -> Sequence[Sink]:
     """The exports a scene gets: chosen by its geometry (raster or volume) and, for exports that
-    go back to where the scene came from (DICOM SEG for a DICOM series), by ``scene.meta["format"]``."""
+    go back to where the scene came from (DICOM SEG for a DICOM series), by ``scene.meta["format"]``.
+
+    ``meshes``: also a surface mesh per instance (``meshes/``, after ``instances.csv``, whose ids it
+    meshes); a 2D raster or a model without a thing class is refused with a ConfigError."""
     geometry = scene.geometry
+    if meshes:
+        from .meshes import MeshesSink  # checks the scene and the model before anything runs
+
+        meshes_sink = MeshesSink.for_scene(scene, spec)
     if isinstance(geometry, RasterGeometry):  # InstancesSink (with polygons) comes to rasters with the GIS issue
         return [LabelCOGSink(geometry, tuple(spec.class_names), tuple(c.color for c in spec.classes))]
     sinks: list[Sink] = []
@@ -82,6 +89,8 @@ def sinks_for(scene: Scene, spec: ModelSpec) -> Sequence[Sink]:
         from .instances_sink import InstancesSink  # instances.csv + the instances array of mask.zarr
 
         sinks.append(InstancesSink(scene, spec))
+    if meshes:
+        sinks.append(meshes_sink)  # reads the instances array the InstancesSink wrote
     return sinks
 
 
