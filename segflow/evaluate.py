@@ -8,7 +8,9 @@ raster's declared nodata in either input are skipped, as are truth values listed
 The prediction may be a tile-infer output directory (its ``labels.tif``), a label GeoTIFF or a
 ``mask.zarr`` group (its ``labels`` array; geometry from the group attributes ``crs`` and
 ``transform``). Both rasters must share one grid: CRS, shape ``(rows, cols)`` and affine
-transform.
+transform. :func:`evaluate_prediction` (behind ``segflow eval``) sends a volume prediction (a 3D
+``mask.zarr``, a volume run folder, a label NIfTI) to :func:`segflow.volume_eval.evaluate_volume`
+(Dice, HD95 and surface Dice in mm) and a raster to :func:`evaluate`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from io import StringIO
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
@@ -39,7 +41,10 @@ from .io.mask_store import MaskStore
 from .labels import LABEL_NODATA
 from .metrics import ConfusionMatrix
 
-__all__ = ["ClassScore", "EvalReport", "LabelRaster", "evaluate", "open_labels"]
+if TYPE_CHECKING:
+    from .volume_eval import VolumeEvalReport
+
+__all__ = ["ClassScore", "EvalReport", "LabelRaster", "evaluate", "evaluate_prediction", "open_labels"]
 
 NODATA = LABEL_NODATA
 _MAX_LABELS = 255  # labels are 0..254; 255 is nodata
@@ -380,3 +385,23 @@ def evaluate(pred: str | os.PathLike[str], truth: str | os.PathLike[str], *,
                          recall=float(recall[i]), support=int(support[i])) for i in range(k)]
     return EvalReport(rows=scores, mean_iou=cm.mean_iou(), pixel_accuracy=cm.pixel_accuracy(), pixels=cm.total,
                       confusion=counts[:k, :k].tolist(), pred=str(p.path), truth=str(t.path))
+
+
+def evaluate_prediction(pred: str | os.PathLike[str], truth: str | os.PathLike[str], *,
+                        class_names: Sequence[str] | None = None, block: int | None = None,
+                        ignore: Sequence[int] = (), tolerance: float | None = None, halo: float | None = None
+                        ) -> EvalReport | VolumeEvalReport:
+    """Score ``pred`` against ``truth``: a volume prediction (3D) by
+    :func:`~segflow.volume_eval.evaluate_volume` (``block`` = chunk side in voxels, default 128;
+    ``tolerance``/``halo`` in mm), a raster by :func:`evaluate` (``block`` default 2048;
+    ``tolerance``/``halo`` refused: surface metrics are for volumes)."""
+    from .volume_eval import evaluate_volume, is_label_volume
+
+    if isinstance(block, bool) or (block is not None and (not isinstance(block, int) or block < 1)):
+        raise ConfigError(f"block={block!r}; expected a positive number of pixels or voxels, e.g. 2048 or 128")
+    if is_label_volume(pred):
+        return evaluate_volume(pred, truth, class_names=class_names, tolerance=tolerance, halo=halo, chunk=block,
+                               ignore=ignore)
+    if tolerance is not None or halo is not None:
+        raise ConfigError(f"a tolerance or halo (mm) applies to volume predictions; {pred} is a raster: leave them out")
+    return evaluate(pred, truth, class_names=class_names, block=2048 if block is None else block, ignore=ignore)
