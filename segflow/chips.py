@@ -2,13 +2,16 @@
 
 A :class:`ChipSource` is one labelled image: a GeoTIFF with a label raster, a GeoTIFF with
 GeoJSON polygons (rasterised per chip on the image grid), a synthetic scene generated block by
-block, or a synthetic volume. ``source.read(start, shape)`` returns a :class:`Chip`: image
+block, a synthetic volume, or a NIfTI image/label pair seen on the model's voxel grid
+(:mod:`segflow.nifti_chips`). ``source.read(start, shape)`` returns a :class:`Chip`: image
 ``(C, *shape)`` float32, labels ``shape`` uint8 (:data:`IGNORE` = unlabelled) and validity
 ``shape`` bool, padded with ignored pixels where the window leaves the source. A raster is never
 read whole: each chip is one windowed read.
 
 :class:`ChipSampler` draws chip positions from a ``numpy.random.Generator`` (deterministic
-under its seed), avoiding the grid cells held out for validation by :func:`hold_out`.
+under its seed), avoiding the grid cells held out for validation by :func:`hold_out`; both live
+in :mod:`segflow.chip_sampling`; :class:`Chip`, :class:`ChipSource` and :func:`source_scene` in
+:mod:`segflow.chip_source`; all are re-exported here.
 Spatial axes are ``(Y, X)`` for rasters and ``(Z, Y, X)`` for volumes; channels come first.
 """
 
@@ -18,11 +21,9 @@ import json
 import math
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import dask.array as da
 import numpy as np
 import numpy.typing as npt
 import rasterio
@@ -34,10 +35,12 @@ from rasterio.warp import transform_geom
 from rasterio.windows import Window
 
 from . import georef, synthetic, synthetic_volume
+from .chip_sampling import ChipSampler, Holdout, grid_cells, hold_out
+from .chip_source import IGNORE, Chip, ChipSource, Start, source_scene
 from .errors import ConfigError, InputError
 from .georef import PixelGrid
-from .scene import Scene
-from .train_config import IGNORE_INDEX, DataConfig, ModelConfig
+from .nifti_chips import VolumeTarget, nifti_sources
+from .train_config import DataConfig, ModelConfig
 
 __all__ = [
     "IGNORE",
@@ -55,20 +58,6 @@ __all__ = [
     "source_scene",
 ]
 
-IGNORE = IGNORE_INDEX
-"""Label of pixels that carry no label (nodata, unlabelled, padding)."""
-
-Start = tuple[int, ...]
-
-
-class Chip(NamedTuple):
-    """One chip: ``image`` ``(C, *shape)`` float32, ``labels`` ``shape`` uint8, ``valid`` ``shape`` bool."""
-
-    image: npt.NDArray[np.float32]
-    labels: npt.NDArray[np.uint8]
-    valid: npt.NDArray[np.bool_]
-
-
 def _class_table(source_names: Sequence[str], model_names: Sequence[str], what: str) -> npt.NDArray[np.uint8]:
     """Lookup table from source label values to model class indices (unknown names -> class 0)."""
     table = np.zeros(256, dtype=np.uint8)
@@ -82,53 +71,6 @@ def _class_table(source_names: Sequence[str], model_names: Sequence[str], what: 
             "rename the model classes"
         )
     return table
-
-
-class ChipSource:
-    """Base of every source: a labelled image with ``spatial_shape`` and ``num_bands`` channels."""
-
-    spatial_shape: tuple[int, ...]
-    num_bands: int
-    description: str
-
-    def read_inside(self, start: Start, shape: tuple[int, ...]) -> Chip:
-        """Read a box that lies inside the source (subclasses implement this)."""
-        raise NotImplementedError
-
-    def read(self, start: Start, shape: tuple[int, ...]) -> Chip:
-        """Read the box ``[start, start + shape)``; parts outside the source are padded as ignored.
-
-        Parameters
-        ----------
-        start : tuple of int
-            First pixel of the box, one value per spatial axis (may be beyond the source).
-        shape : tuple of int
-            Box size per spatial axis.
-
-        Returns
-        -------
-        Chip
-            ``image`` ``(C, *shape)`` float32 (0 where padded), ``labels`` ``shape`` uint8
-            (:data:`IGNORE` where padded or unlabelled), ``valid`` ``shape`` bool.
-        """
-        lo = [max(0, s) for s in start]
-        hi = [min(s + n, size) for s, n, size in zip(start, shape, self.spatial_shape, strict=True)]
-        inside = all(a == s for a, s in zip(lo, start, strict=True))
-        if inside and all(h - s == n for h, s, n in zip(hi, start, shape, strict=True)):
-            return self.read_inside(tuple(start), tuple(shape))
-        image = np.zeros((self.num_bands, *shape), dtype=np.float32)
-        labels = np.full(shape, IGNORE, dtype=np.uint8)
-        valid = np.zeros(shape, dtype=bool)
-        if all(h > a for a, h in zip(lo, hi, strict=True)):
-            inner = self.read_inside(tuple(lo), tuple(h - a for a, h in zip(lo, hi, strict=True)))
-            where = tuple(slice(a - s, h - s) for a, h, s in zip(lo, hi, start, strict=True))
-            image[(slice(None), *where)] = inner.image
-            labels[where] = inner.labels
-            valid[where] = inner.valid
-        return Chip(image, labels, valid)
-
-    def close(self) -> None:
-        """Release open files (a source can still be read afterwards; files reopen on demand)."""
 
 
 class _Handles:
@@ -426,8 +368,13 @@ def _synthetic_shape(size: int | list[int], dims: int) -> tuple[int, ...]:
     return (size,) * dims if isinstance(size, int) else tuple(size) * (dims if len(size) == 1 else 1)
 
 
-def build_sources(data: DataConfig, model: ModelConfig) -> list[ChipSource]:
-    """Every labelled source of ``data``, in config order: pairs, vectors, then synthetic items.
+def build_sources(data: DataConfig, model: ModelConfig, target: VolumeTarget | None = None) -> list[ChipSource]:
+    """Every labelled source of ``data``, in config order: pairs, vectors, NIfTI pairs, then synthetic items.
+
+    NIfTI pairs are seen on the model grid ``target`` (spacing and orientation; by default the
+    one :func:`segflow.nifti_chips.resolve_target` gives for these pairs): pass the training
+    data's target when building validation or test sources. Synthetic volumes have no
+    geometry: their voxels are taken as voxels of the model grid.
 
     Raises
     ------
@@ -442,6 +389,8 @@ def build_sources(data: DataConfig, model: ModelConfig) -> list[ChipSource]:
     for vector in data.vectors:
         sources.append(VectorSource(vector.image, vector.labels, bands, names, key=vector.property,
                                     crs=vector.crs, all_touched=vector.all_touched))
+    if data.nifti:
+        sources.extend(nifti_sources(data.nifti, model, target))
     spec = data.synthetic
     if spec is not None:
         shape = _synthetic_shape(spec.size, model.spatial_dims)
@@ -455,134 +404,3 @@ def build_sources(data: DataConfig, model: ModelConfig) -> list[ChipSource]:
                 sources.append(VolumeSource(image, table[truth],
                                             f"synthetic volume seed {spec.seed + k}, {'x'.join(map(str, shape))} vox"))
     return sources
-
-
-# --------------------------------------------------------------------------- hold-out and sampling
-
-
-def grid_cells(shape: tuple[int, ...], chip: tuple[int, ...]) -> tuple[int, ...]:
-    """Number of whole chip-sized cells along each axis (at least 1)."""
-    return tuple(max(1, s // c) for s, c in zip(shape, chip, strict=True))
-
-
-@dataclass(frozen=True)
-class Holdout:
-    """Grid cells (chip-sized, aligned to multiples of the chip) held out for validation.
-
-    ``masks[i]`` is a bool array over source ``i``'s cell grid; True = held out.
-    """
-
-    chip: tuple[int, ...]
-    masks: tuple[np.ndarray, ...]
-
-    def overlaps(self, source: int, start: Start) -> bool:
-        """Whether the chip at ``start`` in ``source`` touches a held-out cell."""
-        mask = self.masks[source]
-        index = []
-        for s, c, n in zip(start, self.chip, mask.shape, strict=True):
-            index.append(slice(min(s // c, n), min((s + c - 1) // c + 1, n)))
-        return bool(mask[tuple(index)].any())
-
-    def cells(self) -> list[tuple[int, Start]]:
-        """Every held-out cell as ``(source index, start)``, in source and raster order."""
-        out = []
-        for i, mask in enumerate(self.masks):
-            for idx in np.argwhere(mask):
-                out.append((i, tuple(int(k) * c for k, c in zip(idx, self.chip, strict=True))))
-        return out
-
-
-def hold_out(sources: Sequence[ChipSource], chip: tuple[int, ...], fraction: float,
-             rng: np.random.Generator) -> Holdout:
-    """Hold out ``fraction`` of all chip-sized grid cells (at least one), chosen by ``rng``.
-
-    Raises
-    ------
-    ConfigError
-        If the sources hold fewer than two cells (nothing would be left to train on).
-    """
-    grids = [grid_cells(s.spatial_shape, chip) for s in sources]
-    sizes = [math.prod(g) for g in grids]
-    total = sum(sizes)
-    if total < 2:
-        raise ConfigError(
-            f"the training data holds {total} chip(s) of {chip}: too few to hold out validation chips; "
-            "give validation data of its own (validation.pairs/synthetic) or a smaller model.chip"
-        )
-    count = min(total - 1, max(1, round(fraction * total)))
-    chosen = np.zeros(total, dtype=bool)
-    chosen[rng.choice(total, size=count, replace=False)] = True
-    masks, offset = [], 0
-    for grid, size in zip(grids, sizes, strict=True):
-        masks.append(chosen[offset : offset + size].reshape(grid))
-        offset += size
-    return Holdout(chip, tuple(masks))
-
-
-class ChipSampler:
-    """Random chip positions over several sources, avoiding held-out cells.
-
-    A source is picked with probability proportional to its pixel count, then a start position
-    uniformly (whole chip inside the source when it is large enough). Positions that touch a
-    held-out cell are redrawn; after ``tries`` misses a free grid cell is taken instead.
-    """
-
-    def __init__(self, sources: Sequence[ChipSource], chip: tuple[int, ...], holdout: Holdout | None = None,
-                 tries: int = 32):
-        if not sources:
-            raise ConfigError("no training data: the config's data section yields no source; add pairs or synthetic")
-        self.sources, self.chip, self.holdout, self.tries = list(sources), chip, holdout, tries
-        sizes = np.array([math.prod(s.spatial_shape) for s in self.sources], dtype=np.float64)
-        self.weights = sizes / sizes.sum()
-        free = [] if holdout is None else [(i, idx) for i, m in enumerate(holdout.masks) for idx in np.argwhere(~m)]
-        if holdout is not None and not free:
-            raise ConfigError("every training cell is held out for validation; lower validation.fraction")
-        self.free = free
-
-    def sample(self, rng: np.random.Generator) -> tuple[int, Start]:
-        """Draw ``(source index, start)`` from ``rng``."""
-        for _ in range(self.tries):
-            i = int(rng.choice(len(self.sources), p=self.weights))
-            shape = self.sources[i].spatial_shape
-            start = tuple(int(rng.integers(0, max(0, s - c) + 1)) for s, c in zip(shape, self.chip, strict=True))
-            if self.holdout is None or not self.holdout.overlaps(i, start):
-                return i, start
-        i, idx = self.free[int(rng.integers(len(self.free)))]
-        return i, tuple(int(k) * c for k, c in zip(idx, self.chip, strict=True))
-
-
-# --------------------------------------------------------------------------- sources as lazy scenes
-
-
-class _SourceArray:
-    """Array-like over a source for dask: ``[c, *spatial slices]`` reads one box (image or validity)."""
-
-    def __init__(self, source: ChipSource, part: str):
-        self.source, self.part = source, part
-        spatial = source.spatial_shape
-        self.shape = (source.num_bands, *spatial) if part == "image" else spatial
-        self.dtype = np.dtype(np.float32 if part == "image" else bool)
-        self.ndim = len(self.shape)
-
-    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
-        spatial = key[-len(self.source.spatial_shape):]
-        start = tuple(int(k.start or 0) for k in spatial)
-        stop = tuple(int(s if k.stop is None else k.stop) for k, s in zip(spatial, self.source.spatial_shape,
-                                                                           strict=True))
-        chip = self.source.read(start, tuple(b - a for a, b in zip(start, stop, strict=True)))
-        if self.part == "image":
-            return chip.image[key[0]] if len(key) > len(spatial) else chip.image
-        return chip.valid
-
-
-def source_scene(source: ChipSource, chunk: int = 1024) -> Scene:
-    """A lazy :class:`~segflow.scene.Scene` over a source's image (read chunk by chunk)."""
-    dims = len(source.spatial_shape)
-    chunks = tuple(min(chunk, s) for s in source.spatial_shape)
-    data = da.from_array(_SourceArray(source, "image"), chunks=(source.num_bands, *chunks), asarray=True,
-                         lock=False, meta=np.empty((0,) * (dims + 1), dtype=np.float32))
-    mask = da.from_array(_SourceArray(source, "valid"), chunks=chunks, asarray=True, lock=False,
-                         meta=np.empty((0,) * dims, dtype=bool))
-    names = tuple(f"band{i + 1}" for i in range(source.num_bands))
-    return Scene(data=data, axes="CYX" if dims == 2 else "CZYX", band_names=names, mask=mask,
-                 source=source.description)

@@ -36,7 +36,7 @@ from .labels import LABEL_NODATA
 from .scene import Scene
 from .tiling import Box, ChunkGrid
 
-__all__ = ["GridMap", "model_grid", "model_scene", "scores_to_source", "to_input_grid"]
+__all__ = ["GridMap", "model_grid", "model_scene", "read_model_box", "scores_to_source", "to_input_grid"]
 
 _TOLERANCE = 1e-3  # relative difference of spacing below which no resampling is done
 
@@ -195,6 +195,26 @@ def _read_valid(scene: Scene, grid: GridMap, box: Box) -> np.ndarray:
     if valid is None:
         return np.ones(box.shape, dtype=bool)
     return _sample(valid, region_box, grid.axis, coords, order=0)
+
+
+def read_model_box(scene: Scene, grid: GridMap, box: Box, *, labels: bool = False
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read one model-grid ``box`` of ``scene``, reading only the input region it needs (one read).
+
+    Intensities (``labels`` False) are interpolated linearly as :func:`model_scene` does
+    (float32, NaN as 0); a label volume (``labels`` True) is sampled by nearest neighbour, so
+    every value is one the input holds, in the input's dtype. Returns ``(C, *box.shape)`` data
+    and the validity ``box.shape`` by nearest neighbour (None when every input voxel is valid).
+    The region read is the box's input extent plus one voxel on each side.
+    """
+    region_box, coords = _source_box(grid, box, margin=1)
+    data, valid = scene.read(region_box)
+    if labels:
+        out = np.stack([_sample(c, region_box, grid.axis, coords, order=0) for c in data])
+    else:
+        data = np.nan_to_num(data.astype(np.float32, copy=False))
+        out = np.stack([_sample(c, region_box, grid.axis, coords, order=1) for c in data]).astype(np.float32)
+    return out, None if valid is None else _sample(valid, region_box, grid.axis, coords, order=0)
 
 
 def scores_to_source(grid: GridMap, read_scores: Callable[[Box], np.ndarray], box: Box,

@@ -37,6 +37,7 @@ from .io.atomic import atomic_path, atomic_write_text
 from .losses import build_loss
 from .models.arch import build_architecture
 from .models.package import Normalization
+from .nifti_chips import VolumeTarget, target_of
 from .normalize import normalize_array
 from .predict import resolve_device
 from .train_config import TrainConfig
@@ -163,6 +164,7 @@ class _Data:
     val_sources: list[ChipSource]
     val_description: str
     augment: AugmentParams = field(default_factory=AugmentParams)
+    target: VolumeTarget | None = None  # the model grid NIfTI pairs are seen on
 
     def chip(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
         """Training chip ``index`` of ``epoch``: normalised, augmented image and labels."""
@@ -216,7 +218,8 @@ def _configured_normalization(config: TrainConfig) -> Normalization | None:
     return Normalization(mode="none")
 
 
-def _validation_cells(config: TrainConfig, sources: list[ChipSource]) -> tuple[list[ChipSource], Any, list[Any]]:
+def _validation_cells(config: TrainConfig, sources: list[ChipSource], target: VolumeTarget | None
+                      ) -> tuple[list[ChipSource], Any, list[Any]]:
     """Validation sources, the training hold-out (or None) and the validation cells ``(source, start)``."""
     chip = config.model.chip_shape
     rng = np.random.default_rng([config.seed, 2])
@@ -225,7 +228,7 @@ def _validation_cells(config: TrainConfig, sources: list[ChipSource]) -> tuple[l
         val_sources, cells = sources, holdout.cells()
     else:
         holdout = None
-        val_sources = build_sources(config.validation, config.model)
+        val_sources = build_sources(config.validation, config.model, target)
         cells = []
         for i, source in enumerate(val_sources):
             for idx in np.ndindex(*grid_cells(source.spatial_shape, chip)):
@@ -245,9 +248,12 @@ def _describe(sources: list[ChipSource], limit: int = 6) -> str:
 
 def _prepare_data(config: TrainConfig, normalization: Normalization | None) -> _Data:
     sources = build_sources(config.data, config.model)
-    val_sources, holdout, cells = _validation_cells(config, sources)
+    target = target_of(sources)
+    val_sources, holdout, cells = _validation_cells(config, sources, target)
+    target = target or target_of(val_sources)
     try:
-        sampler = ChipSampler(sources, config.model.chip_shape, holdout)
+        _check_rotations(config, target)
+        sampler = ChipSampler(sources, config.model.chip_shape, holdout, foreground=config.sampling.foreground)
         norm = normalization or _configured_normalization(config)
         if norm is None:
             norm = _compute_stats(sources, sampler, config.model.chip_shape, config.seed)
@@ -266,7 +272,17 @@ def _prepare_data(config: TrainConfig, normalization: Normalization | None) -> _
     a = config.augment
     return _Data(config, sources, sampler, norm, torch.from_numpy(np.stack(images)),
                  torch.from_numpy(np.stack(labels)), val_sources if holdout is None else [], where,
-                 AugmentParams(flips=a.flips, rot90=a.rot90, gain=a.gain, offset=a.offset, noise=a.noise))
+                 AugmentParams(flips=a.flips, rot90=a.rot90, gain=a.gain, offset=a.offset, noise=a.noise), target)
+
+
+def _check_rotations(config: TrainConfig, target: VolumeTarget | None) -> None:
+    """Refuse 90° in-plane rotations on a model grid whose voxels are not square in (y, x): they would distort."""
+    if target is None or not config.augment.rot90:
+        return
+    dy, dx = target.spacing[1], target.spacing[2]
+    if abs(dy - dx) > 0.01 * max(dy, dx):
+        raise ConfigError(f"augment.rot90 would turn the model grid's {dy:g} x {dx:g} mm (y, x) voxels by 90 degrees "
+                          "and distort the anatomy; set augment.rot90: false or a model.spacing with dy == dx")
 
 
 def _batches(data: _Data, epoch: int, steps: int, pool: ThreadPoolExecutor) -> Iterator[tuple[torch.Tensor, ...]]:
@@ -531,24 +547,28 @@ def _export(config: TrainConfig, run: _Run, data: _Data, command: str | None) ->
     epoch = run.best_epoch if config.export == "best" and run.best_state is not None else run.epoch
     state = run.best_state if epoch == run.best_epoch and run.best_state is not None else _cpu_state(run.model)
     validation = next(r.validation for r in run.history if r.epoch == epoch)
-    spec = validate_contract(package_contract(config, data.normalization, config.model.description))
+    spec = validate_contract(package_contract(config, data.normalization, config.model.description, data.target))
     test, test_text = None, ""
     if config.test is not None and not config.test.empty:
-        sources = build_sources(config.test, config.model)
+        sources = build_sources(config.test, config.model, data.target)
         try:
             test_text = _test_text(config, sources)
             test = evaluate_sliding_window(build_network(spec, state), spec, sources, device=config.device,
-                                           batch_size=config.batch_size)
+                                           batch_size=config.batch_size,  # volumes: 256³ chunks, not whole
+                                           chunk=256 if config.model.spatial_dims == 3 else 2048)
         finally:
             for source in sources:
                 source.close()
     quality = _quality_sentence(validation, epoch, test, test_text)
     description = f"{config.model.description.strip()} {quality}".strip()
-    contract = package_contract(config, data.normalization, description)
+    contract = package_contract(config, data.normalization, description, data.target)
     spec = validate_contract(contract)
     kinds = [c.kind for c in spec.classes]
     sections = {
-        "Training data": f"Training chips from:\n{_describe(data.sources)}\n\nValidation: {data.val_description}.",
+        "Training data": f"Training chips from:\n{_describe(data.sources)}\n\nValidation: {data.val_description}."
+        + (f"\n\nModel grid: voxel spacing (dz, dy, dx) {list(data.target.spacing)} mm ({data.target.origin}), "
+           f"orientation {data.target.orientation}; every NIfTI volume is resampled to it (images linearly, labels "
+           "by nearest neighbour), as tile-infer does." if data.target is not None else ""),
         "Training": _training_section(config, run, data, command),
         "Measured quality": f"Validation chips, exported weights (epoch {epoch}):\n\n{metrics_table(validation, kinds)}"
         + (f"\n\nSliding window (tile {spec.tile_shape}, overlap {spec.overlap}, gaussian blending, as tile-infer "

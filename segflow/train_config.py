@@ -23,13 +23,17 @@ data source has a default)::
       classes:
         - {name: background, kind: stuff, color: [0, 0, 0]}
         - {name: building, kind: thing, color: [220, 60, 60]}
-    data:                                 # any mix of the three kinds of source
-      pairs: [{image: a.tif, labels: a_labels.tif}]
+      spacing: null                       # 3D: model-grid voxel (dz, dy, dx) mm; default: median of data.nifti
+      orientation: null                   # 3D: axis codes of voxel x, y, z; default RAS with data.nifti
+    data:                                 # any mix of the kinds of source (2D: pairs, vectors, scenes;
+      pairs: [{image: a.tif, labels: a_labels.tif}]            # 3D: nifti, volumes)
       vectors: [{image: b.tif, labels: b.geojson, property: class}]
+      nifti: [{image: "imagesTr/*_0000.nii.gz", labels: "labelsTr/*.nii.gz"}]  # or plain paths
       synthetic: {kind: scenes, count: 4, size: 2048, seed: 0}
     validation: {fraction: 0.1, chips: 64}  # or pairs / vectors / synthetic of its own
     test: {synthetic: {kind: scenes, count: 1, size: 2048, seed: 900}}  # optional, sliding window
     augment: {flips: true, rot90: true, gain: 0.1, offset: 0.1, noise: 0.03}
+    sampling: {foreground: 0.33}          # fraction of chips centred on a foreground voxel (NIfTI pairs)
     loss: ce                              # segflow.losses.build_loss spec: name or {name: ..., options}
     class_weights: [1.0, 2.0]             # optional per-class pixel weights, for any loss
     optimizer: {lr: 0.001, weight_decay: 0.0001, schedule: cosine}
@@ -62,9 +66,11 @@ __all__ = [
     "BandConfig",
     "DataConfig",
     "ModelConfig",
+    "NiftiConfig",
     "NormalizationConfig",
     "OptimizerConfig",
     "PairConfig",
+    "SamplingConfig",
     "SyntheticConfig",
     "TrainConfig",
     "ValidationConfig",
@@ -141,10 +147,13 @@ class ModelConfig(_Strict):
     overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
     classes: list[ClassSpec] = Field(min_length=2, max_length=MAX_CLASSES)
     pixel_size: list[float] | None = None
+    spacing: list[float] | None = None
+    orientation: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
         _spatial(self.chip, self.spatial_dims, "chip")
+        _check_model_grid(self)
         if self.tile is not None:
             _spatial(self.tile, self.spatial_dims, "tile")
         names = [b.name.lower() for b in self.bands]
@@ -173,6 +182,22 @@ class ModelConfig(_Strict):
         return tuple(c.name for c in self.classes)
 
 
+def _check_model_grid(model: ModelConfig) -> None:
+    """``spacing`` (dz, dy, dx) mm and ``orientation`` (axis codes of voxel x, y, z) are 3D-only and well formed."""
+    if model.spatial_dims != 3 and (model.spacing is not None or model.orientation is not None):
+        raise ValueError("spacing and orientation are for volumes (spatial_dims 3); remove them")
+    if model.spacing is not None and (len(model.spacing) != 3 or not all(math.isfinite(s) and s > 0
+                                                                          for s in model.spacing)):
+        raise ValueError(f"spacing must be 3 positive voxel sizes (dz, dy, dx) in mm, got {model.spacing}")
+    code = model.orientation
+    if code is not None and sorted(_AXIS_OF.get(c, "?") for c in code) != ["LR", "PA", "SI"]:
+        raise ValueError(f"orientation must be 3 letters, one of R/L, A/P and S/I each, giving the world direction "
+                         f"of voxel +x, +y, +z (e.g. RAS, LPS), got {code!r}")
+
+
+_AXIS_OF = {"R": "LR", "L": "LR", "A": "PA", "P": "PA", "S": "SI", "I": "SI"}
+
+
 class PairConfig(_Strict):
     """An image GeoTIFF and its ``uint8`` label raster on the same grid (255 = unlabelled)."""
 
@@ -188,6 +213,23 @@ class VectorConfig(_Strict):
     property: str = "class"
     crs: str | None = None
     all_touched: bool = False
+
+
+class NiftiConfig(_Strict):
+    """A NIfTI image and its label volume on the same voxel grid (shape and affine); labels are
+    integer class ids, 255 = unlabelled. ``image`` may be a pattern with one ``*`` (e.g.
+    ``imagesTr/*_0000.nii.gz``); ``labels`` then has one ``*`` too, standing for the text the
+    image's ``*`` matched (``labelsTr/*.nii.gz``). No other character is a wildcard."""
+
+    image: str = Field(min_length=1)
+    labels: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> NiftiConfig:
+        if self.image.count("*") > 1 or self.labels.count("*") != self.image.count("*"):
+            raise ValueError(f"image {self.image!r} and labels {self.labels!r} must both be paths, or both patterns "
+                             "with one '*' (the labels' '*' stands for what the image's matched)")
+        return self
 
 
 class SyntheticConfig(_Strict):
@@ -209,15 +251,16 @@ class SyntheticConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    """Sources of labelled chips: raster pairs, vector labels and/or synthetic data."""
+    """Sources of labelled chips: raster pairs, vector labels, NIfTI pairs and/or synthetic data."""
 
     pairs: list[PairConfig] = Field(default_factory=list)
     vectors: list[VectorConfig] = Field(default_factory=list)
+    nifti: list[NiftiConfig] = Field(default_factory=list)
     synthetic: SyntheticConfig | None = None
 
     @property
     def empty(self) -> bool:
-        return not self.pairs and not self.vectors and self.synthetic is None
+        return not self.pairs and not self.vectors and not self.nifti and self.synthetic is None
 
 
 class ValidationConfig(DataConfig):
@@ -235,6 +278,15 @@ class AugmentConfig(_Strict):
     gain: float = Field(default=0.1, ge=0.0, lt=1.0)
     offset: float = Field(default=0.1, ge=0.0, lt=10.0)
     noise: float = Field(default=0.03, ge=0.0, lt=10.0)
+
+
+class SamplingConfig(_Strict):
+    """Where training chips are placed (see :mod:`segflow.chip_sampling`): ``foreground`` is the
+    fraction of chips centred on a voxel of a foreground class (class-balanced; nnU-Net uses
+    0.33), for sources that record where their classes are (NIfTI pairs); the rest, and every
+    chip of other sources, are placed uniformly."""
+
+    foreground: float = Field(default=0.33, ge=0.0, le=1.0)
 
 
 class OptimizerConfig(_Strict):
@@ -255,6 +307,7 @@ class TrainConfig(_Strict):
     validation: ValidationConfig = ValidationConfig()
     test: DataConfig | None = None
     augment: AugmentConfig = AugmentConfig()
+    sampling: SamplingConfig = SamplingConfig()
     loss: str | dict[str, Any] = "ce"
     class_weights: list[float] | None = None
     optimizer: OptimizerConfig = OptimizerConfig()
@@ -272,11 +325,15 @@ class TrainConfig(_Strict):
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         if self.data.empty:
-            raise ValueError("data has no source: give pairs, vectors or synthetic")
+            raise ValueError("data has no source: give pairs, vectors, nifti or synthetic")
         _check_sources(self.data, self.model, "data")
         _check_sources(self.validation, self.model, "validation")
         if self.test is not None:
             _check_sources(self.test, self.model, "test")
+        if self.model.spacing is None and not self.data.nifti and (
+                self.validation.nifti or (self.test is not None and self.test.nifti)):
+            raise ValueError("NIfTI validation/test data needs model.spacing when the training data has no NIfTI "
+                             "pairs to take the median spacing from; give model.spacing: [dz, dy, dx] in mm")
         if self.validation.empty and self.validation.fraction == 0:
             raise ValueError("validation needs a fraction > 0 or sources of its own (pairs, vectors, synthetic)")
         if self.class_weights is not None:
@@ -298,7 +355,10 @@ class TrainConfig(_Strict):
 def _check_sources(data: DataConfig, model: ModelConfig, where: str) -> None:
     dims = model.spatial_dims
     if dims == 3 and (data.pairs or data.vectors):
-        raise ValueError(f"{where}: raster pairs and vector labels are 2D; a 3D model trains on synthetic volumes")
+        raise ValueError(f"{where}: raster pairs and vector labels are 2D; a 3D model trains on NIfTI pairs "
+                         "(nifti) or synthetic volumes")
+    if dims == 2 and data.nifti:
+        raise ValueError(f"{where}.nifti: NIfTI pairs are volumes; set model.spatial_dims: 3 to train on them")
     if data.synthetic is None:
         return
     kind = data.synthetic.kind

@@ -26,6 +26,7 @@ from .errors import ConfigError, OutputError
 from .io.atomic import atomic_path
 from .models.arch import build_architecture
 from .models.package import ModelSpec, Normalization
+from .nifti_chips import VolumeTarget
 from .train_config import TrainConfig
 from .train_eval import Metrics
 
@@ -67,9 +68,22 @@ def _tile(shape: Sequence[int]) -> int | list[int]:
     return int(shape[0]) if len(set(shape)) == 1 else [int(s) for s in shape]
 
 
-def package_contract(config: TrainConfig, normalization: Normalization, description: str) -> dict[str, Any]:
-    """The ``model.yaml`` content of the trained model, as plain data (keys in file order)."""
+def _uses_nifti(config: TrainConfig) -> bool:
+    return any(d is not None and d.nifti for d in (config.data, config.validation, config.test))
+
+
+def package_contract(config: TrainConfig, normalization: Normalization, description: str,
+                     target: VolumeTarget | None = None) -> dict[str, Any]:
+    """The ``model.yaml`` content of the trained model, as plain data (keys in file order).
+
+    A 3D model records the model grid it was trained on: ``target`` (the spacing and orientation
+    NIfTI pairs were resampled to), else ``model.spacing``/``model.orientation`` when given, so
+    that inference resamples every volume to it. Trained on NIfTI, it takes ``scaled`` values
+    (nibabel's ``get_fdata``, as its chips were read); else the stored values (``raw``).
+    """
     model = config.model
+    spacing = list(target.spacing) if target is not None else model.spacing
+    orientation = target.orientation if target is not None else model.orientation
     norm: dict[str, Any] = {"mode": normalization.mode}
     if normalization.mode == "meanstd":
         norm.update(mean=normalization.mean, std=normalization.std)
@@ -86,13 +100,16 @@ def package_contract(config: TrainConfig, normalization: Normalization, descript
         "input": {
             "bands": [{"name": b.name, "index": b.index} if b.index else {"name": b.name} for b in model.bands],
             "normalization": norm,
-            "values": "raw",  # chips are read as stored values, without the rasters' scale/offset
+            # rasters' chips are read as stored values, without their scale/offset; NIfTI chips scaled
+            "values": "scaled" if _uses_nifti(config) else "raw",
         },
         "tile": _tile(model.tile_shape),
         "overlap": model.overlap,
         "output": {"activation": "softmax"},
         "classes": [c.model_dump(exclude_none=True) for c in model.classes],
         "pixel_size": model.pixel_size,
+        "spacing": spacing,
+        "orientation": orientation,
     }
     return plain({k: v for k, v in raw.items() if v is not None})
 
@@ -196,6 +213,9 @@ def readme_text(spec: ModelSpec, sections: Mapping[str, str]) -> str:
         f"- input bands: {bands}",
         f"- normalization: {norm_text}",
         f"- tile {spec.tile_shape}, overlap {spec.overlap}, output {spec.output.activation}",
+        *([f"- model grid: voxel spacing (dz, dy, dx) {list(spec.spacing) if spec.spacing else 'as the input'} mm, "
+           f"orientation {spec.orientation or 'as the input'} (inputs are resampled to it)"]
+          if spec.spacing is not None or spec.orientation is not None else []),
         f"- weights: `{spec.weights}` (safetensors state dict)",
         f"- license: {spec.license or 'not stated'}",
         "",

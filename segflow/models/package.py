@@ -208,8 +208,9 @@ class ModelSpec(_Strict):
     ``orientation`` the world direction toward which voxel x, y and z grow (arrays are ``(z, y,
     x)``), three letters in nibabel's ``aff2axcodes`` convention over ``(x, y, z)``: ``RAS`` (x grows
     toward the patient's Right, y toward Anterior, z toward Superior) is nibabel's canonical
-    orientation, ``LPS`` that of a DICOM axial series. Both optional; the engine does not
-    resample to them (yet).
+    orientation, ``LPS`` that of a DICOM axial series. Both optional; when given, every input
+    volume is seen on that grid for inference and its labels brought back onto the input's grid
+    (:mod:`segflow.resample`).
     """
 
     name: str = Field(min_length=1)
