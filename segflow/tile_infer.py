@@ -47,9 +47,9 @@ __all__ = ["DEFAULT_MODEL", "DEFAULT_MODELS", "Execution", "RunResult", "TileInf
 
 DEFAULT_MODEL = "spectral-landcover"
 DEFAULT_MODELS = {2: DEFAULT_MODEL, 3: "ct-tissue"}  # by the input's spatial dimensions
-# processing chunk per axis: 2048² pixels or 256³ voxels hold the blend of a chunk (K float32 sums) in
+# processing chunk per axis: 2048² pixels or 128³ voxels hold the blend of a chunk (K float32 sums) in
 # ~100 MB-1 GB for typical class counts, so memory stays bounded whatever the scene or volume size
-DEFAULT_CHUNK = {2: 2048, 3: 256}
+DEFAULT_CHUNK = {2: 2048, 3: 128}
 DICOM_SEG = "seg.dcm"
 MODEL_GRID_STORE = "model-grid.zarr"  # in the staging folder only: the engine's store when the model has its own grid
 PACS_RECEIPT = "pacs.json"

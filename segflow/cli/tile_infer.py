@@ -26,7 +26,7 @@ __all__ = ["tile_infer_cmd"]
               show_default=True, help="Weights for blending overlapping windows.")
 @click.option("--chunk", type=int, default=None,
               help="Processing chunk size in pixels (voxels) per axis; bounds memory, never changes the result "
-                   "(default: 2048 for rasters, 256 for volumes).")
+                   "(default: 2048 for rasters, 128 for volumes).")
 @click.option("--batch", type=int, default=16, show_default=True, help="Windows per forward pass.")
 @device_option(default="auto", help="auto, cpu, cuda or cuda:N.")
 @click.option("--band", "bands", multiple=True, metavar="NAME=N",
