@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench mutate clean
 
 $(VENV)/.segflow-installed: pyproject.toml scripts/setup.sh
 	VENV=$(VENV) bash scripts/setup.sh
@@ -17,11 +17,38 @@ lint: setup
 	$(BIN)/ruff check segflow pipelines tests benchmarks
 	$(BIN)/mypy
 
+# Line and branch coverage of the library, printed after the tests (a report, not a gate). It slows
+# pure-Python tests 1.5-3x; `make test COV=` runs without it.
+COV ?= --cov=segflow --cov-branch --cov-report=term-missing:skip-covered
+
 test: lint
-	$(BIN)/python -m pytest -q -rs -p no:cacheprovider
+	$(BIN)/python -m pytest -q -rs -p no:cacheprovider $(COV)
 
 bench: setup
 	$(BIN)/python benchmarks/bench_tile_infer.py
 
+# Mutation testing, run like a benchmark (too slow for every CI run): mutmut mutates the modules that
+# decide what users get ([tool.mutmut] only_mutate in pyproject.toml) and runs, for each mutant, the
+# tests of MUTATE_TESTS that call the mutated function. Results accumulate in mutants/: a later full
+# run checks only mutants of changed functions (naming a subset in MUTATE_MODULES re-checks all of
+# its mutants). MUTATE_TIME (seconds) stops the run early: the rest stays "not checked". The report,
+# with the machine and the date, goes to MUTATE_REPORT. E.g.
+#   make mutate MUTATE_MODULES=segflow/tiling.py MUTATE_TESTS="tests/test_tiling.py tests/test_stitch.py"
+MUTATE_ALL = $(shell $(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["tool"]["mutmut"]["only_mutate"])')
+MUTATE_MODULES ?= $(MUTATE_ALL)
+EVERY_TEST_FILE = $(wildcard tests/test_*.py tests/*/test_*.py)
+MUTATE_TESTS ?= $(EVERY_TEST_FILE)
+MUTATE_JOBS ?= $(shell nproc)
+MUTATE_TIME ?=
+MUTATE_REPORT ?= benchmarks/results/mutation.md
+MUTATE_NAMES = $(if $(filter-out $(MUTATE_MODULES),$(MUTATE_ALL)),$(foreach m,$(MUTATE_MODULES),'$(subst /,.,$(m:.py=)).*'))
+
+mutate: setup
+	-PYTEST_ADDOPTS="$(addprefix --ignore=,$(filter-out $(MUTATE_TESTS),$(EVERY_TEST_FILE)))" \
+		nice -n 19 $(if $(MUTATE_TIME),timeout -s INT $(MUTATE_TIME)) \
+		$(BIN)/mutmut run --max-children $(MUTATE_JOBS) $(MUTATE_NAMES)
+	$(BIN)/python benchmarks/mutation_report.py --output $(MUTATE_REPORT) --tests "$(MUTATE_TESTS)" \
+		$(if $(MUTATE_TIME),--time-limit $(MUTATE_TIME)) $(MUTATE_MODULES)
+
 clean:
-	rm -rf demo out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf demo out .pytest_cache .mypy_cache .ruff_cache mutants .coverage .coverage.* htmlcov
