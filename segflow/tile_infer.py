@@ -35,7 +35,7 @@ from .io.publish import STAGING_PREFIX, Staging, prepare_output, recover
 from .io.readback import verify_store
 from .io.readers import open_scene
 from .io.sinks import Sink, sinks_for, write_sinks
-from .io.space import check_space, estimate_bytes, guard_writes
+from .io.space import check_space, estimate_bytes, guard_writes, tree_bytes
 from .models import ModelPackage, resolve_package
 from .models.expects import check_expected_input
 from .predict import check_window_memory, resolve_device
@@ -321,14 +321,15 @@ def _tile_infer(input_path: InputPaths, output_dir: str | os.PathLike[str], para
     job = _prepare(input_path, params, execution)
     output = Path(output_dir)
     prepare_output(output)
-    check_space(output, job.needed_bytes)
     with guard_writes(output, job.needed_bytes), OutputLock(output):
         folder = f"run-{job.fingerprint[:16]}"
         recover(output, keep=(STAGING_PREFIX + folder,))
         done_before = _up_to_date(output, job.fingerprint, job.names)
-        if done_before is not None:
+        if done_before is not None:  # nothing to write: no space needed
             result = _result_from(done_before, output, job.names, time.perf_counter() - job.t0, job.scene)
         else:
+            # what an earlier attempt already staged counts toward the estimate
+            check_space(output, job.needed_bytes - tree_bytes(output / (STAGING_PREFIX + folder)))
             with Staging(output, folder, keep_on_error=True) as staging:
                 store = _store(staging.path / "mask.zarr", job)
                 try:

@@ -244,3 +244,37 @@ def test_space_estimate_and_messages(tmp_path) -> None:
     space.check_space(tmp_path, 1)  # fits
     with pytest.raises(OutputError, match=r"roughly .* needed"):
         space.check_space(tmp_path, 1 << 62)
+
+
+def test_a_finished_run_repeated_on_a_nearly_full_disk_does_nothing(small_fs, scenes, capsys) -> None:
+    fs = small_fs("400k")
+    out = fs / "out"
+    assert _run(capsys, "--input", str(scenes["small"]), "--output", str(out))[0] == 0
+    before = _tree_digest(out)
+    free = space.free_bytes(fs) or 0
+    (fs / "filler").write_bytes(b"\0" * max(0, free - 8192))  # leave 8 KiB: far below the run's estimate
+    code, err = _run(capsys, "--input", str(scenes["small"]), "--output", str(out))
+    assert code == 0 and err == [], err
+    assert _tree_digest(out) == before
+
+
+def test_a_worker_error_sent_as_its_repr_is_restored() -> None:
+    """dask.distributed sends an exception it cannot pickle with its traceback as Exception(repr)."""
+    from segflow.engine.execute import _result
+    from segflow.errors import InputError
+
+    class Failed:
+        def __init__(self, exc: BaseException):
+            self.exc = exc
+
+        def result(self) -> None:
+            raise self.exc
+
+    with pytest.raises(InputError, match=r"^cannot read window rows 0:3 of 'a.tif'$"):
+        _result(Failed(Exception(repr(InputError("cannot read window rows 0:3 of 'a.tif'")))))
+    with pytest.raises(OutputError, match="disk"):
+        _result(Failed(OutputError("disk")))
+    with pytest.raises(Exception, match=r"^NotOurs\('x'\)$"):
+        _result(Failed(Exception("NotOurs('x')")))
+    with pytest.raises(RuntimeError):
+        _result(Failed(RuntimeError("InputError('x')")))

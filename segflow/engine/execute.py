@@ -9,12 +9,16 @@ windows it ran through one of its parts.
 
 from __future__ import annotations
 
+import ast
+import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError, DeviceError
+from .. import errors
+from ..errors import ConfigError, DeviceError, SegflowError
 from ..scene import Scene
 from .plan import ChunkTask, Index, Plan
 from .tasks import RunSpec, evaluate_chunk, merge_and_store, part_for
@@ -172,7 +176,8 @@ def _client(execution: Execution, cuda: bool) -> tuple[Any, Any, bool]:
     workers = int(execution.workers or 1)
     threads = max(1, (os.cpu_count() or 1) // workers)
     cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, host="127.0.0.1",
-                           dashboard_address=None, resources={"GPU": 1} if cuda else None, silence_logs=40)
+                           dashboard_address=None, resources={"GPU": 1} if cuda else None,
+                           silence_logs=logging.CRITICAL)  # a task's error reaches the caller as one line
     return Client(cluster), cluster, True
 
 
@@ -211,12 +216,12 @@ def _run_distributed(plan: Plan, scene: Scene, run: RunSpec, execution: Executio
                                          resources={"GPU": 1} if (cuda and is_eval) else None)
         merge_futures = [futures[k] for k in merges]
         for future in as_completed(merge_futures):
-            on_chunk(future.result())
+            on_chunk(_result(future))
         info = client.scheduler_info()
         workers = {"kind": execution.kind, "address": info.get("address"),
                    "workers": len(info.get("workers", {})),
                    "threads": sum(w.get("nthreads", 0) for w in info.get("workers", {}).values())}
-        return _outcome([f.result() for f in merge_futures], workers)
+        return _outcome([_result(f) for f in merge_futures], workers)
     finally:
         if owned:
             client.close()
@@ -233,3 +238,25 @@ def run_plan(plan: Plan, scene: Scene, run: RunSpec, execution: Execution, *, on
     if execution.distributed:
         return _run_distributed(plan, scene, run, execution, callback, token, cuda)
     return _run_threads(plan, scene, run, execution, callback, token, cuda)
+
+
+_WRAPPED = re.compile(r"^(?P<name>[A-Za-z]+Error)\((?P<message>'.*'|\".*\")\)$", re.S)
+
+
+def _result(future: Any) -> Any:
+    """``future.result()``, with segflow's own error restored when dask.distributed could only send its repr.
+
+    A worker's exception whose traceback cannot be pickled arrives as ``Exception("InputError('...')")``;
+    it is turned back into the :class:`~segflow.errors.SegflowError` it was, so the CLI prints its one
+    line and exit code instead of an internal error.
+    """
+    try:
+        return future.result()
+    except SegflowError:
+        raise
+    except Exception as exc:
+        match = _WRAPPED.match(str(exc)) if type(exc) is Exception and len(exc.args) == 1 else None
+        cls = getattr(errors, match["name"], None) if match else None
+        if match and isinstance(cls, type) and issubclass(cls, SegflowError):
+            raise cls(ast.literal_eval(match["message"])) from None
+        raise

@@ -25,7 +25,7 @@ from pathlib import Path
 from ..errors import OutputError, SegflowError
 
 __all__ = ["check_space", "estimate_bytes", "format_bytes", "free_bytes", "guard_writes", "is_disk_full",
-           "native_stderr", "space_error"]
+           "native_stderr", "space_error", "tree_bytes"]
 
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 FULL_TEXTS = ("no space left on device", "disk quota exceeded", "file too large")
@@ -35,7 +35,7 @@ FULL_TEXTS = ("no space left on device", "disk quota exceeded", "file too large"
 # lives in mask.zarr, and while labels.tif is built a raw tiled GeoTIFF and the COG exist side by side.
 LABEL_BYTES_PER_PIXEL = 0.1
 LABEL_COPIES = 3
-SCORE_BYTES_PER_VALUE = 1.0  # float16 scores compress to about half
+SCORE_BYTES_PER_VALUE = 0.5  # float16 scores: 2 bytes raw, compressed 4x or more
 OVERHEAD_BYTES = 64 << 10  # run.json, completion records, zarr metadata, the staging folder
 CLEARLY = 4  # refuse up front only when free space is below a quarter of the estimate
 
@@ -69,9 +69,36 @@ def estimate_bytes(spatial_shape: Sequence[int], num_classes: int, save_scores: 
     return int(labels + scores + OVERHEAD_BYTES)
 
 
+def tree_bytes(path: str | os.PathLike[str]) -> int:
+    """Bytes of the files under ``path`` (0 when it does not exist)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _no_inodes(folder: str | os.PathLike[str]) -> bool:
+    path = Path(folder).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_files > 0 and st.f_favail == 0
+
+
 def space_error(folder: str | os.PathLike[str], needed: int | None = None, what: str = "the outputs"
                 ) -> OutputError:
     """The one-line error for a full disk under ``folder``: where, how much is free, roughly how much is needed."""
+    if _no_inodes(folder):
+        return OutputError(f"cannot write {what} in {folder}: its filesystem has no free inodes (room for new files) "
+                           "left; remove files there or choose another --output (nothing was published, earlier "
+                           "outputs are unchanged)")
     free = free_bytes(folder)
     have = f"{format_bytes(free)} free" if free is not None else "free space unknown"
     need = f", roughly {format_bytes(needed)} needed" if needed else ""
@@ -81,6 +108,8 @@ def space_error(folder: str | os.PathLike[str], needed: int | None = None, what:
 
 def check_space(folder: str | os.PathLike[str], needed: int, what: str = "the outputs") -> None:
     """Refuse with one line when ``folder`` clearly has too little space for ``needed`` bytes."""
+    if needed <= 0:
+        return
     free = free_bytes(folder)
     if free is not None and free * CLEARLY < needed:
         raise space_error(folder, needed, what)
