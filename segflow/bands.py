@@ -157,6 +157,12 @@ def resolve_bands(spec: ModelSpec, scene: Scene, overrides: Mapping[str, int] | 
                 f"{_bands_word(n)}; pick the {role} band with --band {role}=N (1 <= N <= {n})"
             )
         chosen.append(number - 1)
+    repeated = sorted({n for n in chosen if chosen.count(n) > 1})
+    if repeated:
+        roles_of = {n + 1: [r for r, c in zip(roles, chosen, strict=True) if c == n] for n in repeated}
+        which = "; ".join(f"band {n} for {', '.join(rs)}" for n, rs in roles_of.items())
+        raise InputError(f"model {spec.name!r} would read the same band of {scene.source} for several inputs "
+                         f"({which}); pick each with --band NAME=N")
     return chosen
 
 

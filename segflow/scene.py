@@ -156,7 +156,8 @@ class Scene:
         return list(zip(self.scales or (1.0,) * n, self.offsets or (0.0,) * n, strict=True))
 
     def scaled(self) -> Scene:
-        """This scene in physical values: ``stored * scale + offset`` per band, float32, lazily.
+        """This scene in physical values: ``stored * scale + offset`` per band (computed in float64, stored
+        as float32), lazily.
 
         Validity is decided first, on the stored values (a nodata value is a stored value),
         and kept as the new scene's ``mask``. Returns ``self`` when every band's scale is 1
@@ -166,9 +167,10 @@ class Scene:
         if all(s == 1.0 and o == 0.0 for s, o in pairs):
             return self
         shape = (self.num_bands,) + (1,) * self.spatial_dims
-        scale = np.asarray([s for s, _ in pairs], dtype=np.float32).reshape(shape)
-        offset = np.asarray([o for _, o in pairs], dtype=np.float32).reshape(shape)
-        data = self.data.astype(np.float32) * scale + offset
+        scale = np.asarray([s for s, _ in pairs], dtype=np.float64).reshape(shape)
+        offset = np.asarray([o for _, o in pairs], dtype=np.float64).reshape(shape)
+        # in double precision, then rounded once, as GDAL (gdal_translate -unscale) and nibabel do
+        data = (self.data.astype(np.float64) * scale + offset).astype(np.float32)
         return replace(self, data=data, mask=self.valid, nodata=None, scales=(), offsets=())
 
     def read(self, box: Box) -> tuple[np.ndarray, np.ndarray | None]:

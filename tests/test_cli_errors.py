@@ -192,3 +192,15 @@ def test_a_warning_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Pat
     assert code == 0
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("segflow: warning: overlap 0.9 makes 3249 windows"), lines
+
+
+def test_two_model_inputs_on_one_band_are_refused(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """A 2-band file (blue, nir): ndwi-water would take band 2 as green (its index) and as nir (its name)."""
+    scene = write_geotiff(tmp_path / "two.tif", random_image((2, 32, 32), seed=3), descriptions=["blue", "nir"])
+    code, _, err = run(capsys, "run", "tile-infer", "-q", "--input", scene, "--output", tmp_path / "o",
+                       "-m", "ndwi-water")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "band 2 for green, nir" in lines[0], lines
+    code, _, err = run(capsys, "run", "tile-infer", "-q", "--input", scene, "--output", tmp_path / "o",
+                       "-m", "ndwi-water", "--band", "green=1")
+    assert code == 0, err

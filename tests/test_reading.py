@@ -276,3 +276,26 @@ def test_transparent_border_of_a_warped_scene_is_nodata(tmp_path: Path) -> None:
         tile_infer(warped, tmp_path / "out", TileInferParams(tile=32, chunk=32))
     labels = rasterio.open(tmp_path / "out" / "labels.tif").read(1)
     np.testing.assert_array_equal(labels == 255, border)
+
+
+def test_scaling_rounds_once_like_gdal_unscale(tmp_path: Path) -> None:
+    """stored * scale + offset in double precision, then float32: bit-identical to gdal_translate -unscale."""
+    import shutil
+    import subprocess
+
+    if shutil.which("gdal_translate") is None:
+        pytest.skip("gdal_translate is not installed (Debian package gdal-bin)")
+    rng = np.random.default_rng(5)
+    stored = rng.integers(0, 10000, size=(2, 64, 64), dtype=np.uint16)
+    src = tmp_path / "dn.tif"
+    with rasterio.open(src, "w", driver="GTiff", width=64, height=64, count=2, dtype="uint16") as ds:
+        ds.write(stored)
+        ds.scales = (0.0001, 0.0001)
+        ds.offsets = (-0.1, -0.1)
+    ref = tmp_path / "ref.tif"
+    subprocess.run(["gdal_translate", "-q", "-unscale", "-ot", "Float32", str(src), str(ref)], check=True)
+    with rasterio.open(ref) as ds:
+        want = ds.read()
+    got = open_scene(str(src)).scaled().data.compute()
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
