@@ -157,7 +157,9 @@ def resolve_bands(spec: ModelSpec, scene: Scene, overrides: Mapping[str, int] | 
                 f"{_bands_word(n)}; pick the {role} band with --band {role}=N (1 <= N <= {n})"
             )
         chosen.append(number - 1)
-    repeated = sorted({n for n in chosen if chosen.count(n) > 1})
+    # one band for several inputs only when the user named it for each of them (--band green=2 --band nir=2)
+    repeated = sorted({n for n in chosen if chosen.count(n) > 1
+                       and not all(r in overrides for r, c in zip(roles, chosen, strict=True) if c == n)})
     if repeated:
         roles_of = {n + 1: [r for r, c in zip(roles, chosen, strict=True) if c == n] for n in repeated}
         which = "; ".join(f"band {n} for {', '.join(rs)}" for n, rs in roles_of.items())

@@ -120,7 +120,9 @@ def test_band_descriptions_and_overrides_choose_the_model_inputs(tmp_path: Path)
     tile_infer(plain, tmp_path / "a", TileInferParams(model="ndwi-water", tile=32))
     with rasterio.open(tmp_path / "a" / "labels.tif") as ds:
         assert (ds.read(1) == 1).all()
-    tile_infer(plain, tmp_path / "b", TileInferParams(model="ndwi-water", tile=32, bands={"nir": 2}))
+    with pytest.raises(InputError, match=r"band 2 for green, nir"):  # nir named, green by its index: an accident
+        tile_infer(plain, tmp_path / "b", TileInferParams(model="ndwi-water", tile=32, bands={"nir": 2}))
+    tile_infer(plain, tmp_path / "b", TileInferParams(model="ndwi-water", tile=32, bands={"nir": 2, "green": 2}))
     with rasterio.open(tmp_path / "b" / "labels.tif") as ds:
         assert (ds.read(1) == 0).all(), "green == nir gives NDWI 0: no water"
     named = write_geotiff(tmp_path / "named.tif", image[[3, 1, 0, 2]], descriptions=["nir", "green", "blue", "red"])
