@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -12,3 +12,7 @@ os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 settings.register_profile("segflow", deadline=None, max_examples=40,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 settings.load_profile("segflow")
+# `make mutate` runs tests with --hypothesis-profile=mutation: a failing example kills the mutant, so
+# shrinking and explaining it (often longer than mutmut's time limit) are skipped
+settings.register_profile("mutation", parent=settings.get_profile("segflow"),
+                          phases=[Phase.explicit, Phase.reuse, Phase.generate])
