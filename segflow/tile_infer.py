@@ -227,36 +227,35 @@ class _Job:
         return ["mask.zarr", *(e for s in self.sinks for e in s.entries), "run.json"]
 
 
-def _store(path: Path, job: _Job) -> MaskStore:
-    """The run's store: an earlier attempt's when it belongs to this run, else a new one."""
+def _reuse_or_create(path: Path, fingerprint: str, create: Callable[[], MaskStore]) -> MaskStore:
+    """The store at ``path`` when an earlier attempt of this run left it, else ``create()`` after clearing it."""
     if path.exists():
         try:
             store = MaskStore.open(path, mode="r+")
-            if store.fingerprint == job.fingerprint:
+            if store.fingerprint == fingerprint:
                 return store
         except InputError:
             pass
         shutil.rmtree(path)
+    return create()
+
+
+def _store(path: Path, job: _Job) -> MaskStore:
+    """The run's store, on the input's grid: an earlier attempt's when it belongs to this run, else a new one."""
     spec = job.package.spec
     attrs = {**job.scene.geometry.attrs(), "source": str(job.input_path), "model": spec.name,
              "run_fingerprint": job.fingerprint}
-    return MaskStore.create(path, job.scene.spatial_shape, job.out_chunks.chunk, spec.class_names,
-                            save_scores=job.params.save_scores, attrs=attrs)
+    return _reuse_or_create(path, job.fingerprint, lambda: MaskStore.create(
+        path, job.scene.spatial_shape, job.out_chunks.chunk, spec.class_names,
+        save_scores=job.params.save_scores, attrs=attrs))
 
 
 def _work_store(path: Path, job: _Job) -> MaskStore:
     """The store on the model grid, with scores, that the input grid's labels are made from."""
-    if path.exists():
-        try:
-            store = MaskStore.open(path, mode="r+")
-            if store.fingerprint == job.fingerprint:
-                return store
-        except InputError:
-            pass
-        shutil.rmtree(path)
     attrs = {**job.work.geometry.attrs(), "run_fingerprint": job.fingerprint}
-    return MaskStore.create(path, job.work.spatial_shape, job.chunks.chunk, job.package.spec.class_names,
-                            save_scores=True, attrs=attrs)
+    return _reuse_or_create(path, job.fingerprint, lambda: MaskStore.create(
+        path, job.work.spatial_shape, job.chunks.chunk, job.package.spec.class_names, save_scores=True,
+        attrs=attrs))
 
 
 def _prepare(input_path: InputPaths, params: TileInferParams, execution: Execution) -> _Job:
