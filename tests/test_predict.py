@@ -64,7 +64,22 @@ def test_optimised_network_gives_the_same_probabilities() -> None:
     fast_predictor = Predictor(net, spec, device="cpu", batch_size=3, optimize=True)
     fast = fast_predictor(x)
     assert isinstance(fast_predictor.module, torch.jit.ScriptModule)
+    assert fast_predictor.memory_format == torch.channels_last
+    assert fast.flags.c_contiguous
     np.testing.assert_allclose(fast, plain, rtol=1e-4, atol=1e-5)
+    assert net.a.weight.is_contiguous()  # the caller's network is left as it was (a copy is converted)
+
+
+def test_a_3d_network_is_optimised_in_channels_last_3d_order() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.BatchNorm3d(4), nn.ReLU(), nn.Conv3d(4, 3, 1)).eval()
+    spec = make_spec(tile=8, spatial_dims=3, bands=1)
+    x = np.random.default_rng(1).normal(size=(3, 1, 8, 8, 8)).astype(np.float32) * 1000
+    plain = Predictor(net, spec, device="cpu", batch_size=3, optimize=False)(x)
+    fast_predictor = Predictor(net, spec, device="cpu", batch_size=3)
+    fast = np.concatenate([fast_predictor(x), fast_predictor(x)])
+    assert fast_predictor.memory_format == torch.channels_last_3d
+    np.testing.assert_allclose(fast, np.concatenate([plain, plain]), rtol=1e-4, atol=1e-5)
 
 
 def test_a_network_that_cannot_be_traced_runs_as_it_is() -> None:
@@ -93,7 +108,7 @@ def test_an_optimised_network_that_disagrees_is_dropped(monkeypatch: pytest.Monk
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.inner(x) + 1.0
 
-    monkeypatch.setattr(torch.jit, "optimize_for_inference", lambda m: Wrong(m))
+    monkeypatch.setattr(torch.jit, "freeze", lambda m: Wrong(m))
     net = RandomConvNet(3, 3, seed=4).eval()
     spec = make_spec(tile=32)
     x = windows(4)
@@ -101,6 +116,7 @@ def test_an_optimised_network_that_disagrees_is_dropped(monkeypatch: pytest.Monk
     predictor = Predictor(net, spec, device="cpu", batch_size=4)
     np.testing.assert_allclose(predictor(x), plain, rtol=1e-5, atol=1e-6)
     assert predictor.module is net
+    assert predictor.memory_format is None
 
 
 def test_invalid_pixels_are_zeroed_before_the_network() -> None:
