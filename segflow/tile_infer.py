@@ -24,6 +24,8 @@ from ._failpoints import failpoint
 from ._memory import limit_heap_fragmentation
 from .bands import assemble_scene, parse_inputs
 from .engine import Execution, PredictorFactory, RunSpec, input_identity, make_plan, run_fingerprint, run_plan
+from .engine.spill import SPILL_FOLDER, spill_bytes
+from .engine.spill import clear as clear_spill
 from .errors import ConfigError, InputError
 from .io.atomic import atomic_write_text
 from .io.gdal_names import input_name, local_file, shown_name
@@ -301,7 +303,8 @@ def _prepare(input_path: InputPaths, params: TileInferParams, execution: Executi
                 out_chunks=chunks if grid_map is None else ChunkGrid.create(scene.spatial_shape, chunk),
                 factory=PredictorFactory(package, params.device, params.batch, params.amp, threads), device=device,
                 fingerprint=fingerprint, sinks=sinks,
-                needed_bytes=estimate_bytes(scene.spatial_shape, len(spec.classes), params.save_scores),
+                needed_bytes=estimate_bytes(scene.spatial_shape, len(spec.classes), params.save_scores)
+                + (0 if execution.distributed else spill_bytes(grid, chunks, len(spec.classes))),
                 pacs=_pacs_target(params.pacs, sinks, inputs[spec.sources[0]]), started=started, t0=t0)
 
 
@@ -348,9 +351,11 @@ def _compute(job: _Job, store: MaskStore, staging: Staging, progress: Progress |
     engine_store = store if job.grid_map is None else _work_store(staging.path / MODEL_GRID_STORE, job)
     reused = set(engine_store.done())
     plan = make_plan(grid, chunks, reused)
+    parts = None if job.execution.distributed else staging.path / SPILL_FOLDER
     run = RunSpec(grid=grid, chunks=chunks, blend=params.blend, num_classes=len(job.package.spec.classes),
                   factory=job.factory, store=engine_store.path, fingerprint=job.fingerprint,
-                  save_scores=params.save_scores or job.grid_map is not None, to_host=job.execution.distributed)
+                  save_scores=params.save_scores or job.grid_map is not None, to_host=job.execution.distributed,
+                  spill=parts)
     finished, total = len(reused), len(chunks) + (0 if job.grid_map is None else len(job.out_chunks))
 
     def on_chunk(record: dict[str, Any] | None = None) -> None:
@@ -361,6 +366,8 @@ def _compute(job: _Job, store: MaskStore, staging: Staging, progress: Progress |
         failpoint("chunk")
 
     try:
+        if parts is not None:
+            clear_spill(parts)  # left by an interrupted run: those parts are recomputed
         outcome = run_plan(plan, job.work, run, job.execution, on_chunk=on_chunk,
                            cuda=job.device.startswith("cuda"))
         if job.grid_map is not None:  # the model grid's scores back onto the input grid
@@ -369,6 +376,8 @@ def _compute(job: _Job, store: MaskStore, staging: Staging, progress: Progress |
                           save_scores=params.save_scores, on_chunk=on_chunk)
     finally:
         close_datasets()  # the input's cached blocks are not needed by the sinks
+        if parts is not None:
+            clear_spill(parts)
     missing = len(chunks) - len(engine_store.done()) + len(job.out_chunks) - len(store.done())
     evaluated = len(outcome.evaluated)
     if missing or evaluated != len(set(outcome.evaluated)) or evaluated + outcome.skipped != plan.windows_to_evaluate:

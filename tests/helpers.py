@@ -60,13 +60,14 @@ def make_spec(**kw: Any) -> ModelSpec:
 
 
 def make_ts_package(root: Path, *, bands: int = 3, classes: int = 3, tile: int = 32, seed: int = 0,
-                    **kw: Any) -> Path:
-    """Write a TorchScript model package (random conv net) to ``root`` and return it."""
+                    spatial_dims: int = 2, **kw: Any) -> Path:
+    """Write a TorchScript model package (random conv net, 2D or 3D) to ``root`` and return it."""
     root.mkdir(parents=True, exist_ok=True)
-    net = RandomConvNet(bands, classes, seed).eval()
-    traced = torch.jit.trace(net, torch.zeros(1, bands, tile, tile))
+    net = RandomConvNet(bands, classes, seed, spatial_dims=spatial_dims).eval()
+    traced = torch.jit.trace(net, torch.zeros(1, bands, *(tile,) * spatial_dims))
     traced.save(str(root / "model.ts"))
-    (root / "model.yaml").write_text(yaml.safe_dump(spec_dict(bands=bands, classes=classes, tile=tile, **kw)))
+    spec = spec_dict(bands=bands, classes=classes, tile=tile, spatial_dims=spatial_dims, **kw)
+    (root / "model.yaml").write_text(yaml.safe_dump(spec))
     return root
 
 

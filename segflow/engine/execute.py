@@ -20,7 +20,8 @@ from typing import Any
 from .. import errors
 from ..errors import ConfigError, DeviceError, SegflowError
 from ..scene import Scene
-from .plan import ChunkTask, Index, Plan
+from . import spill
+from .plan import ChunkTask, Index, Plan, merge_axes
 from .tasks import RunSpec, evaluate_chunk, merge_and_store, part_for
 
 __all__ = ["Execution", "Outcome", "run_plan"]
@@ -80,17 +81,27 @@ def _graph(plan: Plan, scene: Any, run: RunSpec, token: str, *, chain: bool = Fa
 
     The chain is for the threaded scheduler, whose own ordering otherwise lets evaluations run up
     to two lines of chunks ahead of the merges (and their seams wait meanwhile); a cluster gets
-    the same effect from task priorities instead.
+    the same effect from task priorities instead. With ``chain`` and ``run.spill``, parts that
+    wait for more than a line of chunks are written there (:mod:`segflow.engine.spill`).
     """
     def key(kind: str, *index: int) -> tuple[Any, ...]:
         return (f"segflow-{kind}-{token}", *index)
+
+    axes = merge_axes(plan.chunks.counts)
+    position = {t.index: n for n, t in enumerate(sorted(plan.tasks, key=lambda t: tuple(t.index[a] for a in axes)))}
+    line = plan.chunks.counts[axes[-1]]
+
+    def spill_to(source: Index, target: Index) -> str | None:
+        if not chain or run.spill is None or not spill.far_apart(position[source], position[target], line):
+            return None
+        return str(run.spill / f"{'-'.join(map(str, source))}_{'-'.join(map(str, target))}.part")
 
     dsk: dict[Any, Any] = {}
     for task in plan.evaluations:
         dsk[key("eval", *task.index)] = (evaluate_chunk, scene, task, run)
         for n, target in enumerate(task.targets):
             dsk[key("part", *task.index, *target)] = (part_for, key("eval", *task.index), target, n == 0,
-                                                      run.hand_over)
+                                                      run.hand_over, spill_to(task.index, target))
     merges: list[Any] = []
     for task in merge_order(plan) if chain else plan.merged:
         parts = [key("part", *source, *task.index) for source in task.sources]
@@ -107,8 +118,7 @@ def merge_order(plan: Plan) -> list[ChunkTask]:
     about one line of chunks along it: making it the axis with the fewest chunks keeps that
     line short (a 2 × 32 chunk scene walks down its columns).
     """
-    counts = plan.chunks.counts
-    axes = sorted(range(len(counts)), key=lambda a: (-counts[a], a))
+    axes = merge_axes(plan.chunks.counts)
     return sorted(plan.merged, key=lambda t: tuple(t.index[a] for a in axes))
 
 

@@ -12,13 +12,13 @@ that touch an unfinished chunk are evaluated.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
 from ..tiling import Box, ChunkGrid, WindowGrid
 
-__all__ = ["ChunkTask", "Index", "Plan", "make_plan"]
+__all__ = ["ChunkTask", "Index", "Plan", "make_plan", "merge_axes"]
 
 Index = tuple[int, ...]
 
@@ -75,6 +75,11 @@ class Plan:
     def owner(self, window: Index) -> Index:
         """The chunk holding a window's start corner."""
         return owner_of(self.grid, self.chunks, window)
+
+
+def merge_axes(counts: Sequence[int]) -> list[int]:
+    """The chunk axes from slowest to fastest in the order chunks are merged: most chunks first."""
+    return sorted(range(len(counts)), key=lambda a: (-counts[a], a))
 
 
 def owner_of(grid: WindowGrid, chunks: ChunkGrid, window: Index) -> Index:

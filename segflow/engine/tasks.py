@@ -19,7 +19,9 @@ from ..io.mask_store import MaskStore
 from ..scene import Scene
 from ..stitch import Evaluation, Part, evaluate_windows, merge_chunk, weights_tensor
 from ..tiling import ChunkGrid, WindowGrid
+from . import spill
 from .plan import ChunkTask, Index
+from .spill import Spilled
 from .workers import PredictorFactory, predictor_for
 
 __all__ = ["Delivery", "RunSpec", "evaluate_chunk", "merge_and_store", "part_for"]
@@ -38,6 +40,7 @@ class RunSpec:
     fingerprint: str
     save_scores: bool
     to_host: bool  # ship pieces through host memory (worker processes, clusters)
+    spill: Path | None = None  # threads: where parts that wait for a later plane of chunks go (engine.spill)
 
     @property
     def hand_over(self) -> bool:
@@ -70,20 +73,22 @@ class Delivery:
     depends on every evaluation would make dask's ordering run all evaluations first.
     """
 
-    part: Part
+    part: Part | Spilled
     counts: dict[str, Any] | None = None
 
 
-def part_for(evaluation: Evaluation, target: Index, report: bool, hand_over: bool) -> Delivery:
+def part_for(evaluation: Evaluation, target: Index, report: bool, hand_over: bool, spill_to: str | None = None
+             ) -> Delivery:
     """The part of an evaluation that goes to ``target`` (a task of its own, so only it moves).
 
     With ``hand_over`` the part is taken out of the evaluation (see :attr:`RunSpec.hand_over`).
+    With ``spill_to`` (a file path) the part is written there and its merge reads it back.
     """
     counts = None
     if report:
         counts = {"evaluated": [list(i) for i in evaluation.evaluated], "skipped": evaluation.skipped}
     part = evaluation.parts.pop(target) if hand_over else evaluation.parts[target]
-    return Delivery(part, counts)
+    return Delivery(part if spill_to is None else spill.write(part, Path(spill_to)), counts)
 
 
 @lru_cache(maxsize=4)
@@ -102,7 +107,7 @@ def merge_and_store(task: ChunkTask, deliveries: list[Delivery], run: RunSpec, a
     ``after`` is the previous merge's result when the graph chains merges (only an ordering).
     """
     t0 = time.perf_counter()
-    parts = [d.part for d in deliveries]
+    parts = [spill.load(d.part) if isinstance(d.part, Spilled) else d.part for d in deliveries]
     counts = [d.counts for d in deliveries if d.counts is not None]
     del deliveries
     device = next((p.weighted.device for part in parts for p in part.pieces if p.weighted is not None),
