@@ -4,9 +4,13 @@ Measured in one run, printed as ratios, written to benchmarks/results/volume-<de
 
 1. peer   = end-to-end time NIfTI file -> labels.nii.gz (tile-infer, every sink it runs) /
             ``monai.inferers.sliding_window_inference`` + arg-max on the same volume already in
-            memory, same network, roi, overlap, batch and Gaussian blending; for two models: the
-            trained ``demo-unet-3d`` (a 3D UNet) and a light 10-class network (two 3x3x3
-            convolutions) whose model time is small, so per-voxel pipeline costs show;
+            memory, same network, normalisation, activation, roi, overlap, batch and Gaussian
+            blending, fp32 both; for two models: the trained ``demo-unet-3d`` (a 3D UNet) and a
+            light 10-class network (two 3x3x3 convolutions) whose model time is small, so
+            per-voxel pipeline costs show. MONAI runs the network as a user hands it over (eager,
+            default memory order); segflow runs it frozen in channels-last order (its CPU fast
+            path). ``pipeline`` divides by MONAI running segflow's optimised network instead,
+            which isolates what the pipeline adds around the forward passes;
 2. memory = peak RSS of tile-infer on a LARGE volume / peak RSS on a SMALL one (light model).
 
 Every measurement runs in a fresh process; this parent never runs torch (see bench_tile_infer.py).
@@ -95,15 +99,18 @@ def segflow_run(path: Path, model: str, device: str, out: Path) -> dict:
         "print(json.dumps({'wall':time.perf_counter()-t,'windows':r.windows_evaluated}))\n")
 
 
-def monai_run(path: Path, model: str, device: str) -> dict:
-    """MONAI's sliding window on the volume in memory (reading the file is not timed), arg-max included."""
+def monai_run(path: Path, model: str, device: str, optimize: bool) -> dict:
+    """MONAI's sliding window on the volume in memory (reading the file is not timed), arg-max included.
+
+    ``optimize``: the network as segflow runs it (frozen, channels-last on the CPU), else as given.
+    """
     return child(
         "import json,time,numpy as np,nibabel as nib,torch\n"
         "from monai.inferers import sliding_window_inference\n"
         "from segflow.models import load_module, resolve_package\n"
         "from segflow.predict import Predictor\n"
         f"pkg=resolve_package({model!r}); net=load_module(pkg).eval().to({device!r})\n"
-        f"pred=Predictor(net, pkg.spec, device={device!r}, batch_size={BATCH})\n"
+        f"pred=Predictor(net, pkg.spec, device={device!r}, batch_size={BATCH}, optimize={optimize!r})\n"
         f"x=np.asarray(nib.load({str(path)!r}).dataobj).transpose(2,1,0)[None,None].astype(np.float32)\n"
         "x=torch.from_numpy(np.ascontiguousarray(x))\n"
         "t=time.perf_counter()\n"
@@ -134,11 +141,15 @@ def main() -> None:
     peer_volume = volume((args.peer_size,) * 3)
     for name, model in (("demo-unet-3d", "demo-unet-3d"), ("light-10-class", light)):
         ours = segflow_run(peer_volume, model, args.device, WORK / "out-peer")
-        theirs = monai_run(peer_volume, model, args.device)
+        theirs = monai_run(peer_volume, model, args.device, optimize=False)
+        same_net = monai_run(peer_volume, model, args.device, optimize=True)
         results["peer"][name] = {"segflow_s": round(ours["wall"], 2), "monai_s": round(theirs["wall"], 2),
-                                 "ratio": round(ours["wall"] / theirs["wall"], 3), "windows": ours["windows"]}
+                                 "monai_segflow_network_s": round(same_net["wall"], 2),
+                                 "ratio": round(ours["wall"] / theirs["wall"], 3),
+                                 "pipeline": round(ours["wall"] / same_net["wall"], 3), "windows": ours["windows"]}
         print(f"peer {name}: segflow {ours['wall']:.1f} s / MONAI {theirs['wall']:.1f} s = "
-              f"{ours['wall'] / theirs['wall']:.3f}")
+              f"{ours['wall'] / theirs['wall']:.3f}; / MONAI with segflow's network {same_net['wall']:.1f} s = "
+              f"{ours['wall'] / same_net['wall']:.3f}")
     small = segflow_run(volume((args.small,) * 3), light, args.device, WORK / "out-small")
     large_shape = tuple(int(v) for v in args.large.split("x"))
     large = segflow_run(volume(large_shape), light, args.device, WORK / "out-large")  # type: ignore[arg-type]
