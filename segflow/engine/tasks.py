@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._memory import release_free_memory
 from ..io.mask_store import MaskStore
 from ..scene import Scene
 from ..stitch import Evaluation, Part, evaluate_windows, merge_chunk, weights_tensor
@@ -122,4 +123,5 @@ def merge_and_store(task: ChunkTask, deliveries: list[Delivery], run: RunSpec, a
               "valid_pixels": int(np.count_nonzero(chunk.valid)),
               "seconds": round(time.perf_counter() - t0, 4)}
     store.mark_done(task.index, record)
+    release_free_memory()
     return {**record, "evaluations": counts}
