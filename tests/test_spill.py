@@ -19,8 +19,8 @@ import zarr
 from segflow.engine import execute as engine_execute
 from segflow.engine import spill
 from segflow.stitch import Part, Piece
-from segflow.tiling import Box, ChunkGrid, WindowGrid
 from segflow.tile_infer import TileInferParams, tile_infer
+from segflow.tiling import Box, ChunkGrid, WindowGrid
 
 from .helpers import make_ts_package, random_image
 
