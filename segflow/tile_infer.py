@@ -38,12 +38,14 @@ from .io.readback import verify_store
 from .io.readers import open_scene
 from .io.sinks import Sink, sinks_for, write_sinks
 from .io.space import check_space, estimate_bytes, guard_writes, tree_bytes
+from .io.vector_sink import VectorSink, scene_id_of
 from .models import ModelPackage, resolve_package
 from .models.expects import check_expected_input
 from .predict import check_window_memory, resolve_device
 from .resample import GridMap, model_grid, model_scene, to_input_grid
 from .scene import Scene
 from .tiling import BLEND_MODES, ChunkGrid, WindowGrid, effective_tile, warn_if_oversampled
+from .vectorize import VectorOptions
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_MODELS", "Execution", "RunResult", "TileInferParams", "tile_infer"]
 
@@ -78,6 +80,8 @@ class TileInferParams:
     amp: bool = True
     pacs: str | None = None  # deliver seg.dcm there (see segflow.io.pacs.parse_pacs)
     meshes: bool = False  # volumes: a surface mesh per instance in meshes/ (segflow.io.meshes)
+    vectorize: str | None = None  # rasters: objects as polygons in this format (segflow.io.vector_sink)
+    vector_options: VectorOptions = field(default_factory=VectorOptions)
 
     def check(self) -> None:
         if self.blend not in BLEND_MODES:
@@ -296,7 +300,9 @@ def _prepare(input_path: InputPaths, params: TileInferParams, execution: Executi
     fingerprint = run_fingerprint(identities, model_id, {**_pixel_parameters(  # scale/offset may sit in a sidecar
         params, grid, chunks, scene.band_names, params.device.strip().lower()), "values": scene.meta.get("values"),
         "source_files": scene.meta.get("identity")})  # a folder's files (a DICOM series) as they are now
-    sinks = sinks_for(scene, spec, meshes=params.meshes)
+    vectors = None if params.vectorize is None else VectorSink.for_scene(
+        scene, spec, scene_id_of(inputs[spec.sources[0]]), params.vectorize, params.vector_options)
+    sinks = sinks_for(scene, spec, meshes=params.meshes, vectors=vectors)
     return _Job(params=params, execution=execution, package=package, inputs=inputs,
                 input_path=inputs[spec.sources[0]], scene=scene, grid=grid, chunks=chunks, work=work,
                 grid_map=grid_map,

@@ -46,22 +46,36 @@ __all__ = ["tile_infer_cmd"]
 @click.option("--meshes", is_flag=True,
               help="Volumes: also a surface mesh per instance of the model's thing classes, in world millimetres "
                    "(RAS), as binary PLY in meshes/ with meshes/index.csv.")
+@click.option("--vectorize", is_flag=True,
+              help="Rasters: also every object as a polygon in the scene's CRS (things one per instance, stuff "
+                   "classes as merged regions; class 0 left out) in instances.gpkg (or --vector-format).")
+@click.option("--vector-format", type=click.Choice(["gpkg", "parquet", "fgb", "geojson"]), default="gpkg",
+              show_default=True, help="With --vectorize: GeoPackage, GeoParquet, FlatGeobuf or GeoJSON (RFC 7946, "
+                                      "WGS 84).")
+@click.option("--min-area", type=float, default=0.0, show_default=True,
+              help="With --vectorize: leave out objects smaller than this, in map units² (m² for a metric CRS).")
+@click.option("--simplify", type=float, default=0.0, show_default=True,
+              help="With --vectorize: topology-preserving simplification tolerance in map units (0: exact pixel "
+                   "outlines).")
 @quiet_option(help="No progress bar and no summary line.")
 def tile_infer_cmd(inputs: tuple[str, ...], output_dir: Path, model: str | None, tile: int | None,
                    overlap: float | None, blend: str, chunk: int | None, batch: int, device: str,
                    bands: tuple[str, ...], save_scores: bool, no_amp: bool, workers: int | None,
                    dask_address: str | None, series: str | None, pacs: str | None, meshes: bool,
-                   quiet: bool) -> None:
+                   vectorize: bool, vector_format: str, min_area: float, simplify: float, quiet: bool) -> None:
     """Segment a raster of any size by overlapping windows into mask.zarr + labels.tif (COG).
 
     Run again after a crash with the same options: only the unfinished chunks are computed.
     """
     from ..bands import parse_band_overrides, parse_inputs, with_series
     from ..tile_infer import Execution, TileInferParams, tile_infer
+    from ..vectorize import VectorOptions
 
     params = TileInferParams(model=model, tile=tile, overlap=overlap, blend=blend, chunk=chunk,
                              batch=batch, device=device, save_scores=save_scores,
-                             bands=parse_band_overrides(bands), amp=not no_amp, pacs=pacs, meshes=meshes)
+                             bands=parse_band_overrides(bands), amp=not no_amp, pacs=pacs, meshes=meshes,
+                             vectorize=vector_format if vectorize else None,
+                             vector_options=VectorOptions(min_area=min_area, simplify=simplify))
     execution = Execution(workers=workers, address=dask_address)
     with progress_bar(not quiet, "chunk") as progress:
         result = tile_infer(with_series(parse_inputs(inputs), series), output_dir, params, progress=progress,

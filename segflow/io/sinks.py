@@ -64,19 +64,22 @@ class LabelCOGSink:
         return path
 
 
-def sinks_for(scene: Scene, spec: ModelSpec, *, meshes: bool = False) -> Sequence[Sink]:
+def sinks_for(scene: Scene, spec: ModelSpec, *, meshes: bool = False, vectors: Sink | None = None
+              ) -> Sequence[Sink]:
     """The exports a scene gets: chosen by its geometry (raster or volume) and, for exports that
     go back to where the scene came from (DICOM SEG for a DICOM series), by ``scene.meta["format"]``.
 
     ``meshes``: also a surface mesh per instance (``meshes/``, after ``instances.csv``, whose ids it
-    meshes); a 2D raster or a model without a thing class is refused with a ConfigError."""
+    meshes); a 2D raster or a model without a thing class is refused with a ConfigError. ``vectors``:
+    a :class:`~segflow.io.vector_sink.VectorSink` for a raster's objects as polygons (``--vectorize``)."""
     geometry = scene.geometry
     if meshes:
         from .meshes import MeshesSink  # checks the scene and the model before anything runs
 
         meshes_sink = MeshesSink.for_scene(scene, spec)
-    if isinstance(geometry, RasterGeometry):  # InstancesSink (with polygons) comes to rasters with the GIS issue
-        return [LabelCOGSink(geometry, tuple(spec.class_names), tuple(c.color for c in spec.classes))]
+    if isinstance(geometry, RasterGeometry):
+        cog = LabelCOGSink(geometry, tuple(spec.class_names), tuple(c.color for c in spec.classes))
+        return [cog] if vectors is None else [cog, vectors]
     sinks: list[Sink] = []
     from .nifti_sink import nifti_label_sink  # labels.nii.gz for every volume
 

@@ -1,0 +1,111 @@
+"""``instances.<format>``: the objects of a raster run as polygons in the scene's CRS (``--vectorize``).
+
+A sink like the others: built from the finished store, written into the staging folder, read back
+(feature count) before publication. Things and stuff regions are labelled into the store's
+``instances`` and ``regions`` arrays (:func:`segflow.vectorize.label_objects`), traced, and
+streamed to the file (:mod:`segflow.io.vector_files`); see :mod:`segflow.vectorize` for what an
+object is and :data:`segflow.features.FIELDS` for the columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+from affine import Affine
+from rasterio.crs import CRS
+
+from ..errors import ConfigError, OutputError
+from ..features import LayerInfo
+from ..geometry import RasterGeometry
+from ..vectorize import VectorOptions, label_objects, vectorize
+from .instances_sink import labelling_chunk
+from .mask_store import MaskStore
+from .vector_files import count_features, vector_name, write_vectors
+
+if TYPE_CHECKING:
+    from ..models.package import ModelSpec
+    from ..scene import Scene
+
+__all__ = ["VectorSink", "scene_id_of"]
+
+
+def scene_id_of(name: str) -> str:
+    """The ``scene_id`` of rows from an input name: its last path component without the suffix
+    (``/data/2024/T33UVP.tif`` → ``T33UVP``; GDAL names such as ``/vsizip/a.zip/b.tif`` → ``b``)."""
+    last = PurePosixPath(str(name).replace("\\", "/").rstrip("/")).name or str(name)
+    return PurePosixPath(last).stem or last
+
+
+@dataclass(frozen=True)
+class VectorSink:
+    """Polygons of every object (things and stuff regions, class 0 excluded) in ``fmt``."""
+
+    crs_wkt: str | None
+    transform: tuple[float, ...]
+    class_names: tuple[str, ...]
+    kinds: tuple[str, ...]
+    scene_id: str
+    model: str
+    model_version: str
+    fmt: str = "gpkg"
+    options: VectorOptions = field(default_factory=VectorOptions)
+
+    @classmethod
+    def for_scene(cls, scene: Scene, spec: ModelSpec, scene_id: str, fmt: str = "gpkg",
+                  options: VectorOptions | None = None) -> VectorSink:
+        """Checks what can be checked before a run: a 2D raster, an affine grid, the format, the options."""
+        geometry = scene.geometry
+        if not isinstance(geometry, RasterGeometry):
+            raise ConfigError("--vectorize writes polygons of 2D rasters; for a volume use instances.csv and "
+                              "--meshes")
+        if geometry.transform is None and (geometry.gcps or geometry.rpcs):
+            raise ConfigError(f"{scene_id} is georeferenced by ground control points or RPCs, not an affine "
+                              "transform, so its polygons would be in pixels; warp it first (gdalwarp) and "
+                              "vectorize the warped scene")
+        return cls.create(geometry.crs, geometry.transform, spec, scene_id, fmt, options)
+
+    @classmethod
+    def create(cls, crs_wkt: str | None, transform: Sequence[float] | None, spec: ModelSpec, scene_id: str,
+               fmt: str = "gpkg", options: VectorOptions | None = None) -> VectorSink:
+        options = options or VectorOptions()
+        options.check()
+        vector_name(fmt)  # refuses an unknown format
+        if fmt == "geojson" and crs_wkt is None:
+            raise ConfigError("GeoJSON (RFC 7946) is in WGS 84, but this scene has no CRS; choose --vector-format "
+                              "gpkg, parquet or fgb")
+        return cls(crs_wkt, tuple(transform) if transform else tuple(Affine.identity())[:6],
+                   tuple(spec.class_names), tuple(c.kind for c in spec.classes), scene_id, spec.name,
+                   str(spec.version), fmt, options)
+
+    @property
+    def name(self) -> str:
+        return vector_name(self.fmt)
+
+    @property
+    def entries(self) -> tuple[str, ...]:
+        return (self.name,)
+
+    def layer(self) -> LayerInfo:
+        epsg = None
+        if self.crs_wkt is not None:
+            epsg = CRS.from_wkt(self.crs_wkt).to_epsg()
+        return LayerInfo(self.crs_wkt, epsg, self.scene_id)
+
+    def write(self, store: MaskStore, folder: Path) -> Path:
+        if len(store.shape) != 2:
+            raise ConfigError(f"the mask store is {len(store.shape)}-D; polygons need a 2D raster run")
+        chunk = labelling_chunk(store.labels.chunks)
+        table = label_objects(store, self.kinds, chunk)
+        path = folder / self.name
+        features = vectorize(store, table, chunk, Affine(*self.transform), self.class_names, self.options,
+                             scene_id=self.scene_id, model=self.model, model_version=self.model_version,
+                             run_id=(store.fingerprint or "")[:16])
+        written = write_vectors(path, self.fmt, self.layer(), features)
+        found = count_features(path, self.fmt)
+        if found != written:
+            raise OutputError(f"{path} holds {found} features but {written} were written; the disk may be full or "
+                              "failing: check it and run again")
+        return path

@@ -1,0 +1,192 @@
+"""Polygons of a run's objects: one valid polygon per object, the same for every chunking, exact areas,
+rasterized back onto the pixels they came from; every vector format opens in GDAL and its validators."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio.features
+import shapely
+from affine import Affine
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rasterio.crs import CRS
+from scipy import ndimage
+
+from segflow.errors import ConfigError
+from segflow.features import LayerInfo
+from segflow.io.mask_store import MaskStore
+from segflow.io.vector_files import count_features, write_vectors
+from segflow.labels import LABEL_NODATA
+from segflow.vectorize import VectorOptions, label_objects, vectorize
+
+KINDS = ("stuff", "stuff", "thing", "thing")  # background, a stuff class, two thing classes
+NAMES = ("background", "water", "building", "tree")
+UTM = CRS.from_epsg(32633).to_wkt()
+VALIDATE_GPKG = Path("/usr/lib/python3/dist-packages/osgeo_utils/samples/validate_gpkg.py")
+
+
+def blobs(shape: tuple[int, int], seed: int) -> np.ndarray:
+    """Class labels with blobs, holes, diagonal contacts and a nodata corner."""
+    rng = np.random.default_rng(seed)
+    field = ndimage.gaussian_filter(rng.normal(size=shape), 1.5)
+    labels = np.digitize(field, np.quantile(field, [0.35, 0.6, 0.8])).astype(np.uint8)
+    labels[: shape[0] // 5, : shape[1] // 6] = LABEL_NODATA
+    return labels
+
+
+def store_of(tmp: Path, labels: np.ndarray, chunk: int, scores: bool = False) -> MaskStore:
+    store = MaskStore.create(tmp / f"m{chunk}.zarr", labels.shape, (chunk, chunk), NAMES, save_scores=scores,
+                             attrs={"run_fingerprint": "f" * 64})
+    store.labels[:] = labels
+    if scores:
+        assert store.scores is not None
+        rng = np.random.default_rng(0)
+        store.scores[:] = rng.uniform(size=(len(NAMES), *labels.shape)).astype(np.float16)
+    return store
+
+
+def features(store: MaskStore, chunk: int, transform: Affine, options: VectorOptions | None = None
+             ) -> dict[int, dict[str, Any]]:
+    options = options or VectorOptions()
+    table = label_objects(store, KINDS, (chunk, chunk))
+    out: dict[int, dict[str, Any]] = {}
+    for batch in vectorize(store, table, (chunk, chunk), transform, NAMES, options, scene_id="s", model="m",
+                           model_version="1", run_id="r"):
+        for n, geometry in enumerate(batch.geometry):
+            row = {name: values[n] for name, values in batch.columns.items()}
+            assert row["instance_id"] not in out, "each object is written once"
+            out[row["instance_id"]] = {**row, "geometry": geometry}
+    return out
+
+
+TRANSFORMS = [Affine(10, 0, 500000, 0, -10, 5000000), Affine(0.5, 0.2, 100, 0.1, -0.7, 50),  # north-up, sheared
+              Affine(-3, 0, 0, 0, 3, 0)]  # flipped axes
+
+
+@settings(max_examples=15, deadline=None)
+@given(h=st.integers(8, 60), w=st.integers(8, 60), chunk=st.integers(3, 25), seed=st.integers(0, 10_000),
+       t=st.sampled_from(range(len(TRANSFORMS))))
+def test_objects_are_whole_valid_and_the_same_for_every_chunking(tmp_path_factory: pytest.TempPathFactory, h: int,
+                                                                  w: int, chunk: int, seed: int, t: int) -> None:
+    tmp = tmp_path_factory.mktemp("v")
+    labels = blobs((h, w), seed)
+    transform = TRANSFORMS[t]
+    whole = features(store_of(tmp, labels, 64), 64, transform)
+    chunked = features(store_of(tmp, labels, chunk), chunk, transform)
+    assert whole.keys() == chunked.keys()
+    for i, a in whole.items():
+        b = chunked[i]
+        assert isinstance(b["geometry"], shapely.Polygon) and b["geometry"].is_valid
+        assert shapely.equals(a["geometry"], b["geometry"]), f"object {i} differs between chunkings"
+        assert {k: v for k, v in a.items() if k != "geometry"} == {k: v for k, v in b.items() if k != "geometry"}
+    # rasterized back, the polygons are exactly the objects: scipy's components of each class
+    ids = rasterio.features.rasterize(((f["geometry"], i) for i, f in chunked.items()), out_shape=(h, w),
+                                      transform=transform, dtype="int32") if chunked else np.zeros((h, w), np.int32)
+    lookup = np.zeros(max(chunked, default=0) + 1, dtype=np.int64)
+    for i, f in chunked.items():
+        lookup[i] = f["class_id"]
+    classes = lookup[ids]
+    present = (labels > 0) & (labels != LABEL_NODATA)
+    np.testing.assert_array_equal(ids > 0, present)
+    np.testing.assert_array_equal(classes, np.where(present, labels, 0))
+    for c in (1, 2, 3):
+        components, n = ndimage.label(labels == c)
+        pairs = {(int(a), int(b)) for a, b in zip(components[labels == c], ids[labels == c], strict=True)}
+        assert len(pairs) == n == len({b for _, b in pairs}), f"class {c}: objects are not its components"
+    pixel_area = abs(transform.determinant)
+    for f in chunked.values():
+        assert f["area"] == pytest.approx(f["area_px"] * pixel_area, rel=1e-9)
+        assert f["kind"] == KINDS[f["class_id"]]
+        assert f["perimeter"] == pytest.approx(f["geometry"].length)
+        assert shapely.Polygon(f["geometry"].exterior).area > 0
+
+
+def test_thing_ids_are_those_of_the_instances_table_and_stuff_follows(tmp_path: Path) -> None:
+    labels = blobs((50, 70), 3)
+    store = store_of(tmp_path, labels, 16, scores=True)
+    found = features(store, 16, Affine.identity())
+    things = [f for f in found.values() if f["kind"] == "thing"]
+    expected = max(ndimage.label(labels == 2)[1], 0) + ndimage.label(labels == 3)[1]
+    assert sorted(f["instance_id"] for f in things) == list(range(1, expected + 1))
+    instances = np.asarray(store.group["instances"][:])
+    for f in things:
+        assert int(np.count_nonzero(instances == f["instance_id"])) == f["area_px"]
+    scores = np.asarray(store.scores[:], dtype=np.float64)  # type: ignore[index]
+    f = things[0]
+    mask = instances == f["instance_id"]
+    assert f["mean_score"] == pytest.approx(scores[f["class_id"]][mask].mean(), rel=1e-9)
+
+
+def test_min_area_and_simplify(tmp_path: Path) -> None:
+    labels = blobs((80, 80), 5)
+    store = store_of(tmp_path, labels, 32)
+    transform = Affine(2, 0, 0, 0, -2, 0)
+    exact = features(store, 32, transform)
+    small = features(store, 32, transform, VectorOptions(min_area=40.0))
+    assert set(small) == {i for i, f in exact.items() if f["area_px"] * 4 >= 40}
+    assert len(small) < len(exact)
+    simple = features(store, 32, transform, VectorOptions(simplify=3.0))
+    assert simple.keys() == exact.keys()
+    assert sum(shapely.get_num_coordinates(f["geometry"]) for f in simple.values()) < \
+        sum(shapely.get_num_coordinates(f["geometry"]) for f in exact.values())
+    assert all(f["geometry"].is_valid for f in simple.values())
+    with pytest.raises(ConfigError, match="--min-area"):
+        VectorOptions(min_area=-1).check()
+
+
+@pytest.mark.parametrize("fmt", ["gpkg", "parquet", "fgb", "geojson"])
+def test_every_format_opens_in_gdal_with_the_rows_written(fmt: str, tmp_path: Path) -> None:
+    labels = blobs((60, 90), 8)
+    store = store_of(tmp_path, labels, 32)
+    transform = Affine(10, 0, 500000, 0, -10, 5000000)
+    table = label_objects(store, KINDS, (32, 32))
+    path = tmp_path / f"objects.{fmt}"
+    info = LayerInfo(UTM, 32633, "s")
+    written = write_vectors(path, fmt, info, vectorize(store, table, (32, 32), transform, NAMES, VectorOptions(),
+                                                      scene_id="s", model="m", model_version="1", run_id="r"))
+    assert written == len(table) - 0 and count_features(path, fmt) == written
+    if fmt != "parquet":  # the system GDAL (Debian) opens it: what users' tools run
+        done = subprocess.run(["ogrinfo", "-ro", "-so", "-al", str(path)], capture_output=True, text=True)
+        assert done.returncode == 0 and f"Feature Count: {written}" in done.stdout, done.stderr
+        assert "Warning" not in done.stderr and "ERROR" not in done.stderr, done.stderr
+    if fmt == "gpkg" and VALIDATE_GPKG.exists():
+        check = subprocess.run(["python3", str(VALIDATE_GPKG), str(path)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+    if fmt == "parquet":
+        geopandas = pytest.importorskip("geopandas")
+        frame = geopandas.read_parquet(path)
+        assert frame.crs.to_epsg() == 32633 and len(frame) == written
+        import pyarrow.parquet as pq
+
+        geo = json.loads(pq.ParquetFile(path).schema_arrow.metadata[b"geo"])
+        assert geo["columns"]["geometry"]["covering"]["bbox"]["xmin"] == ["bbox", "xmin"]
+        boxes = pq.read_table(path, columns=["bbox"]).column("bbox").combine_chunks()
+        np.testing.assert_allclose(boxes.field("xmin"), frame.geometry.bounds["minx"])
+        np.testing.assert_allclose(boxes.field("ymax"), frame.geometry.bounds["maxy"])
+    if fmt == "geojson":
+        doc = json.loads(path.read_text())
+        assert doc["source_crs"] == "EPSG:32633" and "crs" not in doc
+        first = doc["features"][0]
+        from pyproj import Transformer
+
+        gpkg = tmp_path / "ref.gpkg"
+        write_vectors(gpkg, "gpkg", info, vectorize(store, table, (32, 32), transform, NAMES, VectorOptions(),
+                                                    scene_id="s", model="m", model_version="1", run_id="r"))
+        ref = pyogrio.read_dataframe(gpkg).set_index("instance_id").loc[first["properties"]["instance_id"]]
+        lon, lat = Transformer.from_crs(32633, 4326, always_xy=True).transform(*ref.geometry.exterior.coords[0])
+        coords = np.array(first["geometry"]["coordinates"][0])
+        assert np.min(np.hypot(coords[:, 0] - lon, coords[:, 1] - lat)) < 1e-6  # lon, lat order, RFC 7946
+
+
+def test_geojson_without_a_crs_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="WGS 84"):
+        write_vectors(tmp_path / "x.geojson", "geojson", LayerInfo(None, None, "s"), iter(()))
+    with pytest.raises(ConfigError, match="unknown vector format"):
+        write_vectors(tmp_path / "x.shp", "shp", LayerInfo(None, None, "s"), iter(()))
