@@ -6,13 +6,14 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 
 # System tools the tests use against real programs: GDAL's tools and COG validator, the Orthanc PACS with
-# its DICOMweb plugin, dicom3tools' DICOM validator (dciodvfy).
+# its DICOMweb plugin, dicom3tools' DICOM validator (dciodvfy), PostgreSQL 15 with PostGIS (a test server).
 need=()
 [ -f /usr/lib/python3/dist-packages/osgeo_utils/samples/validate_cloud_optimized_geotiff.py ] || need+=(python3-gdal)
 command -v gdalinfo >/dev/null 2>&1 || need+=(gdal-bin)
 command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
 [ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
+[ -f /usr/share/postgresql/15/extension/postgis.control ] || need+=(postgresql-15-postgis-3)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing ${need[*]}"

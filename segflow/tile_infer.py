@@ -33,11 +33,13 @@ from .io.geotiff import close_datasets, gdal_cache_limit
 from .io.lock import OutputLock
 from .io.mask_store import MaskStore
 from .io.pacs import PacsTarget, deliver_once, parse_pacs
+from .io.postgis import PostgisTarget, redact, write_postgis
 from .io.publish import STAGING_PREFIX, Staging, prepare_output, recover
 from .io.readback import verify_store
 from .io.readers import open_scene
 from .io.sinks import Sink, sinks_for, write_sinks
 from .io.space import check_space, estimate_bytes, guard_writes, tree_bytes
+from .io.vector_files import read_features
 from .io.vector_sink import VectorSink, scene_id_of
 from .models import ModelPackage, resolve_package
 from .models.expects import check_expected_input
@@ -82,6 +84,7 @@ class TileInferParams:
     meshes: bool = False  # volumes: a surface mesh per instance in meshes/ (segflow.io.meshes)
     vectorize: str | None = None  # rasters: objects as polygons in this format (segflow.io.vector_sink)
     vector_options: VectorOptions = field(default_factory=VectorOptions)
+    postgis: str | None = None  # rasters: also the polygons in this PostGIS table (segflow.io.postgis)
 
     def check(self) -> None:
         if self.blend not in BLEND_MODES:
@@ -110,6 +113,7 @@ class RunResult:
     chunks_computed: int = 0
     chunks_reused: int = 0
     delivered: tuple[str, ...] = ()  # SOP Instance UIDs confirmed at the PACS
+    rows_delivered: int | None = None  # polygons confirmed in the PostGIS table
 
     @property
     def megapixels_per_second(self) -> float:
@@ -119,6 +123,8 @@ class RunResult:
         where = ", ".join(str(p) for p in self.outputs.values())
         reused = f", {self.chunks_reused} reused from an earlier attempt" if self.chunks_reused else ""
         sent = f" | {len(self.delivered)} instance(s) stored at the PACS (confirmed)" if self.delivered else ""
+        if self.rows_delivered is not None:
+            sent += f" | {self.rows_delivered} polygon(s) in PostGIS (confirmed)"
         return (f"wrote {where} | {self.windows_evaluated} windows evaluated ({self.windows_skipped} nodata "
                 f"skipped) in {self.chunks} chunks{reused} | {self.wall_seconds:.1f} s | "
                 f"{self.megapixels_per_second:.2f} MP/s{sent}")
@@ -128,6 +134,8 @@ def _provenance(input_path: str, scene_meta: dict[str, Any], package: ModelPacka
                 grid: WindowGrid, device: str, started: str) -> dict[str, Any]:
     p = asdict(params)
     p["bands"] = dict(params.bands)
+    for target in ("postgis", "pacs"):  # never a password in run.json
+        p[target] = None if p[target] is None else redact(p[target])
     return {
         "segflow_version": __version__,
         "started_utc": started,
@@ -225,6 +233,7 @@ class _Job:
     sinks: Sequence[Sink]
     needed_bytes: int  # roughly what the run writes into its output folder at its peak
     pacs: PacsTarget | None
+    postgis: PostgisTarget | None
     started: str
     t0: float
 
@@ -300,8 +309,9 @@ def _prepare(input_path: InputPaths, params: TileInferParams, execution: Executi
     fingerprint = run_fingerprint(identities, model_id, {**_pixel_parameters(  # scale/offset may sit in a sidecar
         params, grid, chunks, scene.band_names, params.device.strip().lower()), "values": scene.meta.get("values"),
         "source_files": scene.meta.get("identity")})  # a folder's files (a DICOM series) as they are now
-    vectors = None if params.vectorize is None else VectorSink.for_scene(
-        scene, spec, scene_id_of(inputs[spec.sources[0]]), params.vectorize, params.vector_options)
+    postgis = None if params.postgis is None else PostgisTarget.parse(params.postgis)
+    vectors = None if params.vectorize is None and postgis is None else VectorSink.for_scene(
+        scene, spec, scene_id_of(inputs[spec.sources[0]]), params.vectorize or "gpkg", params.vector_options)
     sinks = sinks_for(scene, spec, meshes=params.meshes, vectors=vectors)
     return _Job(params=params, execution=execution, package=package, inputs=inputs,
                 input_path=inputs[spec.sources[0]], scene=scene, grid=grid, chunks=chunks, work=work,
@@ -311,7 +321,8 @@ def _prepare(input_path: InputPaths, params: TileInferParams, execution: Executi
                 fingerprint=fingerprint, sinks=sinks,
                 needed_bytes=estimate_bytes(scene.spatial_shape, len(spec.classes), params.save_scores)
                 + (0 if execution.distributed else spill_bytes(grid, chunks, len(spec.classes))),
-                pacs=_pacs_target(params.pacs, sinks, inputs[spec.sources[0]]), started=started, t0=t0)
+                pacs=_pacs_target(params.pacs, sinks, inputs[spec.sources[0]]), postgis=postgis,
+                started=started, t0=t0)
 
 
 def _pacs_target(pacs: str | None, sinks: Sequence[Sink], source: str) -> PacsTarget | None:
@@ -349,6 +360,10 @@ def _tile_infer(input_path: InputPaths, output_dir: str | os.PathLike[str], para
         if job.pacs is not None:  # the outputs are published: a failed delivery loses nothing
             sent = deliver_once([output / DICOM_SEG], job.pacs, output / PACS_RECEIPT)
             result = replace(result, delivered=tuple(sent))
+        if job.postgis is not None:  # likewise: the polygons as published, into the table
+            vectors = next(s for s in job.sinks if isinstance(s, VectorSink))
+            info, batches = read_features(output / vectors.name, vectors.fmt, vectors.scene_id)
+            result = replace(result, rows_delivered=write_postgis(job.postgis, info, batches))
         return result
 
 

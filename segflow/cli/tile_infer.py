@@ -57,12 +57,17 @@ __all__ = ["tile_infer_cmd"]
 @click.option("--simplify", type=float, default=0.0, show_default=True,
               help="With --vectorize: topology-preserving simplification tolerance in map units (0: exact pixel "
                    "outlines).")
+@click.option("--postgis", default=None, metavar="URL",
+              help="Rasters: also write the polygons (implies --vectorize) into a PostGIS table, replacing this "
+                   "scene's rows: postgresql://user@host/db?table=objects (password from the URL, PGPASSWORD "
+                   "or &secret=PREFECT_BLOCK).")
 @quiet_option(help="No progress bar and no summary line.")
 def tile_infer_cmd(inputs: tuple[str, ...], output_dir: Path, model: str | None, tile: int | None,
                    overlap: float | None, blend: str, chunk: int | None, batch: int, device: str,
                    bands: tuple[str, ...], save_scores: bool, no_amp: bool, workers: int | None,
                    dask_address: str | None, series: str | None, pacs: str | None, meshes: bool,
-                   vectorize: bool, vector_format: str, min_area: float, simplify: float, quiet: bool) -> None:
+                   vectorize: bool, vector_format: str, min_area: float, simplify: float, postgis: str | None,
+                   quiet: bool) -> None:
     """Segment a raster of any size by overlapping windows into mask.zarr + labels.tif (COG).
 
     Run again after a crash with the same options: only the unfinished chunks are computed.
@@ -75,7 +80,7 @@ def tile_infer_cmd(inputs: tuple[str, ...], output_dir: Path, model: str | None,
                              batch=batch, device=device, save_scores=save_scores,
                              bands=parse_band_overrides(bands), amp=not no_amp, pacs=pacs, meshes=meshes,
                              vectorize=vector_format if vectorize else None,
-                             vector_options=VectorOptions(min_area=min_area, simplify=simplify))
+                             vector_options=VectorOptions(min_area=min_area, simplify=simplify), postgis=postgis)
     execution = Execution(workers=workers, address=dask_address)
     with progress_bar(not quiet, "chunk") as progress:
         result = tile_infer(with_series(parse_inputs(inputs), series), output_dir, params, progress=progress,

@@ -25,7 +25,7 @@ import shapely
 from ..errors import ConfigError, OutputError
 from ..features import FeatureBatch, LayerInfo
 
-__all__ = ["VECTOR_FORMATS", "count_features", "vector_name", "write_vectors"]
+__all__ = ["VECTOR_FORMATS", "count_features", "read_features", "vector_name", "write_vectors"]
 
 VECTOR_FORMATS: dict[str, tuple[str, str]] = {  # --vector-format: (GDAL driver or "", file suffix)
     "gpkg": ("GPKG", ".gpkg"),
@@ -150,3 +150,43 @@ def count_features(path: Path, fmt: str) -> int:
     except Exception as exc:  # any failure to read it back means the file is damaged
         raise OutputError(f"{path} does not read back ({' '.join(str(exc).split())[:200]}); the disk may be full "
                           "or failing: check it and run again") from None
+
+
+def _feature_batch(record: pa.RecordBatch, geometry: str) -> FeatureBatch:
+    batch = FeatureBatch()
+    batch.geometry = list(shapely.from_wkb(np.asarray(record.column(geometry).to_pylist(), dtype=object)))
+    for name in batch.columns:
+        batch.columns[name] = record.column(name).to_pylist()
+    return batch
+
+
+def read_features(path: Path, fmt: str, scene_id: str) -> tuple[LayerInfo, Iterator[FeatureBatch]]:
+    """A written vector file as a feature stream again (e.g. for PostGIS): its layer info and batches.
+
+    GeoJSON gives WGS 84 coordinates (EPSG:4326), the others the scene's CRS.
+    """
+    from pyproj import CRS as ProjCRS
+
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        parquet = pq.ParquetFile(path)
+        crs = json.loads(parquet.schema_arrow.metadata[b"geo"])["columns"]["geometry"].get("crs")
+        wkt = None if crs is None else ProjCRS.from_json_dict(crs).to_wkt()
+
+        def batches() -> Iterator[FeatureBatch]:
+            for record in parquet.iter_batches(batch_size=4096):
+                yield _feature_batch(record, "geometry")
+    else:
+        from pyogrio import read_info
+        from pyogrio.raw import open_arrow
+
+        wkt = read_info(str(path), layer=0)["crs"]
+
+        def batches() -> Iterator[FeatureBatch]:
+            with open_arrow(str(path), layer=0, use_pyarrow=True, batch_size=4096) as (meta, reader):
+                for record in reader:
+                    yield _feature_batch(record, meta["geometry_name"] or "wkb_geometry")
+    epsg = None if wkt is None else ProjCRS.from_user_input(wkt).to_epsg()
+    wkt = None if wkt is None else ProjCRS.from_user_input(wkt).to_wkt()
+    return LayerInfo(wkt, epsg, scene_id), batches()
