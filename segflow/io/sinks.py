@@ -71,7 +71,8 @@ def sinks_for(scene: Scene, spec: ModelSpec, *, meshes: bool = False, vectors: S
 
     ``meshes``: also a surface mesh per instance (``meshes/``, after ``instances.csv``, whose ids it
     meshes); a 2D raster or a model without a thing class is refused with a ConfigError. ``vectors``:
-    a :class:`~segflow.io.vector_sink.VectorSink` for a raster's objects as polygons (``--vectorize``)."""
+    a :class:`~segflow.io.vector_sink.VectorSink` for a raster's objects as polygons (``--vectorize``), which
+    also brings ``quicklook.png`` (:mod:`segflow.io.quicklook`)."""
     geometry = scene.geometry
     if meshes:
         from .meshes import MeshesSink  # checks the scene and the model before anything runs
@@ -79,7 +80,11 @@ def sinks_for(scene: Scene, spec: ModelSpec, *, meshes: bool = False, vectors: S
         meshes_sink = MeshesSink.for_scene(scene, spec)
     if isinstance(geometry, RasterGeometry):
         cog = LabelCOGSink(geometry, tuple(spec.class_names), tuple(c.color for c in spec.classes))
-        return [cog] if vectors is None else [cog, vectors]
+        if vectors is None:
+            return [cog]
+        from .quicklook import QuicklookSink  # with the objects: the scene, its labels and their outlines
+
+        return [cog, vectors, QuicklookSink(scene, spec)]
     sinks: list[Sink] = []
     from .nifti_sink import nifti_label_sink  # labels.nii.gz for every volume
 
