@@ -1,43 +1,46 @@
 """Polygons from a run's mask: one valid polygon per object, never two halves at a seam, streamed.
 
-Objects are the connected components (face connectivity, as ``scipy.ndimage.label``) of the
-model's classes except class 0 (background): for "thing" classes the instances of
-:mod:`segflow.instances` (ids 1..M, the ids of ``instances.csv`` and the store's ``instances``
-array), for "stuff" classes merged regions of one class (ids M+1.., the store's ``regions``
-array holds ``id - M``). Both are labelled chunk by chunk with ids global across seams.
+An object is a connected region (face connectivity, as ``scipy.ndimage.label``) of one class other
+than class 0 (background) and the label nodata: an instance of a "thing" class, a merged region
+of a "stuff" class. Its ``instance_id`` is 1 + the flat index (``row * width + col``) of its first
+pixel in raster order: unique, the same for every chunking, and it locates the object.
 
-Polygons are traced per chunk with ``rasterio.features.shapes`` (4-connected, so one polygon
-per component and holes kept) in *global pixel coordinates* (integers: pieces of one object
-from different chunks share their seam edges exactly), in raster order of the chunks. An
-object inside one chunk is finished there; an object that crosses seams is held as pieces until
-the last chunk of its bounding box (in raster order) is traced, then its pieces are unioned into
-one polygon. Only objects crossing the current line of chunks are held, so memory is bounded by
-a chunk and that line, not by the scene or the number of objects. Each finished polygon is
-mapped through the scene's affine transform, optionally simplified (topology-preserving, in map
-units), oriented (exterior counter-clockwise), checked valid, measured and batched into
-:class:`~segflow.features.FeatureBatch`.
+How (one pass over the store; memory bounded by a line of chunks and the objects crossing it):
+
+1. Each chunk's labels are split into *pieces* (``skimage.measure.label``: connected pixels of one
+   value) and each piece traced by ``rasterio.features.shapes`` (GDAL's polygonizer, 4-connected:
+   one polygon per piece, holes kept) in global pixel coordinates, which are integers, so pieces of
+   one object from neighbouring chunks share their seam edges exactly. Per piece: class, pixels,
+   first pixel and (with scores) the sum of its own class's score, from the piece image.
+2. The pixel columns and rows facing each other across the chunk's left and top seams are compared:
+   neighbouring pixels of one class join their pieces (union-find).
+3. After each line of chunks, every object none of whose pieces touches the line's lower edge is
+   finished: its pieces are unioned into one polygon. The others wait for the next line.
+
+Each finished polygon is mapped through the scene's affine transform, optionally simplified
+(topology-preserving, in map units), oriented (exterior counter-clockwise), measured and batched
+into :class:`~segflow.features.FeatureBatch`.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 import rasterio.features
 import shapely
 from affine import Affine
 
-from .errors import ConfigError, OutputError
+from .errors import ConfigError, InputError, OutputError
 from .features import FeatureBatch
-from .instances import Instances, Reader, label_instances
 from .io.mask_store import MaskStore
+from .labels import LABEL_NODATA
 from .tiling import Box, ChunkGrid
 
-__all__ = ["ObjectTable", "VectorOptions", "label_objects", "vectorize"]
+__all__ = ["TracedObject", "VectorOptions", "trace_objects", "vectorize"]
 
 BATCH = 4096  # features per batch
 
@@ -58,53 +61,183 @@ class VectorOptions:
 
 
 @dataclass(frozen=True)
-class ObjectTable:
-    """Every object of the mask (row ``i`` = object id ``i + 1``): things first, then stuff regions."""
+class TracedObject:
+    """One object: its first pixel (global flat index), class, pixel count, own-class score sum
+    (NaN without scores) and polygon in global pixel coordinates (x = column, y = row)."""
 
-    class_id: np.ndarray
-    pixels: np.ndarray
-    bbox_start: np.ndarray  # (n, 2) row, col
-    bbox_stop: np.ndarray
-    score_sum: np.ndarray | None  # sum of the object's own class score, None without scores
-    things: int  # objects 1..things are instances of thing classes
-
-    def __len__(self) -> int:
-        return int(self.pixels.shape[0])
-
-    @classmethod
-    def concat(cls, things: Instances, stuff: Instances, with_scores: bool) -> ObjectTable:
-        def cat(name: str) -> np.ndarray:
-            return np.concatenate([getattr(things, name), getattr(stuff, name)])
-
-        score = np.concatenate([things.sums["score"], stuff.sums["score"]]) if with_scores else None
-        return cls(cat("class_id"), cat("voxels"), cat("bbox_start"), cat("bbox_stop"), score, len(things))
+    first: int
+    class_id: int
+    pixels: int
+    score_sum: float
+    polygon: shapely.Polygon
 
 
-def _score_reader(store: MaskStore) -> Reader:
+@dataclass
+class _Piece:
+    first: int
+    class_id: int
+    pixels: int
+    score_sum: float
+    polygon: shapely.Polygon
+
+
+@dataclass
+class _Edges:
+    """Where a chunk's pieces meet its four sides: per side, intervals ``[a, b)`` of the side's
+    coordinate (rows on the left and right sides, columns on the top and bottom) with their piece."""
+
+    left: list[tuple[int, int, int]] = field(default_factory=list)
+    right: list[tuple[int, int, int]] = field(default_factory=list)
+    top: list[tuple[int, int, int]] = field(default_factory=list)
+    bottom: list[tuple[int, int, int]] = field(default_factory=list)
+
+
+@dataclass
+class _Pieces:
+    """Pieces seen so far that belong to unfinished objects, with their union-find links."""
+
+    pieces: dict[int, _Piece] = field(default_factory=dict)
+    parent: dict[int, int] = field(default_factory=dict)
+    count: int = 0
+
+    def root(self, a: int) -> int:
+        parent = self.parent
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    def join(self, pairs: list[tuple[int, int]]) -> None:
+        for a, b in pairs:
+            ra, rb = self.root(a), self.root(b)
+            if ra != rb:
+                self.parent[max(ra, rb)] = min(ra, rb)
+
+
+def _side(ring: np.ndarray, axis: int, at: int) -> list[tuple[int, int]]:
+    """Intervals of the other coordinate covered by the ring's edges lying on the line ``coord[axis] == at``."""
+    on = ring[:, axis] == at
+    both = np.flatnonzero(on[:-1] & on[1:])
+    other = ring[:, 1 - axis]
+    return [(int(min(other[i], other[i + 1])), int(max(other[i], other[i + 1]))) for i in both.tolist()]
+
+
+def _chunk_pieces(labels: np.ndarray, scores: np.ndarray | None, box: Box, width: int, start: int
+                  ) -> tuple[list[_Piece], _Edges]:
+    """The pieces of one chunk (connected pixels of one class), numbered from ``start``, and its sides.
+
+    Everything comes from the traced polygons (GDAL's polygonizer finds the pieces itself): the
+    pixel count is the polygon's area in pixels (exact), the first pixel in raster order is the
+    leftmost vertex of the topmost ring edge, and the sides are the ring edges lying on them.
+    """
+    values = np.where(labels == LABEL_NODATA, 0, labels)
+    (y0, x0), (y1, x1) = box.start, box.stop
+    origin = Affine.translation(x0, y0)
+    pieces: list[_Piece] = []
+    edges = _Edges()
+    for number, (shape, value) in enumerate(rasterio.features.shapes(values, mask=values > 0, connectivity=4,
+                                                                      transform=origin), start=start):
+        rings = shape["coordinates"]
+        ring = np.asarray(rings[0], dtype=np.float64)
+        polygon = shapely.Polygon(ring, rings[1:])
+        top = ring[:, 1].min()
+        first = int(top) * width + int(ring[ring[:, 1] == top, 0].min())
+        pieces.append(_Piece(first, int(value), round(polygon.area), math.nan, polygon))
+        low, high = ring.min(axis=0), ring.max(axis=0)
+        for side, axis, at, reaches in (("left", 0, x0, low[0] == x0), ("right", 0, x1, high[0] == x1),
+                                        ("top", 1, y0, low[1] == y0), ("bottom", 1, y1, high[1] == y1)):
+            if reaches:
+                getattr(edges, side).extend((a, b, number) for a, b in _side(ring, axis, at))
+    if scores is not None and pieces:
+        ids = rasterio.features.rasterize(((p.polygon, n + 1) for n, p in enumerate(pieces)), out_shape=labels.shape,
+                                          transform=origin, dtype="int32")
+        own = np.take_along_axis(scores, np.minimum(values, scores.shape[0] - 1)[None].astype(np.intp), axis=0)[0]
+        sums = np.bincount(ids.ravel(), weights=own.ravel().astype(np.float64), minlength=len(pieces) + 1)
+        for n, piece in enumerate(pieces):
+            piece.score_sum = float(sums[n + 1])
+    return pieces, edges
+
+
+def _seam_pairs(before: list[tuple[int, int, int]], after: list[tuple[int, int, int]], class_of: dict[int, int]
+                ) -> list[tuple[int, int]]:
+    """Pieces joined across a seam: intervals of one side of it overlapping intervals of the other by at
+    least one pixel, pieces of one class."""
+    if not before or not after:
+        return []
+    pairs = []
+    after_sorted = sorted(after)
+    starts = [a for a, _, _ in after_sorted]
+    for a, b, piece in before:
+        k = max(0, bisect.bisect_right(starts, a) - 1)
+        while k < len(after_sorted) and after_sorted[k][0] < b:
+            c, d, other = after_sorted[k]
+            if min(b, d) > max(a, c) and class_of[piece] == class_of[other]:
+                pairs.append((piece, other))
+            k += 1
+    return pairs
+
+
+def _finish(pieces: list[_Piece]) -> TracedObject:
+    polygon = pieces[0].polygon if len(pieces) == 1 else shapely.union_all([p.polygon for p in pieces])
+    if not (isinstance(polygon, shapely.Polygon) and polygon.is_valid):
+        parts = [g for g in shapely.get_parts(shapely.make_valid(polygon))
+                 if isinstance(g, shapely.Polygon) and not g.is_empty]
+        if len(parts) != 1:
+            raise OutputError(f"an object traced into {len(parts)} polygons instead of one; this is a bug, please "
+                              "report it with the scene")
+        polygon = parts[0]
+    # one vertex list per shape whatever the chunking: no collinear seam vertices (GDAL's polygonizer
+    # leaves none, a union leaves them along seams), rings from their lowest vertex
+    if len(pieces) > 1:
+        polygon = shapely.simplify(polygon, 0.0, preserve_topology=True)
+    polygon = shapely.normalize(polygon)
+    return TracedObject(min(p.first for p in pieces), pieces[0].class_id, sum(p.pixels for p in pieces),
+                        sum(p.score_sum for p in pieces), polygon)
+
+
+def trace_objects(store: MaskStore, chunk: Sequence[int]) -> Iterator[TracedObject]:
+    """Every object of the store's 2D labels, each exactly once, as soon as it is complete."""
+    if len(store.shape) != 2:
+        raise ConfigError(f"the mask store is {len(store.shape)}-D; polygons need a 2D raster run")
+    width = store.shape[1]
+    grid = ChunkGrid.create(store.shape, chunk)
     scores = store.scores
-    assert scores is not None
-    top = int(scores.shape[0]) - 1
-
-    def read(box: Box) -> np.ndarray:
-        labels = np.minimum(store.read_labels(box), top).astype(np.intp)  # nodata: in no object
-        return np.take_along_axis(np.asarray(scores[(slice(None), *box.slices)], dtype=np.float64),
-                                  labels[None], axis=0)[0]
-
-    return read
-
-
-def label_objects(store: MaskStore, kinds: Sequence[str], chunk: Sequence[int]) -> ObjectTable:
-    """Label things into the store's ``instances`` array and stuff regions into ``regions``."""
-    things = [i for i, k in enumerate(kinds) if k == "thing" and i > 0]
-    stuff = [i for i, k in enumerate(kinds) if k != "thing" and i > 0]
-    names = ["y", "x"]
-    values = {"score": _score_reader(store)} if store.scores is not None else None
-    tables = []
-    for name, classes in (("instances", things), ("regions", stuff)):
-        out = store.group.create_array(name, shape=store.shape, dtype="uint32", chunks=tuple(chunk), fill_value=0,
-                                       dimension_names=names, overwrite=True)
-        tables.append(label_instances(store.labels, out, chunk, classes, values=values))
-    return ObjectTable.concat(tables[0], tables[1], values is not None)
+    state = _Pieces()
+    class_of: dict[int, int] = {}
+    above: dict[int, list[tuple[int, int, int]]] = {}  # chunk column -> lower side of the chunk above
+    for row in range(grid.counts[0]):
+        left: list[tuple[int, int, int]] = []
+        below: set[int] = set()  # pieces on this line's lower edge: their objects may go on
+        for col in range(grid.counts[1]):
+            box = grid.box((row, col))
+            score = None if scores is None else np.asarray(scores[(slice(None), *box.slices)], dtype=np.float32)
+            pieces, edges = _chunk_pieces(store.read_labels(box), score, box, width, state.count + 1)
+            for k, piece in enumerate(pieces, start=state.count + 1):
+                state.pieces[k] = piece
+                state.parent[k] = k
+                class_of[k] = piece.class_id
+            state.count += len(pieces)
+            state.join(_seam_pairs(left, edges.left, class_of))
+            if row > 0:
+                state.join(_seam_pairs(above[col], edges.top, class_of))
+            left = edges.right
+            above[col] = edges.bottom
+            if row + 1 < grid.counts[0]:
+                below.update(k for _, _, k in edges.bottom)
+        groups: dict[int, list[int]] = {}
+        for k in state.pieces:
+            groups.setdefault(state.root(k), []).append(k)
+        open_roots = {state.root(k) for k in below}
+        for root, members in groups.items():
+            if root in open_roots:
+                continue
+            yield _finish([state.pieces.pop(k) for k in members])
+            for k in members:
+                del state.parent[k], class_of[k]
+        for k in list(state.parent):  # keep only the links of pieces still waiting, flattened
+            state.parent[k] = state.root(k)
+    if state.pieces:
+        raise OutputError(f"{len(state.pieces)} pieces were left unfinished by vector tracing; this is a bug")
 
 
 def _to_map(geometry: shapely.Geometry, transform: Affine) -> shapely.Geometry:
@@ -113,78 +246,27 @@ def _to_map(geometry: shapely.Geometry, transform: Affine) -> shapely.Geometry:
     return shapely.transform(geometry, lambda xy: xy @ matrix + np.array([c, f]))
 
 
-def _finish(pieces: list[shapely.Polygon]) -> shapely.Polygon:
-    polygon = pieces[0] if len(pieces) == 1 else shapely.union_all(pieces)
-    if isinstance(polygon, shapely.Polygon) and polygon.is_valid:
-        return polygon
-    fixed = shapely.make_valid(polygon)
-    parts = [g for g in shapely.get_parts(fixed) if isinstance(g, shapely.Polygon) and not g.is_empty]
-    if len(parts) != 1:
-        raise OutputError(f"an object traced into {len(parts)} polygons instead of one; this is a bug, please "
-                          "report it with the scene")
-    return parts[0]
-
-
-def _canonical(polygon: shapely.Polygon) -> shapely.Polygon:
-    """One vertex list per shape, whatever the chunking: no collinear vertices (seams leave some), rings
-    starting at their lowest vertex (so every later step computes the same floating-point numbers)."""
-    return shapely.normalize(shapely.simplify(polygon, 0.0, preserve_topology=True))
-
-
-def _polygons(store: MaskStore, table: ObjectTable, chunk: Sequence[int]) -> Iterator[tuple[int, shapely.Polygon]]:
-    """``(object index, polygon in global pixel coordinates)`` for every object, each exactly once."""
-    grid = ChunkGrid.create(store.shape, chunk)
-    last_row = (table.bbox_stop[:, 0] - 1) // grid.chunk[0]
-    last_col = (table.bbox_stop[:, 1] - 1) // grid.chunk[1]
-    single = (table.bbox_start[:, 0] // grid.chunk[0] == last_row) & \
-        (table.bbox_start[:, 1] // grid.chunk[1] == last_col)
-    finish_at: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for n in np.flatnonzero(~single).tolist():
-        finish_at[(int(last_row[n]), int(last_col[n]))].append(n)
-    pending: dict[int, list[shapely.Polygon]] = defaultdict(list)
-    instances: Any = store.group["instances"]
-    regions: Any = store.group["regions"]
-    if len(table) >= np.iinfo(np.int32).max:
-        raise OutputError(f"{len(table)} objects: more than vector tracing can number (2^31 - 1); use a coarser model")
-    for index, box in grid:
-        ids = np.asarray(instances[box.slices]).astype(np.int32)
-        stuff = np.asarray(regions[box.slices])
-        ids[stuff > 0] = stuff[stuff > 0].astype(np.int32) + table.things
-        origin = Affine.translation(box.start[1], box.start[0])
-        for shape, value in rasterio.features.shapes(ids, mask=ids > 0, connectivity=4, transform=origin):
-            rings = shape["coordinates"]
-            polygon = shapely.Polygon(rings[0], rings[1:])
-            k = int(value) - 1
-            if single[k]:
-                yield k, _canonical(polygon if polygon.is_valid else _finish([polygon]))
-            else:
-                pending[k].append(polygon)
-        for k in finish_at.pop((index[0], index[1]), []):
-            yield k, _canonical(_finish(pending.pop(k)))
-    if pending or finish_at:
-        raise OutputError(f"{len(pending)} objects were left unfinished by vector tracing; this is a bug")
-
-
-def vectorize(store: MaskStore, table: ObjectTable, chunk: Sequence[int], transform: Affine,
-              class_names: Sequence[str], options: VectorOptions, *, scene_id: str, model: str, model_version: str,
+def vectorize(store: MaskStore, chunk: Sequence[int], transform: Affine, class_names: Sequence[str],
+              kinds: Sequence[str], options: VectorOptions, *, scene_id: str, model: str, model_version: str,
               run_id: str) -> Iterator[FeatureBatch]:
-    """Batches of features for every object of ``table`` (see :func:`label_objects`) that passes ``options``."""
+    """Batches of features for every object of the store that passes ``options``."""
     pixel_area = abs(transform.a * transform.e - transform.b * transform.d)
-    keep = table.pixels * pixel_area >= options.min_area
     batch = FeatureBatch()
-    for i, polygon in _polygons(store, table, chunk):
-        if not keep[i]:
+    for obj in trace_objects(store, chunk):
+        if obj.class_id >= len(class_names):
+            raise InputError(f"the mask holds label {obj.class_id} but the model has {len(class_names)} classes; "
+                             "vectorize with the model the run used (--model)")
+        if obj.pixels * pixel_area < options.min_area:
             continue
-        geometry = _to_map(polygon, transform)
+        geometry = _to_map(obj.polygon, transform)
         if options.simplify > 0:
             simplified = shapely.simplify(geometry, options.simplify, preserve_topology=True)
             geometry = simplified if simplified.is_valid and not simplified.is_empty else geometry
         geometry = shapely.orient_polygons(geometry)  # exterior counter-clockwise, holes clockwise
-        kind = "thing" if i < table.things else "stuff"
-        score = None if table.score_sum is None else float(table.score_sum[i] / table.pixels[i])
-        batch.append(geometry, instance_id=i + 1, class_id=int(table.class_id[i]),
-                     class_name=class_names[int(table.class_id[i])], kind=kind, area=float(geometry.area),
-                     area_px=int(table.pixels[i]), perimeter=float(geometry.length), mean_score=score,
+        score = None if math.isnan(obj.score_sum) else obj.score_sum / obj.pixels
+        batch.append(geometry, instance_id=obj.first + 1, class_id=obj.class_id,
+                     class_name=class_names[obj.class_id], kind=kinds[obj.class_id], area=float(geometry.area),
+                     area_px=obj.pixels, perimeter=float(geometry.length), mean_score=score,
                      scene_id=scene_id, model=model, model_version=model_version, run_id=run_id)
         if len(batch) >= BATCH:
             yield batch

@@ -24,7 +24,7 @@ from segflow.features import LayerInfo
 from segflow.io.mask_store import MaskStore
 from segflow.io.vector_files import count_features, write_vectors
 from segflow.labels import LABEL_NODATA
-from segflow.vectorize import VectorOptions, label_objects, vectorize
+from segflow.vectorize import VectorOptions, vectorize
 
 KINDS = ("stuff", "stuff", "thing", "thing")  # background, a stuff class, two thing classes
 NAMES = ("background", "water", "building", "tree")
@@ -55,9 +55,8 @@ def store_of(tmp: Path, labels: np.ndarray, chunk: int, scores: bool = False) ->
 def features(store: MaskStore, chunk: int, transform: Affine, options: VectorOptions | None = None
              ) -> dict[int, dict[str, Any]]:
     options = options or VectorOptions()
-    table = label_objects(store, KINDS, (chunk, chunk))
     out: dict[int, dict[str, Any]] = {}
-    for batch in vectorize(store, table, (chunk, chunk), transform, NAMES, options, scene_id="s", model="m",
+    for batch in vectorize(store, (chunk, chunk), transform, NAMES, KINDS, options, scene_id="s", model="m",
                            model_version="1", run_id="r"):
         for n, geometry in enumerate(batch.geometry):
             row = {name: values[n] for name, values in batch.columns.items()}
@@ -108,20 +107,24 @@ def test_objects_are_whole_valid_and_the_same_for_every_chunking(tmp_path_factor
         assert shapely.Polygon(f["geometry"].exterior).area > 0
 
 
-def test_thing_ids_are_those_of_the_instances_table_and_stuff_follows(tmp_path: Path) -> None:
+def test_ids_locate_each_object_by_its_first_pixel_and_scores_are_its_own_class_mean(tmp_path: Path) -> None:
     labels = blobs((50, 70), 3)
     store = store_of(tmp_path, labels, 16, scores=True)
     found = features(store, 16, Affine.identity())
-    things = [f for f in found.values() if f["kind"] == "thing"]
-    expected = max(ndimage.label(labels == 2)[1], 0) + ndimage.label(labels == 3)[1]
-    assert sorted(f["instance_id"] for f in things) == list(range(1, expected + 1))
-    instances = np.asarray(store.group["instances"][:])
-    for f in things:
-        assert int(np.count_nonzero(instances == f["instance_id"])) == f["area_px"]
-    scores = np.asarray(store.scores[:], dtype=np.float64)  # type: ignore[index]
-    f = things[0]
-    mask = instances == f["instance_id"]
-    assert f["mean_score"] == pytest.approx(scores[f["class_id"]][mask].mean(), rel=1e-9)
+    scores = np.asarray(store.scores[:], dtype=np.float32).astype(np.float64)  # type: ignore[index]
+    expected = {}
+    for c in (1, 2, 3):
+        components, n = ndimage.label(labels == c)
+        for k in range(1, n + 1):
+            mask = components == k
+            first = int(np.flatnonzero(mask.ravel())[0])
+            expected[first + 1] = (c, int(mask.sum()), scores[c][mask].mean())
+    assert found.keys() == expected.keys()
+    for i, f in found.items():
+        c, pixels, score = expected[i]
+        assert (f["class_id"], f["area_px"]) == (c, pixels)
+        assert f["mean_score"] == pytest.approx(score, rel=1e-9)
+    assert features(store_of(tmp_path, labels, 32), 32, Affine.identity())[next(iter(found))]["mean_score"] is None
 
 
 def test_min_area_and_simplify(tmp_path: Path) -> None:
@@ -146,12 +149,15 @@ def test_every_format_opens_in_gdal_with_the_rows_written(fmt: str, tmp_path: Pa
     labels = blobs((60, 90), 8)
     store = store_of(tmp_path, labels, 32)
     transform = Affine(10, 0, 500000, 0, -10, 5000000)
-    table = label_objects(store, KINDS, (32, 32))
     path = tmp_path / f"objects.{fmt}"
     info = LayerInfo(UTM, 32633, "s")
-    written = write_vectors(path, fmt, info, vectorize(store, table, (32, 32), transform, NAMES, VectorOptions(),
-                                                      scene_id="s", model="m", model_version="1", run_id="r"))
-    assert written == len(table) - 0 and count_features(path, fmt) == written
+
+    def stream() -> Any:
+        return vectorize(store, (32, 32), transform, NAMES, KINDS, VectorOptions(), scene_id="s", model="m",
+                         model_version="1", run_id="r")
+
+    written = write_vectors(path, fmt, info, stream())
+    assert written == len(features(store, 32, transform)) > 10 and count_features(path, fmt) == written
     if fmt != "parquet":  # the system GDAL (Debian) opens it: what users' tools run
         done = subprocess.run(["ogrinfo", "-ro", "-so", "-al", str(path)], capture_output=True, text=True)
         assert done.returncode == 0 and f"Feature Count: {written}" in done.stdout, done.stderr
@@ -177,8 +183,7 @@ def test_every_format_opens_in_gdal_with_the_rows_written(fmt: str, tmp_path: Pa
         from pyproj import Transformer
 
         gpkg = tmp_path / "ref.gpkg"
-        write_vectors(gpkg, "gpkg", info, vectorize(store, table, (32, 32), transform, NAMES, VectorOptions(),
-                                                    scene_id="s", model="m", model_version="1", run_id="r"))
+        write_vectors(gpkg, "gpkg", info, stream())
         ref = pyogrio.read_dataframe(gpkg).set_index("instance_id").loc[first["properties"]["instance_id"]]
         lon, lat = Transformer.from_crs(32633, 4326, always_xy=True).transform(*ref.geometry.exterior.coords[0])
         coords = np.array(first["geometry"]["coordinates"][0])
@@ -190,3 +195,24 @@ def test_geojson_without_a_crs_is_refused(tmp_path: Path) -> None:
         write_vectors(tmp_path / "x.geojson", "geojson", LayerInfo(None, None, "s"), iter(()))
     with pytest.raises(ConfigError, match="unknown vector format"):
         write_vectors(tmp_path / "x.shp", "shp", LayerInfo(None, None, "s"), iter(()))
+
+
+def test_shapes_joined_only_further_down_and_holes_made_of_several_chunks(tmp_path: Path) -> None:
+    labels = np.zeros((40, 40), dtype=np.uint8)
+    labels[2:30, 3:6] = 2  # a U: two arms in the first line of chunks, joined in the third
+    labels[2:30, 14:17] = 2
+    labels[27:30, 3:17] = 2
+    yy, xx = np.mgrid[:40, :40]
+    ring = (np.hypot(yy - 20, xx - 30) < 9) & (np.hypot(yy - 20, xx - 30) >= 4)
+    labels[ring] = 3  # an annulus whose hole lies on the seams of four chunks
+    labels[5, 20], labels[6, 21] = 1, 1  # two pixels touching by a corner: two objects
+    store = store_of(tmp_path, labels, 10)
+    found: dict[int, list[dict[str, Any]]] = {}
+    for f in features(store, 10, Affine.identity()).values():
+        found.setdefault(f["class_id"], []).append(f)
+    (u,), (annulus,) = found[2], found[3]
+    assert u["area_px"] == int((labels == 2).sum()) and not u["geometry"].interiors
+    assert len(annulus["geometry"].interiors) == 1 and annulus["area_px"] == int(ring.sum())
+    assert shapely.Polygon(annulus["geometry"].interiors[0]).area == pytest.approx(float(
+        ((np.hypot(yy - 20, xx - 30) < 4)).sum()))
+    assert len(found[1]) == 2

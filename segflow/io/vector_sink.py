@@ -1,10 +1,9 @@
 """``instances.<format>``: the objects of a raster run as polygons in the scene's CRS (``--vectorize``).
 
 A sink like the others: built from the finished store, written into the staging folder, read back
-(feature count) before publication. Things and stuff regions are labelled into the store's
-``instances`` and ``regions`` arrays (:func:`segflow.vectorize.label_objects`), traced, and
-streamed to the file (:mod:`segflow.io.vector_files`); see :mod:`segflow.vectorize` for what an
-object is and :data:`segflow.features.FIELDS` for the columns.
+(feature count) before publication. The objects are traced in one pass over the store
+(:mod:`segflow.vectorize`, which says what an object is) and streamed to the file
+(:mod:`segflow.io.vector_files`); :data:`segflow.features.FIELDS` lists the columns.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from rasterio.crs import CRS
 from ..errors import ConfigError, OutputError
 from ..features import LayerInfo
 from ..geometry import RasterGeometry
-from ..vectorize import VectorOptions, label_objects, vectorize
+from ..vectorize import VectorOptions, vectorize
 from .instances_sink import labelling_chunk
 from .mask_store import MaskStore
 from .vector_files import count_features, vector_name, write_vectors
@@ -98,9 +97,8 @@ class VectorSink:
         if len(store.shape) != 2:
             raise ConfigError(f"the mask store is {len(store.shape)}-D; polygons need a 2D raster run")
         chunk = labelling_chunk(store.labels.chunks)
-        table = label_objects(store, self.kinds, chunk)
         path = folder / self.name
-        features = vectorize(store, table, chunk, Affine(*self.transform), self.class_names, self.options,
+        features = vectorize(store, chunk, Affine(*self.transform), self.class_names, self.kinds, self.options,
                              scene_id=self.scene_id, model=self.model, model_version=self.model_version,
                              run_id=(store.fingerprint or "")[:16])
         written = write_vectors(path, self.fmt, self.layer(), features)
