@@ -73,10 +73,9 @@ import json, time
 from pathlib import Path
 from affine import Affine
 from segflow.io.mask_store import MaskStore
-from segflow.vectorize import VectorOptions, vectorize
-from segflow.io.instances_sink import labelling_chunk
+from segflow.vectorize import VectorOptions, tracing_chunk, vectorize
 store = MaskStore.open(Path({path!r}), mode="r")
-chunk = labelling_chunk(store.labels.chunks)
+chunk = tracing_chunk(store)
 t = time.perf_counter()
 n = 0
 for batch in vectorize(store, chunk, Affine(*store.attrs["transform"]), {names!r}, ("stuff", "stuff", "thing"),
@@ -107,10 +106,9 @@ from affine import Affine
 from segflow.features import LayerInfo
 from segflow.io.mask_store import MaskStore
 from segflow.io.vector_files import write_vectors
-from segflow.vectorize import VectorOptions, vectorize
-from segflow.io.instances_sink import labelling_chunk
+from segflow.vectorize import VectorOptions, tracing_chunk, vectorize
 store = MaskStore.open(Path({path!r}), mode="r")
-chunk = labelling_chunk(store.labels.chunks)
+chunk = tracing_chunk(store)
 t = time.perf_counter()
 stream = vectorize(store, chunk, Affine(*store.attrs["transform"]), {names!r}, ("stuff", "stuff", "thing"),
                    VectorOptions(), scene_id="bench", model="m", model_version="1", run_id="r")

@@ -40,7 +40,7 @@ from .io.mask_store import MaskStore
 from .labels import LABEL_NODATA
 from .tiling import Box, ChunkGrid
 
-__all__ = ["TracedObject", "VectorOptions", "trace_objects", "vectorize"]
+__all__ = ["TracedObject", "VectorOptions", "trace_objects", "tracing_chunk", "vectorize"]
 
 BATCH = 4096  # features per batch
 
@@ -58,6 +58,14 @@ class VectorOptions:
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a number >= 0 in map units, got {value}")
+
+
+def tracing_chunk(store: MaskStore, limit: int = 4096) -> tuple[int, ...]:
+    """The chunk to trace by: the store's shard (its processing chunk), at most ``limit`` pixels a side.
+
+    Larger chunks mean fewer seams (less to join); memory per chunk is about 10 bytes a pixel."""
+    shards = getattr(store.labels, "shards", None) or store.labels.chunks
+    return tuple(min(int(c), limit) for c in shards)
 
 
 @dataclass(frozen=True)
@@ -178,21 +186,29 @@ def _seam_pairs(before: list[tuple[int, int, int]], after: list[tuple[int, int, 
 
 
 def _finish(pieces: list[_Piece]) -> TracedObject:
-    polygon = pieces[0].polygon if len(pieces) == 1 else shapely.union_all([p.polygon for p in pieces])
-    if not (isinstance(polygon, shapely.Polygon) and polygon.is_valid):
-        parts = [g for g in shapely.get_parts(shapely.make_valid(polygon))
+    """An object from its pieces (the polygon checked and made canonical later, in bulk: :func:`_valid`)."""
+    if len(pieces) == 1:
+        piece = pieces[0]
+        return TracedObject(piece.first, piece.class_id, piece.pixels, piece.score_sum, piece.polygon)
+    # a union leaves collinear vertices along the seams (GDAL's polygonizer leaves none): removed
+    polygon = shapely.simplify(shapely.union_all([p.polygon for p in pieces]), 0.0, preserve_topology=True)
+    return TracedObject(min(p.first for p in pieces), pieces[0].class_id, sum(p.pixels for p in pieces),
+                        sum(p.score_sum for p in pieces), polygon)
+
+
+def _valid(polygons: np.ndarray) -> np.ndarray:
+    """Valid polygons in canonical form (rings from their lowest vertex: the same vertex list, hence the same
+    floating-point results later, whatever the chunking). A traced ring that touches itself at a corner
+    (pixels meeting diagonally inside an object) is invalid as traced; ``make_valid`` turns it into one
+    valid polygon (a hole touching the shell at a point)."""
+    for n in np.flatnonzero(~shapely.is_valid(polygons)).tolist():
+        parts = [g for g in shapely.get_parts(shapely.make_valid(polygons[n]))
                  if isinstance(g, shapely.Polygon) and not g.is_empty]
         if len(parts) != 1:
             raise OutputError(f"an object traced into {len(parts)} polygons instead of one; this is a bug, please "
                               "report it with the scene")
-        polygon = parts[0]
-    # one vertex list per shape whatever the chunking: no collinear seam vertices (GDAL's polygonizer
-    # leaves none, a union leaves them along seams), rings from their lowest vertex
-    if len(pieces) > 1:
-        polygon = shapely.simplify(polygon, 0.0, preserve_topology=True)
-    polygon = shapely.normalize(polygon)
-    return TracedObject(min(p.first for p in pieces), pieces[0].class_id, sum(p.pixels for p in pieces),
-                        sum(p.score_sum for p in pieces), polygon)
+        polygons[n] = parts[0]
+    return shapely.normalize(polygons)
 
 
 def trace_objects(store: MaskStore, chunk: Sequence[int]) -> Iterator[TracedObject]:
@@ -240,10 +256,31 @@ def trace_objects(store: MaskStore, chunk: Sequence[int]) -> Iterator[TracedObje
         raise OutputError(f"{len(state.pieces)} pieces were left unfinished by vector tracing; this is a bug")
 
 
-def _to_map(geometry: shapely.Geometry, transform: Affine) -> shapely.Geometry:
+def _to_map(geometries: np.ndarray, transform: Affine) -> np.ndarray:
     a, b, c, d, e, f = transform[:6]
     matrix = np.array([[a, d], [b, e]])
-    return shapely.transform(geometry, lambda xy: xy @ matrix + np.array([c, f]))
+    return shapely.transform(geometries, lambda xy: xy @ matrix + np.array([c, f]))
+
+
+def _features(objects: list[TracedObject], transform: Affine, class_names: Sequence[str], kinds: Sequence[str],
+              options: VectorOptions, constants: dict[str, str]) -> FeatureBatch:
+    """One batch of features, its geometry handled in bulk (shapely's array functions)."""
+    geometry = _to_map(_valid(np.array([o.polygon for o in objects], dtype=object)), transform)
+    if options.simplify > 0:
+        simplified = shapely.simplify(geometry, options.simplify, preserve_topology=True)
+        keep = shapely.is_valid(simplified) & ~shapely.is_empty(simplified)
+        geometry = np.where(keep, simplified, geometry)
+    geometry = shapely.orient_polygons(geometry)  # exterior counter-clockwise, holes clockwise
+    batch = FeatureBatch()
+    batch.geometry = list(geometry)
+    classes = [o.class_id for o in objects]
+    batch.columns.update(
+        instance_id=[o.first + 1 for o in objects], class_id=classes, class_name=[class_names[c] for c in classes],
+        kind=[kinds[c] for c in classes], area=shapely.area(geometry).tolist(),
+        area_px=[o.pixels for o in objects], perimeter=shapely.length(geometry).tolist(),
+        mean_score=[None if math.isnan(o.score_sum) else o.score_sum / o.pixels for o in objects],
+        **{name: [value] * len(objects) for name, value in constants.items()})
+    return batch
 
 
 def vectorize(store: MaskStore, chunk: Sequence[int], transform: Affine, class_names: Sequence[str],
@@ -251,25 +288,16 @@ def vectorize(store: MaskStore, chunk: Sequence[int], transform: Affine, class_n
               run_id: str) -> Iterator[FeatureBatch]:
     """Batches of features for every object of the store that passes ``options``."""
     pixel_area = abs(transform.a * transform.e - transform.b * transform.d)
-    batch = FeatureBatch()
+    constants = {"scene_id": scene_id, "model": model, "model_version": model_version, "run_id": run_id}
+    pending: list[TracedObject] = []
     for obj in trace_objects(store, chunk):
         if obj.class_id >= len(class_names):
             raise InputError(f"the mask holds label {obj.class_id} but the model has {len(class_names)} classes; "
                              "vectorize with the model the run used (--model)")
-        if obj.pixels * pixel_area < options.min_area:
-            continue
-        geometry = _to_map(obj.polygon, transform)
-        if options.simplify > 0:
-            simplified = shapely.simplify(geometry, options.simplify, preserve_topology=True)
-            geometry = simplified if simplified.is_valid and not simplified.is_empty else geometry
-        geometry = shapely.orient_polygons(geometry)  # exterior counter-clockwise, holes clockwise
-        score = None if math.isnan(obj.score_sum) else obj.score_sum / obj.pixels
-        batch.append(geometry, instance_id=obj.first + 1, class_id=obj.class_id,
-                     class_name=class_names[obj.class_id], kind=kinds[obj.class_id], area=float(geometry.area),
-                     area_px=obj.pixels, perimeter=float(geometry.length), mean_score=score,
-                     scene_id=scene_id, model=model, model_version=model_version, run_id=run_id)
-        if len(batch) >= BATCH:
-            yield batch
-            batch = FeatureBatch()
-    if len(batch):
-        yield batch
+        if obj.pixels * pixel_area >= options.min_area:
+            pending.append(obj)
+        if len(pending) >= BATCH:
+            yield _features(pending, transform, class_names, kinds, options, constants)
+            pending = []
+    if pending:
+        yield _features(pending, transform, class_names, kinds, options, constants)

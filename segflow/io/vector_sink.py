@@ -19,8 +19,7 @@ from rasterio.crs import CRS
 from ..errors import ConfigError, OutputError
 from ..features import LayerInfo
 from ..geometry import RasterGeometry
-from ..vectorize import VectorOptions, vectorize
-from .instances_sink import labelling_chunk
+from ..vectorize import VectorOptions, tracing_chunk, vectorize
 from .mask_store import MaskStore
 from .vector_files import count_features, vector_name, write_vectors
 
@@ -96,7 +95,7 @@ class VectorSink:
     def write(self, store: MaskStore, folder: Path) -> Path:
         if len(store.shape) != 2:
             raise ConfigError(f"the mask store is {len(store.shape)}-D; polygons need a 2D raster run")
-        chunk = labelling_chunk(store.labels.chunks)
+        chunk = tracing_chunk(store)
         path = folder / self.name
         features = vectorize(store, chunk, Affine(*self.transform), self.class_names, self.kinds, self.options,
                              scene_id=self.scene_id, model=self.model, model_version=self.model_version,
