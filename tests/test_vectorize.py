@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pyogrio
 import pytest
+import rasterio
 import rasterio.features
 import shapely
 from affine import Affine
@@ -216,3 +217,57 @@ def test_shapes_joined_only_further_down_and_holes_made_of_several_chunks(tmp_pa
     assert shapely.Polygon(annulus["geometry"].interiors[0]).area == pytest.approx(float(
         ((np.hypot(yy - 20, xx - 30) < 4)).sum()))
     assert len(found[1]) == 2
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from segflow.synthetic import write_synthetic_scene
+    from segflow.tile_infer import TileInferParams, tile_infer
+
+    folder = tmp_path_factory.mktemp("run")
+    write_synthetic_scene(folder / "T33UVP.tif", width=300, height=260, seed=4)
+    tile_infer(folder / "T33UVP.tif", folder / "out", TileInferParams(model="spectral-landcover", chunk=128,
+                                                                      vectorize="gpkg"))
+    return folder / "out"
+
+
+def test_a_run_with_vectorize_publishes_its_objects_and_a_quicklook(run: Path) -> None:
+    frame = pyogrio.read_dataframe(run / "instances.gpkg")
+    assert len(frame) > 5 and set(frame.scene_id) == {"T33UVP"} and set(frame.model) == {"spectral-landcover"}
+    assert frame.crs.to_epsg() == 32633 and frame.geometry.is_valid.all()
+    with rasterio.open(run / "labels.tif") as ds:
+        labels, transform = ds.read(1), ds.transform
+        footprint = shapely.box(*ds.bounds)
+    present = (labels > 0) & (labels != LABEL_NODATA)
+    assert frame.geometry.area.sum() == pytest.approx(present.sum() * abs(transform.determinant), rel=1e-9)
+    assert frame.geometry.within(footprint).all()
+    assert (run / "quicklook.png").stat().st_size > 1000
+
+
+def test_segflow_vectorize_writes_the_same_objects_from_an_existing_run(run: Path, tmp_path: Path) -> None:
+    from segflow.cli import main
+
+    before = sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*"))
+    assert main(["vectorize", str(run), "-o", str(tmp_path / "objects.parquet")]) == 0
+    assert sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*")) == before, "run untouched"
+    again = pyogrio.read_dataframe(run / "instances.gpkg").set_index("instance_id").sort_index()
+    geopandas = pytest.importorskip("geopandas")
+    other = geopandas.read_parquet(tmp_path / "objects.parquet").set_index("instance_id").sort_index()
+    assert list(again.index) == list(other.index)
+    assert all(shapely.equals(a, b) for a, b in zip(again.geometry, other.geometry, strict=True))
+    assert main(["vectorize", str(run), "-o", str(tmp_path / "objects.shp")]) == 2
+    assert main(["vectorize", str(tmp_path / "nothing"), "-o", str(tmp_path / "x.gpkg")]) == 2
+
+
+def test_vector_options_are_refused_before_anything_runs(tmp_path: Path) -> None:
+    from segflow.tile_infer import TileInferParams, tile_infer
+
+    from .helpers import random_image, write_geotiff
+
+    plain = write_geotiff(tmp_path / "plain.tif", random_image((4, 40, 40)), crs=None)
+    for params, message in ((TileInferParams(vectorize="geojson"), "WGS 84"),
+                            (TileInferParams(vectorize="gpkg", vector_options=VectorOptions(simplify=-1)),
+                             "--simplify")):
+        with pytest.raises(ConfigError, match=message):
+            tile_infer(plain, tmp_path / "out", params)
+        assert not (tmp_path / "out").exists()

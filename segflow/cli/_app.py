@@ -24,6 +24,7 @@ from .models import export_cmd, models_list_cmd, models_show_cmd
 from .sample_scene import sample_scene_cmd
 from .tile_infer import tile_infer_cmd
 from .train import train_cmd
+from .vectorize import vectorize_cmd
 
 __all__ = ["cli", "main"]
 
@@ -44,6 +45,7 @@ cli = _group(
         sample_scene_cmd,
         demo_cmd,
         _group("models", "Inspect model packages.", [models_list_cmd, models_show_cmd, export_cmd]),
+        vectorize_cmd,
         eval_cmd,
         train_cmd,
     ],

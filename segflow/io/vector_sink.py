@@ -16,18 +16,19 @@ from typing import TYPE_CHECKING
 from affine import Affine
 from rasterio.crs import CRS
 
-from ..errors import ConfigError, OutputError
+from ..errors import ConfigError, OutputError, SegflowError
 from ..features import LayerInfo
 from ..geometry import RasterGeometry
 from ..vectorize import VectorOptions, tracing_chunk, vectorize
+from .atomic import atomic_path
 from .mask_store import MaskStore
-from .vector_files import count_features, vector_name, write_vectors
+from .vector_files import VECTOR_FORMATS, count_features, vector_name, write_vectors
 
 if TYPE_CHECKING:
     from ..models.package import ModelSpec
     from ..scene import Scene
 
-__all__ = ["VectorSink", "scene_id_of"]
+__all__ = ["VectorSink", "scene_id_of", "vectorize_run"]
 
 
 def scene_id_of(name: str) -> str:
@@ -106,3 +107,45 @@ class VectorSink:
             raise OutputError(f"{path} holds {found} features but {written} were written; the disk may be full or "
                               "failing: check it and run again")
         return path
+
+
+def vectorize_run(run: Path, output: Path, *, fmt: str | None = None, options: VectorOptions | None = None,
+                  model: str | None = None) -> int:
+    """``segflow vectorize``: the objects of an existing raster run (its folder or ``mask.zarr``) as a vector file.
+
+    The format comes from ``output``'s suffix unless ``fmt`` is given; the classes' kinds from the run's
+    model (``model`` names another when that one is not available here). The run is only read; the file
+    is published atomically. Returns the number of features written.
+    """
+    from ..models import resolve_package
+
+    store_path = run if (run / "zarr.json").exists() else run / "mask.zarr"
+    store = MaskStore.open(store_path)
+    attrs = store.attrs
+    if len(store.shape) != 2:
+        raise ConfigError(f"{run} is a {len(store.shape)}-D run; polygons come from 2D raster runs")
+    if fmt is None:
+        fmt = next((k for k, (_, suffix) in VECTOR_FORMATS.items() if output.name.lower().endswith(suffix)), None)
+        if fmt is None:
+            raise ConfigError(f"cannot tell the format of {output.name} from its suffix; use one of "
+                              f"{', '.join(s for _, s in VECTOR_FORMATS.values())} or --format")
+    name = model or attrs.get("model")
+    try:
+        spec = resolve_package(str(name)).spec
+    except SegflowError:
+        raise ConfigError(f"the run's model {name!r} is not available here; pass --model with it (a name or a "
+                          "package folder) so the classes' kinds are known") from None
+    if list(spec.class_names) != list(attrs.get("class_names", spec.class_names)):
+        raise ConfigError(f"model {spec.name!r} has classes {spec.class_names} but the run has "
+                          f"{attrs.get('class_names')}; pass the model the run used (--model)")
+    sink = VectorSink.create(attrs.get("crs"), attrs.get("transform"), spec,
+                             scene_id_of(str(attrs.get("source") or run.name)), fmt, options)
+    stream = vectorize(store, tracing_chunk(store), Affine(*sink.transform), sink.class_names, sink.kinds,
+                       sink.options, scene_id=sink.scene_id, model=sink.model, model_version=sink.model_version,
+                       run_id=(store.fingerprint or "")[:16])
+    with atomic_path(output) as temp:
+        written = write_vectors(temp, fmt, sink.layer(), stream)
+        if count_features(temp, fmt) != written:
+            raise OutputError(f"{output} did not read back with the {written} features written; the disk may be "
+                              "full or failing: check it and run again")
+    return written
