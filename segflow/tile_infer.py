@@ -85,6 +85,7 @@ class TileInferParams:
     vectorize: str | None = None  # rasters: objects as polygons in this format (segflow.io.vector_sink)
     vector_options: VectorOptions = field(default_factory=VectorOptions)
     postgis: str | None = None  # rasters: also the polygons in this PostGIS table (segflow.io.postgis)
+    panoptic: bool = False  # rasters: panoptic.tif, class and instance ids (segflow.io.panoptic)
 
     def check(self) -> None:
         if self.blend not in BLEND_MODES:
@@ -312,7 +313,7 @@ def _prepare(input_path: InputPaths, params: TileInferParams, execution: Executi
     postgis = None if params.postgis is None else PostgisTarget.parse(params.postgis)
     vectors = None if params.vectorize is None and postgis is None else VectorSink.for_scene(
         scene, spec, scene_id_of(inputs[spec.sources[0]]), params.vectorize or "gpkg", params.vector_options)
-    sinks = sinks_for(scene, spec, meshes=params.meshes, vectors=vectors)
+    sinks = sinks_for(scene, spec, meshes=params.meshes, vectors=vectors, panoptic=params.panoptic)
     return _Job(params=params, execution=execution, package=package, inputs=inputs,
                 input_path=inputs[spec.sources[0]], scene=scene, grid=grid, chunks=chunks, work=work,
                 grid_map=grid_map,

@@ -271,3 +271,31 @@ def test_vector_options_are_refused_before_anything_runs(tmp_path: Path) -> None
         with pytest.raises(ConfigError, match=message):
             tile_infer(plain, tmp_path / "out", params)
         assert not (tmp_path / "out").exists()
+
+
+def test_panoptic_ids_are_the_vector_ids_of_the_thing_instances(tmp_path: Path) -> None:
+    from segflow.synthetic import write_synthetic_scene
+    from segflow.tile_infer import TileInferParams, tile_infer
+
+    write_synthetic_scene(tmp_path / "s.tif", width=320, height=300, seed=9)
+    out = tmp_path / "out"
+    tile_infer(tmp_path / "s.tif", out, TileInferParams(model="demo-unet-2d", chunk=128, vectorize="gpkg",
+                                                        panoptic=True))
+    with rasterio.open(out / "panoptic.tif") as ds:
+        classes, instances = ds.read(1), ds.read(2)
+        assert ds.descriptions == ("class", "instance")
+    with rasterio.open(out / "labels.tif") as ds:
+        np.testing.assert_array_equal(classes, ds.read(1))
+    frame = pyogrio.read_dataframe(out / "instances.gpkg")
+    things = frame[frame.kind == "thing"]
+    assert len(things) > 3
+    assert set(np.unique(instances[instances > 0]).tolist()) == set(things.instance_id.tolist())
+    building = 3  # demo-unet-2d's thing class
+    components, n = ndimage.label(classes == building)
+    assert n == len(things)
+    for k in range(1, n + 1):
+        mask = components == k
+        assert set(np.unique(instances[mask]).tolist()) == {int(np.flatnonzero(mask.ravel())[0]) + 1}
+    assert not instances[classes != building].any()
+    with pytest.raises(ConfigError, match="no thing class"):
+        tile_infer(tmp_path / "s.tif", tmp_path / "o2", TileInferParams(model="spectral-landcover", panoptic=True))

@@ -61,13 +61,16 @@ __all__ = ["tile_infer_cmd"]
               help="Rasters: also write the polygons (implies --vectorize) into a PostGIS table, replacing this "
                    "scene's rows: postgresql://user@host/db?table=objects (password from the URL, PGPASSWORD "
                    "or &secret=PREFECT_BLOCK).")
+@click.option("--panoptic", is_flag=True,
+              help="Rasters: also panoptic.tif, the class (band 1) and instance id (band 2, as in the vector "
+                   "output) of every pixel.")
 @quiet_option(help="No progress bar and no summary line.")
 def tile_infer_cmd(inputs: tuple[str, ...], output_dir: Path, model: str | None, tile: int | None,
                    overlap: float | None, blend: str, chunk: int | None, batch: int, device: str,
                    bands: tuple[str, ...], save_scores: bool, no_amp: bool, workers: int | None,
                    dask_address: str | None, series: str | None, pacs: str | None, meshes: bool,
                    vectorize: bool, vector_format: str, min_area: float, simplify: float, postgis: str | None,
-                   quiet: bool) -> None:
+                   panoptic: bool, quiet: bool) -> None:
     """Segment a raster of any size by overlapping windows into mask.zarr + labels.tif (COG).
 
     Run again after a crash with the same options: only the unfinished chunks are computed.
@@ -80,7 +83,8 @@ def tile_infer_cmd(inputs: tuple[str, ...], output_dir: Path, model: str | None,
                              batch=batch, device=device, save_scores=save_scores,
                              bands=parse_band_overrides(bands), amp=not no_amp, pacs=pacs, meshes=meshes,
                              vectorize=vector_format if vectorize else None,
-                             vector_options=VectorOptions(min_area=min_area, simplify=simplify), postgis=postgis)
+                             vector_options=VectorOptions(min_area=min_area, simplify=simplify), postgis=postgis,
+                             panoptic=panoptic)
     execution = Execution(workers=workers, address=dask_address)
     with progress_bar(not quiet, "chunk") as progress:
         result = tile_infer(with_series(parse_inputs(inputs), series), output_dir, params, progress=progress,

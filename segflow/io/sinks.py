@@ -64,27 +64,33 @@ class LabelCOGSink:
         return path
 
 
-def sinks_for(scene: Scene, spec: ModelSpec, *, meshes: bool = False, vectors: Sink | None = None
-              ) -> Sequence[Sink]:
+def sinks_for(scene: Scene, spec: ModelSpec, *, meshes: bool = False, vectors: Sink | None = None,
+              panoptic: bool = False) -> Sequence[Sink]:
     """The exports a scene gets: chosen by its geometry (raster or volume) and, for exports that
     go back to where the scene came from (DICOM SEG for a DICOM series), by ``scene.meta["format"]``.
 
     ``meshes``: also a surface mesh per instance (``meshes/``, after ``instances.csv``, whose ids it
     meshes); a 2D raster or a model without a thing class is refused with a ConfigError. ``vectors``:
     a :class:`~segflow.io.vector_sink.VectorSink` for a raster's objects as polygons (``--vectorize``), which
-    also brings ``quicklook.png`` (:mod:`segflow.io.quicklook`)."""
+    also brings ``quicklook.png`` (:mod:`segflow.io.quicklook`). ``panoptic``: ``panoptic.tif``, class and
+    instance ids (:mod:`segflow.io.panoptic`; refused for volumes and models without a thing class)."""
     geometry = scene.geometry
     if meshes:
         from .meshes import MeshesSink  # checks the scene and the model before anything runs
 
         meshes_sink = MeshesSink.for_scene(scene, spec)
+    extra: list[Sink] = []
+    if panoptic:
+        from .panoptic import PanopticSink
+
+        extra.append(PanopticSink.for_scene(scene, spec))
     if isinstance(geometry, RasterGeometry):
         cog = LabelCOGSink(geometry, tuple(spec.class_names), tuple(c.color for c in spec.classes))
         if vectors is None:
-            return [cog]
+            return [cog, *extra]
         from .quicklook import QuicklookSink  # with the objects: the scene, its labels and their outlines
 
-        return [cog, vectors, QuicklookSink(scene, spec)]
+        return [cog, *extra, vectors, QuicklookSink(scene, spec)]
     sinks: list[Sink] = []
     from .nifti_sink import nifti_label_sink  # labels.nii.gz for every volume
 
