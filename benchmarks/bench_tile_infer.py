@@ -72,13 +72,14 @@ def run_tile_infer(path: Path, pkg: Path, device: str, out: Path) -> dict:
     """tile-infer in a fresh process; returns its run.json plus the process's peak RSS."""
     shutil.rmtree(out, ignore_errors=True)  # else the run finds its own published outputs and returns at once
     code = (
-        "import json,resource,sys,time;"
+        "import json,sys,time;"
         "from segflow.tile_infer import tile_infer, TileInferParams;"
         "t=time.perf_counter();"
         f"r=tile_infer({str(path)!r},{str(out)!r},TileInferParams(model={str(pkg)!r},batch={BATCH},device={device!r}));"
         "w=time.perf_counter()-t;"
         "print(json.dumps({'wall':w,'windows':r.windows_evaluated,"
-        "'peak_rss_mb':resource.getrusage(resource.RUSAGE_SELF).ru_maxrss/1024}))"
+        # VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's resident size when it was spawned
+        "'peak_rss_mb':int(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))/1024}))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])

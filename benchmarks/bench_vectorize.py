@@ -118,7 +118,8 @@ print(json.dumps({{"wall": time.perf_counter() - t, "features": n}}))
 
 
 def child(code: str) -> dict:
-    wrapped = code + "\nimport resource; print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    # VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's resident size when it was spawned
+    wrapped = code + "\nprint('RSS', next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))"
     done = subprocess.run([sys.executable, "-c", wrapped], capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(done.stderr)

@@ -81,7 +81,8 @@ def volume(shape: tuple[int, int, int], spacing: float = 4.0) -> Path:
 
 def child(code: str) -> dict:
     """Run ``code`` in a fresh interpreter; it prints one JSON line; add the peak RSS (MiB)."""
-    wrapped = code + "\nimport resource; print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    # VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's resident size when it was spawned
+    wrapped = code + "\nprint('RSS', next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')))"
     done = subprocess.run([sys.executable, "-c", wrapped], capture_output=True, text=True, check=True)
     lines = done.stdout.strip().splitlines()
     out = json.loads(next(line for line in lines if line.startswith("{")))
