@@ -23,6 +23,8 @@ from . import __version__
 from ._failpoints import failpoint
 from ._memory import limit_heap_fragmentation
 from .bands import assemble_scene, parse_inputs
+from .crf import CRFParams
+from .crf_pass import crf_fingerprint, refine_store
 from .engine import Execution, PredictorFactory, RunSpec, input_identity, make_plan, run_fingerprint, run_plan
 from .engine.spill import SPILL_FOLDER, spill_bytes
 from .engine.spill import clear as clear_spill
@@ -86,6 +88,7 @@ class TileInferParams:
     vector_options: VectorOptions = field(default_factory=VectorOptions)
     postgis: str | None = None  # rasters: also the polygons in this PostGIS table (segflow.io.postgis)
     panoptic: bool = False  # rasters: panoptic.tif, class and instance ids (segflow.io.panoptic)
+    crf: CRFParams | None = None  # rasters: refine the blended probabilities with a dense CRF (segflow.crf_pass)
 
     def check(self) -> None:
         if self.blend not in BLEND_MODES:
@@ -193,7 +196,7 @@ def _pixel_parameters(params: TileInferParams, grid: WindowGrid, chunks: ChunkGr
     """
     return {"tile": grid.tile, "stride": grid.stride, "blend": params.blend, "chunk": chunks.chunk,
             "bands": dict(params.bands), "band_names": bands, "save_scores": params.save_scores,
-            "device": device, "amp": params.amp}
+            "device": device, "amp": params.amp, "crf": crf_fingerprint(params.crf)}
 
 
 def _up_to_date(output: Path, fingerprint: str, names: list[str]) -> dict[str, Any] | None:
@@ -276,6 +279,8 @@ def _work_store(path: Path, job: _Job) -> MaskStore:
 
 def _prepare(input_path: InputPaths, params: TileInferParams, execution: Execution) -> _Job:
     params.check()
+    if params.crf is not None:  # the CRF refines the blended probabilities: the store keeps them
+        params = replace(params, save_scores=True)
     execution.check()
     t0, started = time.perf_counter(), datetime.now(UTC).isoformat(timespec="seconds")
     inputs = dict(input_path) if isinstance(input_path, Mapping) else parse_inputs([input_path])
@@ -289,6 +294,8 @@ def _prepare(input_path: InputPaths, params: TileInferParams, execution: Executi
                              f"{opened.spatial_dims}D raster; choose a {opened.spatial_dims}D model")
     scene = assemble_scene(spec, scenes, params.bands)
     check_expected_input(spec, scene)  # e.g. an MR volume given to a CT model: refused, asking for --model
+    if params.crf is not None and scene.spatial_dims != 2:
+        raise ConfigError("--crf refines 2D rasters; leave it out for volumes")
     grid_map = None if scene.volume is None else model_grid(scene.volume, scene.spatial_shape, spec.spacing,
                                                                spec.orientation)
     work = scene if grid_map is None else model_scene(scene, grid_map)  # what the model sees
@@ -405,6 +412,8 @@ def _compute(job: _Job, store: MaskStore, staging: Staging, progress: Progress |
     if missing or evaluated != len(set(outcome.evaluated)) or evaluated + outcome.skipped != plan.windows_to_evaluate:
         raise RuntimeError(f"engine error: {missing} chunks without a completion record, {evaluated} windows "
                            f"evaluated ({len(set(outcome.evaluated))} distinct) of {plan.windows_to_evaluate} planned")
+    if params.crf is not None:
+        refine_store(job.scene, store, params.crf, job.device)
     verify_store(store)
     write_sinks(job.sinks, store, staging.path, needed=job.needed_bytes)
     record = _provenance(job.input_path, job.scene.meta, job.package, params, grid, job.device, job.started)

@@ -64,18 +64,23 @@ __all__ = ["tile_infer_cmd"]
 @click.option("--panoptic", is_flag=True,
               help="Rasters: also panoptic.tif, the class (band 1) and instance id (band 2, as in the vector "
                    "output) of every pixel.")
+@click.option("--crf", is_flag=True,
+              help="Rasters: refine the blended probabilities with a dense CRF (Gaussian spatial and bilateral "
+                   "appearance kernels over the model's bands, the DeepLab post-processing) before the outputs; "
+                   "keeps the scores.")
 @quiet_option(help="No progress bar and no summary line.")
 def tile_infer_cmd(inputs: tuple[str, ...], output_dir: Path, model: str | None, tile: int | None,
                    overlap: float | None, blend: str, chunk: int | None, batch: int, device: str,
                    bands: tuple[str, ...], save_scores: bool, no_amp: bool, workers: int | None,
                    dask_address: str | None, series: str | None, pacs: str | None, meshes: bool,
                    vectorize: bool, vector_format: str, min_area: float, simplify: float, postgis: str | None,
-                   panoptic: bool, quiet: bool) -> None:
+                   panoptic: bool, crf: bool, quiet: bool) -> None:
     """Segment a raster of any size by overlapping windows into mask.zarr + labels.tif (COG).
 
     Run again after a crash with the same options: only the unfinished chunks are computed.
     """
     from ..bands import parse_band_overrides, parse_inputs, with_series
+    from ..crf import CRFParams
     from ..tile_infer import Execution, TileInferParams, tile_infer
     from ..vectorize import VectorOptions
 
@@ -84,7 +89,7 @@ def tile_infer_cmd(inputs: tuple[str, ...], output_dir: Path, model: str | None,
                              bands=parse_band_overrides(bands), amp=not no_amp, pacs=pacs, meshes=meshes,
                              vectorize=vector_format if vectorize else None,
                              vector_options=VectorOptions(min_area=min_area, simplify=simplify), postgis=postgis,
-                             panoptic=panoptic)
+                             panoptic=panoptic, crf=CRFParams() if crf else None)
     execution = Execution(workers=workers, address=dask_address)
     with progress_bar(not quiet, "chunk") as progress:
         result = tile_infer(with_series(parse_inputs(inputs), series), output_dir, params, progress=progress,
