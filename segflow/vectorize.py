@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import rasterio.features
@@ -45,19 +46,31 @@ __all__ = ["TracedObject", "VectorOptions", "trace_objects", "tracing_chunk", "v
 BATCH = 4096  # features per batch
 
 
+SEPARATE = ("none", "watershed")
+
+
 @dataclass(frozen=True)
 class VectorOptions:
     """``min_area``: objects smaller than this (map units², by their pixels) are not written.
-    ``simplify``: tolerance in map units of a topology-preserving simplification (0: none)."""
+    ``simplify``: tolerance in map units of a topology-preserving simplification (0: none).
+    ``separate``: ``watershed`` splits touching objects of thing classes by a marker-controlled
+    watershed on the distance transform (:func:`segflow.postprocess.separate`; markers: distance
+    maxima at least ``min_distance`` px apart); ``none`` keeps connected regions whole."""
 
     min_area: float = 0.0
     simplify: float = 0.0
+    separate: str = "none"
+    min_distance: float = 5.0
 
     def check(self) -> None:
         for name in ("min_area", "simplify"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a number >= 0 in map units, got {value}")
+        if self.separate not in SEPARATE:
+            raise ConfigError(f"--separate must be one of {', '.join(SEPARATE)}, got {self.separate!r}")
+        if not math.isfinite(self.min_distance) or self.min_distance < 1:
+            raise ConfigError(f"--min-distance must be >= 1 pixel, got {self.min_distance}")
 
 
 def tracing_chunk(store: MaskStore, limit: int = 4096) -> tuple[int, ...]:
@@ -130,15 +143,14 @@ def _side(ring: np.ndarray, axis: int, at: int) -> list[tuple[int, int]]:
     return [(int(min(other[i], other[i + 1])), int(max(other[i], other[i + 1]))) for i in both.tolist()]
 
 
-def _chunk_pieces(labels: np.ndarray, scores: np.ndarray | None, box: Box, width: int, start: int
-                  ) -> tuple[list[_Piece], _Edges]:
+def _chunk_pieces(labels: np.ndarray, values: np.ndarray, scores: np.ndarray | None, box: Box, width: int,
+                  start: int) -> tuple[list[_Piece], _Edges, list[int]]:
     """The pieces of one chunk (connected pixels of one class), numbered from ``start``, and its sides.
 
     Everything comes from the traced polygons (GDAL's polygonizer finds the pieces itself): the
     pixel count is the polygon's area in pixels (exact), the first pixel in raster order is the
     leftmost vertex of the topmost ring edge, and the sides are the ring edges lying on them.
     """
-    values = np.where(labels == LABEL_NODATA, 0, labels)
     (y0, x0), (y1, x1) = box.start, box.stop
     origin = Affine.translation(x0, y0)
     traced = [(shapely.Polygon(shape["coordinates"][0], shape["coordinates"][1:]), int(value))
@@ -146,13 +158,15 @@ def _chunk_pieces(labels: np.ndarray, scores: np.ndarray | None, box: Box, width
                                                            transform=origin)]
     edges = _Edges()
     if not traced:
-        return [], edges
+        return [], edges, []
     polygons = np.array([p for p, _ in traced], dtype=object)
     areas = np.rint(shapely.area(polygons)).astype(np.int64)
     coords, owner = shapely.get_coordinates(shapely.get_exterior_ring(polygons), return_index=True)
     order = np.lexsort((coords[:, 0], coords[:, 1], owner))  # per piece: topmost row, then leftmost
     head = order[np.flatnonzero(np.diff(owner[order], prepend=-1))]
-    firsts = (coords[head, 1].astype(np.int64) * width + coords[head, 0].astype(np.int64)).tolist()
+    rows, cols = coords[head, 1].astype(np.int64), coords[head, 0].astype(np.int64)
+    firsts = (rows * width + cols).tolist()
+    classes = labels[rows - y0, cols - x0].tolist()  # a piece's class: its first pixel's label
     bounds = shapely.bounds(polygons)
     touching = np.flatnonzero((bounds[:, 0] == x0) | (bounds[:, 2] == x1) | (bounds[:, 1] == y0) |
                               (bounds[:, 3] == y1))
@@ -163,22 +177,22 @@ def _chunk_pieces(labels: np.ndarray, scores: np.ndarray | None, box: Box, width
                                         ("top", 1, y0, bounds[n, 1] == y0), ("bottom", 1, y1, bounds[n, 3] == y1)):
             if reaches:
                 getattr(edges, side).extend((a, b, number) for a, b in _side(ring, axis, at))
-    pieces = [_Piece(first, value, int(area), math.nan, polygon)
-              for first, (polygon, value), area in zip(firsts, traced, areas.tolist(), strict=True)]
+    pieces = [_Piece(first, int(c), int(area), math.nan, polygon)
+              for first, c, (polygon, _), area in zip(firsts, classes, traced, areas.tolist(), strict=True)]
     if scores is not None and pieces:
         ids = rasterio.features.rasterize(((p.polygon, n + 1) for n, p in enumerate(pieces)), out_shape=labels.shape,
                                           transform=origin, dtype="int32")
-        own = np.take_along_axis(scores, np.minimum(values, scores.shape[0] - 1)[None].astype(np.intp), axis=0)[0]
+        own = np.take_along_axis(scores, np.minimum(labels, scores.shape[0] - 1)[None].astype(np.intp), axis=0)[0]
         sums = np.bincount(ids.ravel(), weights=own.ravel().astype(np.float64), minlength=len(pieces) + 1)
         for n, piece in enumerate(pieces):
             piece.score_sum = float(sums[n + 1])
-    return pieces, edges
+    return pieces, edges, [value for _, value in traced]
 
 
-def _seam_pairs(before: list[tuple[int, int, int]], after: list[tuple[int, int, int]], class_of: dict[int, int]
+def _seam_pairs(before: list[tuple[int, int, int]], after: list[tuple[int, int, int]], value_of: dict[int, int]
                 ) -> list[tuple[int, int]]:
     """Pieces joined across a seam: intervals of one side of it overlapping intervals of the other by at
-    least one pixel, pieces of one class."""
+    least one pixel, pieces of one traced value (a class, or one separated instance)."""
     if not before or not after:
         return []
     pairs = []
@@ -188,7 +202,7 @@ def _seam_pairs(before: list[tuple[int, int, int]], after: list[tuple[int, int, 
         k = max(0, bisect.bisect_right(starts, a) - 1)
         while k < len(after_sorted) and after_sorted[k][0] < b:
             c, d, other = after_sorted[k]
-            if min(b, d) > max(a, c) and class_of[piece] == class_of[other]:
+            if min(b, d) > max(a, c) and value_of[piece] == value_of[other]:
                 pairs.append((piece, other))
             k += 1
     return pairs
@@ -221,7 +235,16 @@ def _valid(polygons: np.ndarray) -> np.ndarray:
     return shapely.normalize(polygons)
 
 
-def trace_objects(store: MaskStore, chunk: Sequence[int]) -> Iterator[TracedObject]:
+Values = Callable[[Box, np.ndarray], np.ndarray]
+"""What to trace in a box, given its labels: an int32 image whose connected regions of one non-zero value
+are the pieces (by default the labels, nodata as 0; with separated instances, their ids)."""
+
+
+def _class_values(box: Box, labels: np.ndarray) -> np.ndarray:
+    return np.where(labels == LABEL_NODATA, 0, labels).astype(np.uint8)
+
+
+def trace_objects(store: MaskStore, chunk: Sequence[int], values: Values = _class_values) -> Iterator[TracedObject]:
     """Every object of the store's 2D labels, each exactly once, as soon as it is complete."""
     if len(store.shape) != 2:
         raise ConfigError(f"the mask store is {len(store.shape)}-D; polygons need a 2D raster run")
@@ -229,7 +252,7 @@ def trace_objects(store: MaskStore, chunk: Sequence[int]) -> Iterator[TracedObje
     grid = ChunkGrid.create(store.shape, chunk)
     scores = store.scores
     state = _Pieces()
-    class_of: dict[int, int] = {}
+    value_of: dict[int, int] = {}
     above: dict[int, list[tuple[int, int, int]]] = {}  # chunk column -> lower side of the chunk above
     for row in range(grid.counts[0]):
         left: list[tuple[int, int, int]] = []
@@ -237,15 +260,16 @@ def trace_objects(store: MaskStore, chunk: Sequence[int]) -> Iterator[TracedObje
         for col in range(grid.counts[1]):
             box = grid.box((row, col))
             score = None if scores is None else np.asarray(scores[(slice(None), *box.slices)], dtype=np.float32)
-            pieces, edges = _chunk_pieces(store.read_labels(box), score, box, width, state.count + 1)
-            for k, piece in enumerate(pieces, start=state.count + 1):
+            labels = store.read_labels(box)
+            pieces, edges, traced = _chunk_pieces(labels, values(box, labels), score, box, width, state.count + 1)
+            for k, (piece, value) in enumerate(zip(pieces, traced, strict=True), start=state.count + 1):
                 state.pieces[k] = piece
                 state.parent[k] = k
-                class_of[k] = piece.class_id
+                value_of[k] = value
             state.count += len(pieces)
-            state.join(_seam_pairs(left, edges.left, class_of))
+            state.join(_seam_pairs(left, edges.left, value_of))
             if row > 0:
-                state.join(_seam_pairs(above[col], edges.top, class_of))
+                state.join(_seam_pairs(above[col], edges.top, value_of))
             left = edges.right
             above[col] = edges.bottom
             if row + 1 < grid.counts[0]:
@@ -259,7 +283,7 @@ def trace_objects(store: MaskStore, chunk: Sequence[int]) -> Iterator[TracedObje
                 continue
             yield _finish([state.pieces.pop(k) for k in members])
             for k in members:
-                del state.parent[k], class_of[k]
+                del state.parent[k], value_of[k]
         for k in list(state.parent):  # keep only the links of pieces still waiting, flattened
             state.parent[k] = state.root(k)
     if state.pieces:
@@ -293,14 +317,41 @@ def _features(objects: list[TracedObject], transform: Affine, class_names: Seque
     return batch
 
 
+def _separated(store: MaskStore, chunk: Sequence[int], kinds: Sequence[str], options: VectorOptions,
+               work: Any) -> Values:
+    """Trace values with touching thing objects split: ``len(kinds) + instance id`` on thing pixels."""
+    from .postprocess import separate
+
+    things = [i for i, k in enumerate(kinds) if k == "thing" and i > 0]
+    arrays = [work.create_array(name, shape=store.shape, dtype="uint32", chunks=tuple(chunk), fill_value=0,
+                                overwrite=True) for name in ("components", "separated")]
+    found = separate(store.labels, arrays[0], arrays[1], chunk, things=things, min_distance=options.min_distance)
+    if len(found.instances) + len(kinds) >= np.iinfo(np.int32).max:
+        raise OutputError(f"{len(found.instances)} instances: more than tracing can number; use --separate none")
+    ids = arrays[1]
+
+    def values(box: Box, labels: np.ndarray) -> np.ndarray:
+        out = _class_values(box, labels).astype(np.int32)
+        instance = np.asarray(ids[box.slices]).astype(np.int32)
+        return np.where(instance > 0, instance + len(kinds), out)
+
+    return values
+
+
 def vectorize(store: MaskStore, chunk: Sequence[int], transform: Affine, class_names: Sequence[str],
               kinds: Sequence[str], options: VectorOptions, *, scene_id: str, model: str, model_version: str,
-              run_id: str) -> Iterator[FeatureBatch]:
-    """Batches of features for every object of the store that passes ``options``."""
+              run_id: str, work: Any = None) -> Iterator[FeatureBatch]:
+    """Batches of features for every object of the store that passes ``options``.
+
+    ``work``: a writable zarr group for the arrays of ``--separate watershed`` (default: the store's).
+    """
     pixel_area = abs(transform.a * transform.e - transform.b * transform.d)
     constants = {"scene_id": scene_id, "model": model, "model_version": model_version, "run_id": run_id}
+    values: Values = _class_values
+    if options.separate == "watershed":
+        values = _separated(store, chunk, kinds, options, store.group if work is None else work)
     pending: list[TracedObject] = []
-    for obj in trace_objects(store, chunk):
+    for obj in trace_objects(store, chunk, values):
         if obj.class_id >= len(class_names):
             raise InputError(f"the mask holds label {obj.class_id} but the model has {len(class_names)} classes; "
                              "vectorize with the model the run used (--model)")

@@ -299,3 +299,20 @@ def test_panoptic_ids_are_the_vector_ids_of_the_thing_instances(tmp_path: Path) 
     assert not instances[classes != building].any()
     with pytest.raises(ConfigError, match="no thing class"):
         tile_infer(tmp_path / "s.tif", tmp_path / "o2", TileInferParams(model="spectral-landcover", panoptic=True))
+
+
+def test_watershed_separates_touching_buildings_the_same_for_every_chunking(tmp_path: Path) -> None:
+    labels = np.zeros((60, 90), dtype=np.uint8)
+    yy, xx = np.mgrid[:60, :90]
+    for cy, cx in ((30, 25), (30, 41), (20, 70)):  # two overlapping disks, one alone
+        labels[np.hypot(yy - cy, xx - cx) < 10] = 2
+    options = VectorOptions(separate="watershed", min_distance=5)
+    found = {c: features(store_of(tmp_path, labels, c), c, Affine.identity(), options) for c in (16, 64)}
+    assert found[16].keys() == found[64].keys()
+    things = [f for f in found[16].values() if f["class_id"] == 2]
+    assert len(things) == 3 and sum(f["area_px"] for f in things) == int((labels == 2).sum())
+    for i, f in found[16].items():
+        assert shapely.equals(f["geometry"], found[64][i]["geometry"]) and f["geometry"].is_valid
+    plain = [f for f in features(store_of(tmp_path, labels, 16), 16, Affine.identity()).values()
+             if f["class_id"] == 2]
+    assert len(plain) == 2  # without separation the two disks are one object

@@ -57,6 +57,11 @@ __all__ = ["tile_infer_cmd"]
 @click.option("--simplify", type=float, default=0.0, show_default=True,
               help="With --vectorize: topology-preserving simplification tolerance in map units (0: exact pixel "
                    "outlines).")
+@click.option("--separate", type=click.Choice(["none", "watershed"]), default="none", show_default=True,
+              help="With --vectorize: split touching objects of thing classes by a watershed on the distance "
+                   "transform (markers at least --min-distance pixels apart).")
+@click.option("--min-distance", type=float, default=5.0, show_default=True,
+              help="With --separate watershed: smallest distance in pixels between two objects' centres.")
 @click.option("--postgis", default=None, metavar="URL",
               help="Rasters: also write the polygons (implies --vectorize) into a PostGIS table, replacing this "
                    "scene's rows: postgresql://user@host/db?table=objects (password from the URL, PGPASSWORD "
@@ -73,7 +78,8 @@ def tile_infer_cmd(inputs: tuple[str, ...], output_dir: Path, model: str | None,
                    overlap: float | None, blend: str, chunk: int | None, batch: int, device: str,
                    bands: tuple[str, ...], save_scores: bool, no_amp: bool, workers: int | None,
                    dask_address: str | None, series: str | None, pacs: str | None, meshes: bool,
-                   vectorize: bool, vector_format: str, min_area: float, simplify: float, postgis: str | None,
+                   vectorize: bool, vector_format: str, min_area: float, simplify: float, separate: str,
+                   min_distance: float, postgis: str | None,
                    panoptic: bool, crf: bool, quiet: bool) -> None:
     """Segment a raster of any size by overlapping windows into mask.zarr + labels.tif (COG).
 
@@ -88,7 +94,8 @@ def tile_infer_cmd(inputs: tuple[str, ...], output_dir: Path, model: str | None,
                              batch=batch, device=device, save_scores=save_scores,
                              bands=parse_band_overrides(bands), amp=not no_amp, pacs=pacs, meshes=meshes,
                              vectorize=vector_format if vectorize else None,
-                             vector_options=VectorOptions(min_area=min_area, simplify=simplify), postgis=postgis,
+                             vector_options=VectorOptions(min_area=min_area, simplify=simplify, separate=separate,
+                                                          min_distance=min_distance), postgis=postgis,
                              panoptic=panoptic, crf=CRFParams() if crf else None)
     execution = Execution(workers=workers, address=dask_address)
     with progress_bar(not quiet, "chunk") as progress:

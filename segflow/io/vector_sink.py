@@ -8,11 +8,13 @@ A sink like the others: built from the finished store, written into the staging 
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
+import zarr
 from affine import Affine
 from rasterio.crs import CRS
 
@@ -140,10 +142,11 @@ def vectorize_run(run: Path, output: Path, *, fmt: str | None = None, options: V
                           f"{attrs.get('class_names')}; pass the model the run used (--model)")
     sink = VectorSink.create(attrs.get("crs"), attrs.get("transform"), spec,
                              scene_id_of(str(attrs.get("source") or run.name)), fmt, options)
-    stream = vectorize(store, tracing_chunk(store), Affine(*sink.transform), sink.class_names, sink.kinds,
-                       sink.options, scene_id=sink.scene_id, model=sink.model, model_version=sink.model_version,
-                       run_id=(store.fingerprint or "")[:16])
-    with atomic_path(output) as temp:
+    with atomic_path(output) as temp, tempfile.TemporaryDirectory(dir=output.parent, prefix=".segflow-") as scratch:
+        work = zarr.open_group(str(Path(scratch) / "work.zarr"), mode="w")  # the run itself is only read
+        stream = vectorize(store, tracing_chunk(store), Affine(*sink.transform), sink.class_names, sink.kinds,
+                           sink.options, scene_id=sink.scene_id, model=sink.model, model_version=sink.model_version,
+                           run_id=(store.fingerprint or "")[:16], work=work)
         written = write_vectors(temp, fmt, sink.layer(), stream)
         if count_features(temp, fmt) != written:
             raise OutputError(f"{output} did not read back with the {written} features written; the disk may be "
