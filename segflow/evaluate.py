@@ -42,6 +42,7 @@ from .labels import LABEL_NODATA
 from .metrics import ConfusionMatrix
 
 if TYPE_CHECKING:
+    from .object_eval import ObjectEvalReport
     from .volume_eval import VolumeEvalReport
 
 __all__ = ["ClassScore", "EvalReport", "LabelRaster", "evaluate", "evaluate_prediction", "open_labels"]
@@ -389,16 +390,32 @@ def evaluate(pred: str | os.PathLike[str], truth: str | os.PathLike[str], *,
 
 def evaluate_prediction(pred: str | os.PathLike[str], truth: str | os.PathLike[str], *,
                         class_names: Sequence[str] | None = None, block: int | None = None,
-                        ignore: Sequence[int] = (), tolerance: float | None = None, halo: float | None = None
-                        ) -> EvalReport | VolumeEvalReport:
+                        ignore: Sequence[int] = (), tolerance: float | None = None, halo: float | None = None,
+                        iou: float | None = None, truth_class: str | None = None
+                        ) -> EvalReport | VolumeEvalReport | ObjectEvalReport:
     """Score ``pred`` against ``truth``: a volume prediction (3D) by
     :func:`~segflow.volume_eval.evaluate_volume` (``block`` = chunk side in voxels, default 128;
-    ``tolerance``/``halo`` in mm), a raster by :func:`evaluate` (``block`` default 2048;
-    ``tolerance``/``halo`` refused: surface metrics are for volumes)."""
+    ``tolerance``/``halo`` in mm), a raster against a truth vector file (by suffix, see
+    :func:`~segflow.object_eval.is_vector_file`) by :func:`~segflow.object_eval.evaluate_objects`
+    (``iou`` threshold, default 0.5; ``truth_class``; ``block`` default 1024), a raster against a
+    raster by :func:`evaluate` (``block`` default 2048). Options of another kind of evaluation are
+    refused."""
+    from .object_eval import evaluate_objects, is_vector_file
     from .volume_eval import evaluate_volume, is_label_volume
 
     if isinstance(block, bool) or (block is not None and (not isinstance(block, int) or block < 1)):
         raise ConfigError(f"block={block!r}; expected a positive number of pixels or voxels, e.g. 2048 or 128")
+    if is_vector_file(truth):
+        if is_label_volume(pred):
+            raise ConfigError(f"{pred} is a volume; a vector truth ({truth}) scores 2D raster predictions")
+        if tolerance is not None or halo is not None or ignore:
+            raise ConfigError(f"--tolerance, --halo and --ignore do not apply to a vector truth ({truth}); leave "
+                              "them out")
+        return evaluate_objects(pred, truth, iou=0.5 if iou is None else iou, truth_class=truth_class,
+                                class_names=class_names, block=1024 if block is None else block)
+    if iou is not None or truth_class is not None:
+        raise ConfigError(f"--iou and --truth-class apply to a vector truth (gpkg, fgb, geojson, shp, parquet); "
+                          f"{truth} is a raster: leave them out")
     if is_label_volume(pred):
         return evaluate_volume(pred, truth, class_names=class_names, tolerance=tolerance, halo=halo, chunk=block,
                                ignore=ignore)

@@ -1,0 +1,323 @@
+"""Object precision / recall / F1 against a truth vector file (``segflow eval --truth truth.gpkg``).
+
+Counts are checked against scenes built so that every TP/FP/FN is known, against
+``segflow.metrics.object_f1`` on whole arrays, and the IoU of every matched pair against shapely's
+polygon IoU of the vector polygons.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyogrio.raw
+import pytest
+import rasterio
+import rasterio.features
+import shapely
+import shapely.affinity
+from affine import Affine
+from click.testing import CliRunner
+from pyproj import Transformer
+from rasterio.crs import CRS
+from scipy import ndimage
+
+from segflow.cli import main
+from segflow.cli.evaluate import eval_cmd
+from segflow.errors import ConfigError, InputError
+from segflow.evaluate import evaluate_prediction
+from segflow.io.mask_store import MaskStore
+from segflow.labels import LABEL_NODATA
+from segflow.metrics import object_f1
+from segflow.object_eval import ObjectEvalReport, evaluate_objects
+
+NAMES = ("background", "building", "water")
+UTM = "EPSG:32633"
+T = Affine(10, 0, 500000, 0, -10, 5000000)
+
+
+def run_folder(root: Path, labels: np.ndarray, transform: Affine = T, crs: str | None = UTM,
+               min_area: float | None = None, chunk: int = 16) -> Path:
+    """A tile-infer-like output folder holding only ``mask.zarr`` (and ``run.json`` with ``min_area``)."""
+    root.mkdir(parents=True, exist_ok=True)
+    attrs: dict[str, Any] = {"transform": list(transform)[:6], "run_fingerprint": "0" * 64}
+    if crs is not None:
+        attrs["crs"] = CRS.from_user_input(crs).to_wkt()
+    store = MaskStore.create(root / "mask.zarr", labels.shape, (chunk, chunk), NAMES, save_scores=False, attrs=attrs)
+    store.labels[:] = labels
+    if min_area is not None:
+        record = {"parameters": {"vectorize": "gpkg", "vector_options": {"min_area": min_area, "simplify": 0.0}}}
+        (root / "run.json").write_text(json.dumps(record))
+    return root
+
+
+def rect(r0: int, r1: int, c0: int, c1: int, transform: Affine = T) -> shapely.Polygon:
+    """Rows r0..r1 and columns c0..c1 (inclusive) as a polygon in map coordinates."""
+    return to_map(shapely.box(c0, r0, c1 + 1, r1 + 1), transform)
+
+
+def to_map(geometry: Any, transform: Affine) -> Any:
+    """Pixel coordinates (col, row) to map coordinates."""
+    return shapely.affinity.affine_transform(geometry, transform.to_shapely())
+
+
+def write_truth(path: Path, geometry: list[Any], values: list[Any] | None, crs: str | None = UTM,
+                column: str = "class_name", driver: str | None = None) -> Path:
+    fields = [] if values is None else [column]
+    data = [] if values is None else [np.asarray(values)]
+    pyogrio.raw.write(str(path), geometry=shapely.to_wkb(np.asarray(geometry, dtype=object)), field_data=data,
+                      fields=fields, crs=crs, geometry_type="Unknown", driver=driver)
+    return path
+
+
+def polygons_of(labels: np.ndarray, transform: Affine) -> dict[int, tuple[shapely.Polygon, int]]:
+    """Every object (face-connected region of one class > 0) as ``{1 + flat index of first pixel: (polygon,
+    class)}``, traced independently of segflow (scipy + GDAL's polygonizer)."""
+    out = {}
+    for c in np.unique(labels):
+        if c in (0, LABEL_NODATA):
+            continue
+        ids, _ = ndimage.label(labels == c)
+        for shape, value in rasterio.features.shapes(ids.astype(np.int32), mask=ids > 0, connectivity=4,
+                                                     transform=transform):
+            first = int(np.flatnonzero(ids.ravel() == value)[0])
+            rings = shape["coordinates"]
+            out[first + 1] = (shapely.Polygon(rings[0], rings[1:]), int(c))
+    return out
+
+
+# --------------------------------------------------------------------------- a scene with known counts
+
+
+def known_scene() -> tuple[np.ndarray, list[shapely.Polygon], list[str]]:
+    """Prediction labels and truth polygons whose matches are known by construction (see the asserts)."""
+    labels = np.zeros((60, 80), np.uint8)
+    b, w = 1, 2
+    labels[2:12, 2:12] = b       # A 10x10; truth identical: IoU 1
+    labels[2:10, 20:28] = b      # B 8x8; truth shifted 2 columns: 48 / 80 = 0.6
+    labels[2:8, 40:46] = b       # C 6x6; truth shifted 3 columns: 18 / 54 = 1/3
+    labels[20:25, 2:6] = b       # D; no truth: FP
+    labels[20:24, 40:44] = b     # F 4x4 inside a 4x8 truth: IoU exactly 0.5
+    labels[35:39, 2:10] = b      # G 4x8 = two 4x4 truths, each IoU exactly 0.5: one match
+    labels[45:56, 30:71] = w     # W water; truth identical
+    labels[45:51, 5:16] = w      # X water; no truth: FP
+    truth = [rect(2, 11, 2, 11), rect(2, 9, 22, 29), rect(2, 7, 43, 48), rect(20, 25, 20, 25),  # A B C E(no pred)
+             rect(20, 23, 40, 47), rect(35, 38, 2, 5), rect(35, 38, 6, 9), rect(45, 55, 30, 70)]  # F G1 G2 W
+    classes = ["building"] * 7 + ["water"]
+    return labels, truth, classes
+
+
+def counts(report: ObjectEvalReport) -> dict[str, tuple[int, int, int, int, int]]:
+    return {r.name: (r.truth, r.pred, r.tp, r.fp, r.fn) for r in [*report.rows, report.overall]}
+
+
+@pytest.mark.parametrize("block", [7, 16, 2048])
+def test_known_counts_at_iou_half_whatever_the_block(tmp_path: Path, block: int) -> None:
+    labels, truth, classes = known_scene()
+    run = run_folder(tmp_path / "run", labels)
+    report = evaluate_objects(run, write_truth(tmp_path / "t.gpkg", truth, classes), block=block)
+    assert counts(report) == {"building": (7, 6, 4, 2, 3), "water": (1, 2, 1, 1, 0), "all": (8, 8, 5, 3, 3)}
+    building, water = report.rows
+    assert (building.precision, building.recall, building.f1) == (4 / 6, 4 / 7, 8 / 13)
+    assert report.overall.f1 == 10 / 16
+    assert building.match_iou == pytest.approx((1 + 0.6 + 0.5 + 0.5) / 4, rel=1e-12)
+    assert building.pixel_iou == pytest.approx(214 / (268 + 300 - 214), rel=1e-12)
+    assert water.pixel_iou == pytest.approx(11 * 41 / (11 * 41 + 6 * 11), rel=1e-12)
+    # the exact-half tie: G is matched once, to the lower truth row (G1 = row 5)
+    rows = dict(zip(report.matches.truth_row.tolist(), report.matches.iou.tolist(), strict=True))
+    assert rows == {0: 1.0, 1: 0.6, 4: 0.5, 5: 0.5, 7: 1.0}
+    assert report.notes == []
+
+
+def test_the_threshold_is_inclusive_and_below_half_is_greedy(tmp_path: Path) -> None:
+    labels, truth, classes = known_scene()
+    run = run_folder(tmp_path / "run", labels)
+    path = write_truth(tmp_path / "t.gpkg", truth, classes)
+    above = evaluate_objects(run, path, iou=0.51)
+    assert counts(above)["building"] == (7, 6, 2, 4, 5)  # F and G fall to FP + FN
+    low = evaluate_objects(run, path, iou=0.3)
+    assert counts(low)["building"] == (7, 6, 5, 1, 2)  # C (1/3) matches too
+    assert "greedy" in low.matching and "greedy" not in above.matching
+    with pytest.raises(ConfigError, match="iou"):
+        evaluate_objects(run, path, iou=0.0)
+
+
+def test_identical_truth_scores_one_and_a_truth_in_wgs84_is_reprojected(tmp_path: Path) -> None:
+    labels = blobs((70, 90), seed=5)
+    run = run_folder(tmp_path / "run", labels)
+    objects = polygons_of(labels, T)
+    geometry = [g for g, _ in objects.values()]
+    classes = [NAMES[c] for _, c in objects.values()]
+    same = evaluate_objects(run, write_truth(tmp_path / "same.gpkg", geometry, classes))
+    to_wgs84 = Transformer.from_crs(UTM, "EPSG:4326", always_xy=True)
+    lonlat = [shapely.transform(g, lambda xy: np.column_stack(to_wgs84.transform(xy[:, 0], xy[:, 1])))
+              for g in geometry]
+    moved = evaluate_objects(run, write_truth(tmp_path / "wgs84.gpkg", lonlat, classes, crs="EPSG:4326"))
+    for report in (same, moved):
+        n = len(objects)
+        assert counts(report)["all"] == (n, n, n, 0, 0)
+        assert (report.overall.precision, report.overall.recall, report.overall.f1) == (1.0, 1.0, 1.0)
+        assert all(r.pixel_iou == 1.0 for r in report.rows)
+        assert sorted(report.matches.pred_id.tolist()) == sorted(objects)
+    assert same.notes == [] and "reprojected from EPSG:4326" in moved.notes[0]
+
+
+def blobs(shape: tuple[int, int], seed: int) -> np.ndarray:
+    """Random regions of classes 0..2 with holes and diagonal contacts, and a nodata corner."""
+    rng = np.random.default_rng(seed)
+    field = ndimage.gaussian_filter(rng.normal(size=shape), 1.6)
+    labels = np.digitize(field, np.quantile(field, [0.45, 0.75])).astype(np.uint8)
+    labels[: shape[0] // 6, : shape[1] // 7] = LABEL_NODATA
+    return labels
+
+
+@pytest.mark.parametrize(("seed", "transform"), [(1, T), (2, Affine(0.5, 0.2, 100, 0.1, -0.7, 50)),
+                                                 (3, Affine(-3, 0, 0, 0, 3, 0))])
+def test_counts_equal_whole_array_reference_and_ious_equal_shapely(tmp_path: Path, seed: int,
+                                                                    transform: Affine) -> None:
+    """Truth: the prediction's polygons shifted by a pixel offset (disjoint), every third one deleted.
+    Objects crossing the grid's edge are scored on their part inside it, so shapely gets them clipped."""
+    labels = blobs((64, 72), seed)
+    run = run_folder(tmp_path / "run", labels, transform)
+    objects = polygons_of(labels, transform)
+    rng = np.random.default_rng(seed)
+    shift = rng.integers(-2, 3, size=2)
+    offset = Affine.translation(transform.a * shift[1] + transform.b * shift[0],
+                                transform.d * shift[1] + transform.e * shift[0])
+    kept = [(shapely.affinity.affine_transform(g, offset.to_shapely()), c)
+            for k, (g, c) in enumerate(objects.values()) if k % 3]
+    path = write_truth(tmp_path / "t.gpkg", [g for g, _ in kept], [c for _, c in kept], column="class_id")
+    reports = [evaluate_objects(run, path, iou=iou, block=block) for iou, block in ((0.5, 13), (0.3, 2048))]
+    # reference: whole arrays, metrics.object_f1 per class (greedy one-to-one at the same threshold)
+    truth_ids = rasterio.features.rasterize([(g, k + 1) for k, (g, _) in enumerate(kept)], out_shape=labels.shape,
+                                            transform=transform, dtype="int32")
+    truth_class = np.array([0] + [c for _, c in kept])[truth_ids]
+    footprint = to_map(shapely.box(0, 0, labels.shape[1], labels.shape[0]), transform)
+    for report in reports:
+        for row in report.rows:
+            c = NAMES.index(row.name)
+            pred = ndimage.label(labels == c)[0]
+            ref = object_f1(pred, np.where(truth_class == c, truth_ids, 0), report.iou_threshold)
+            assert (row.tp, row.fp, row.fn) == (ref.tp, ref.fp, ref.fn)
+        assert report.overall.tp > 0
+        for pred_id, truth_row, iou in zip(report.matches.pred_id, report.matches.truth_row, report.matches.iou,
+                                           strict=True):
+            a, b = objects[int(pred_id)][0], kept[int(truth_row)][0].intersection(footprint)
+            assert iou == pytest.approx(a.intersection(b).area / a.union(b).area, rel=1e-9)
+
+
+def test_overlapping_truth_polygons_count_every_pixel_for_each(tmp_path: Path) -> None:
+    labels = np.zeros((30, 40), np.uint8)
+    labels[5:15, 5:15] = 1
+    run = run_folder(tmp_path / "run", labels)
+    # t0 = the object; t1 overlaps it by 5 columns (50 shared pixels), drawn after it
+    path = write_truth(tmp_path / "t.gpkg", [rect(5, 14, 5, 14), rect(5, 14, 10, 19)], ["building", "building"])
+    report = evaluate_objects(run, path, block=8)
+    assert counts(report)["building"] == (2, 1, 1, 0, 1)
+    assert report.matches.iou.tolist() == [1.0]  # not 0.5, as if t1 had taken the shared pixels
+    assert report.rows[0].pixel_iou == 100 / 150
+    assert any("50 pixels lie in more than one truth polygon" in n for n in report.notes)
+
+
+def test_min_area_of_the_run_and_truth_outside_the_grid_are_noted(tmp_path: Path) -> None:
+    labels = np.zeros((30, 40), np.uint8)
+    labels[2:12, 2:12] = 1  # 100 px = 10000 m²
+    labels[20:22, 20:22] = 1  # 4 px = 400 m²: under the run's min_area
+    run = run_folder(tmp_path / "run", labels, min_area=1000.0)
+    far = rect(100, 110, 100, 110)  # outside the grid
+    path = write_truth(tmp_path / "t.gpkg", [rect(2, 11, 2, 11), far], ["building", "building"])
+    report = evaluate_objects(run, path)
+    assert counts(report)["building"] == (1, 1, 1, 0, 0)
+    assert any("1 prediction objects under min_area 1000" in n for n in report.notes)
+    assert any("1 truth features cover no pixel centre" in n for n in report.notes)
+    assert counts(evaluate_objects(run, path, min_area=0))["building"] == (1, 2, 1, 1, 0)
+
+
+@pytest.mark.parametrize("suffix", ["fgb", "geojson", "shp", "parquet"])
+def test_every_truth_format_gives_the_same_scores(tmp_path: Path, suffix: str) -> None:
+    geopandas = pytest.importorskip("geopandas")
+    labels, truth, classes = known_scene()
+    run = run_folder(tmp_path / "run", labels)
+    frame = geopandas.GeoDataFrame({"class": classes}, geometry=truth, crs=UTM)
+    path = tmp_path / f"t.{suffix}"
+    if suffix == "parquet":
+        frame.to_parquet(path)
+    else:
+        frame.to_file(path)
+    assert counts(evaluate_objects(run, path))["all"] == (8, 8, 5, 3, 3)
+
+
+def test_single_class_truth_and_refusals(tmp_path: Path) -> None:
+    labels, truth, _ = known_scene()
+    run = run_folder(tmp_path / "run", labels)
+    bare = write_truth(tmp_path / "bare.gpkg", truth[:7], None)
+    assert counts(evaluate_objects(run, bare, truth_class="building"))["all"] == (7, 6, 4, 2, 3)
+    with pytest.raises(InputError, match="no class column"):
+        evaluate_objects(run, bare)
+    with pytest.raises(InputError, match=r"'roads'.*building"):
+        evaluate_objects(run, bare, truth_class="roads")
+    away = [shapely.affinity.translate(g, 1e6, 0) for g in truth]
+    with pytest.raises(InputError, match="outside the prediction"):
+        evaluate_objects(run, write_truth(tmp_path / "away.gpkg", away, ["water"] * 8))
+    with pytest.raises(InputError, match="Point"):
+        evaluate_objects(run, write_truth(tmp_path / "pts.gpkg", [shapely.Point(500010, 4999990)], ["water"]))
+    bowtie = shapely.Polygon([(500000, 5000000), (500100, 4999900), (500100, 5000000), (500000, 4999900)])
+    with pytest.raises(InputError, match=r"not a valid polygon.*makevalid"):
+        evaluate_objects(run, write_truth(tmp_path / "bow.gpkg", [bowtie], ["water"]))
+    with pytest.warns(UserWarning, match="crs"):
+        no_crs = write_truth(tmp_path / "nocrs.gpkg", truth, ["water"] * 8, crs=None)
+    with pytest.raises(InputError, match="declares no CRS"):
+        evaluate_objects(run, no_crs)
+    with pytest.raises(ConfigError, match="vector truth"):
+        evaluate_prediction(run, tmp_path / "truth.tif", iou=0.5)
+    with pytest.raises(ConfigError, match="--ignore"):
+        evaluate_prediction(run, bare, ignore=[3])
+
+
+def test_cli_prints_and_writes_object_scores(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    labels, truth, classes = known_scene()
+    run = run_folder(tmp_path / "run", labels)
+    path = write_truth(tmp_path / "t.gpkg", truth, classes)
+    out_json, out_csv = tmp_path / "s.json", tmp_path / "s.csv"
+    result = CliRunner().invoke(eval_cmd, ["--pred", str(run), "--truth", str(path), "--json", str(out_json),
+                                           "--csv", str(out_csv)])
+    assert result.exit_code == 0, result.output
+    assert "objects at IoU >= 0.5" in result.output
+    data = json.loads(out_json.read_text())
+    assert data["overall"]["tp"] == 5 and data["overall"]["pixel_iou"] is None
+    assert [c["class"] for c in data["classes"]] == ["building", "water"]
+    lines = out_csv.read_text().splitlines()
+    assert lines[0].startswith("class,truth_objects,pred_objects,tp,fp,fn") and lines[-1].startswith("all,8,8,5,3,3,")
+    assert math.isclose(data["overall"]["f1"], 10 / 16)
+    capsys.readouterr()
+    assert main(["eval", "--pred", str(run), "--truth", str(path), "--truth-class", "roads"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("segflow: error: --truth-class names class 'roads'") and len(err.splitlines()) == 1
+
+
+def test_a_run_scored_against_its_own_shifted_polygons(tmp_path: Path) -> None:
+    """End to end: tile-infer --vectorize on a synthetic scene; truth = its instances.gpkg moved one pixel
+    east. Matched IoUs equal shapely's on the run's own polygons, found by instance_id."""
+    from segflow.synthetic import write_synthetic_scene
+    from segflow.tile_infer import TileInferParams, tile_infer
+
+    write_synthetic_scene(tmp_path / "scene.tif", width=200, height=170, seed=4)
+    tile_infer(tmp_path / "scene.tif", tmp_path / "out", TileInferParams(vectorize="gpkg", chunk=64, tile=64))
+    meta, _, wkb, (ids, names) = pyogrio.raw.read(str(tmp_path / "out" / "instances.gpkg"),
+                                                  columns=["instance_id", "class_name"])
+    polygons = dict(zip(ids.tolist(), shapely.from_wkb(wkb), strict=True))
+    own = evaluate_objects(tmp_path / "out", tmp_path / "out" / "instances.gpkg", block=50)
+    assert counts(own)["all"] == (len(ids),) * 3 + (0, 0)
+    moved = [shapely.affinity.translate(g, 10.0, 0.0) for g in polygons.values()]
+    shifted = write_truth(tmp_path / "moved.gpkg", moved, list(names), crs=meta["crs"])
+    report = evaluate_objects(tmp_path / "out", shifted, block=50)
+    assert 0 < report.overall.tp <= len(ids)
+    with rasterio.open(tmp_path / "out" / "labels.tif") as ds:
+        footprint = shapely.box(*ds.bounds)  # the part of a truth polygon on the grid is scored
+    for pred_id, truth_row, iou in zip(report.matches.pred_id, report.matches.truth_row, report.matches.iou,
+                                       strict=True):
+        a, b = polygons[int(pred_id)], moved[int(truth_row)].intersection(footprint)
+        assert iou == pytest.approx(a.intersection(b).area / a.union(b).area, rel=1e-9)
