@@ -48,6 +48,7 @@ from .models.expects import check_expected_input
 from .predict import check_window_memory, resolve_device
 from .resample import GridMap, model_grid, model_scene, to_input_grid
 from .scene import Scene
+from .smooth_pass import smooth_store
 from .tiling import BLEND_MODES, ChunkGrid, WindowGrid, effective_tile, warn_if_oversampled
 from .vectorize import VectorOptions
 
@@ -89,6 +90,8 @@ class TileInferParams:
     postgis: str | None = None  # rasters: also the polygons in this PostGIS table (segflow.io.postgis)
     panoptic: bool = False  # rasters: panoptic.tif, class and instance ids (segflow.io.panoptic)
     crf: CRFParams | None = None  # rasters: refine the blended probabilities with a dense CRF (segflow.crf_pass)
+    opening: int = 0  # rasters: morphological smoothing radii in pixels (segflow.smooth_pass)
+    closing: int = 0
 
     def check(self) -> None:
         if self.blend not in BLEND_MODES:
@@ -196,7 +199,8 @@ def _pixel_parameters(params: TileInferParams, grid: WindowGrid, chunks: ChunkGr
     """
     return {"tile": grid.tile, "stride": grid.stride, "blend": params.blend, "chunk": chunks.chunk,
             "bands": dict(params.bands), "band_names": bands, "save_scores": params.save_scores,
-            "device": device, "amp": params.amp, "crf": crf_fingerprint(params.crf)}
+            "device": device, "amp": params.amp, "crf": crf_fingerprint(params.crf),
+            "smooth": [params.closing, params.opening]}
 
 
 def _up_to_date(output: Path, fingerprint: str, names: list[str]) -> dict[str, Any] | None:
@@ -296,6 +300,9 @@ def _prepare(input_path: InputPaths, params: TileInferParams, execution: Executi
     check_expected_input(spec, scene)  # e.g. an MR volume given to a CT model: refused, asking for --model
     if params.crf is not None and scene.spatial_dims != 2:
         raise ConfigError("--crf refines 2D rasters; leave it out for volumes")
+    for name in ("opening", "closing"):
+        if not isinstance(getattr(params, name), int) or not 0 <= getattr(params, name) <= 64:
+            raise ConfigError(f"--{name} is a radius in pixels from 0 to 64, got {getattr(params, name)!r}")
     grid_map = None if scene.volume is None else model_grid(scene.volume, scene.spatial_shape, spec.spacing,
                                                                spec.orientation)
     work = scene if grid_map is None else model_scene(scene, grid_map)  # what the model sees
@@ -414,6 +421,7 @@ def _compute(job: _Job, store: MaskStore, staging: Staging, progress: Progress |
                            f"evaluated ({len(set(outcome.evaluated))} distinct) of {plan.windows_to_evaluate} planned")
     if params.crf is not None:
         refine_store(job.scene, store, params.crf, job.device)
+    smooth_store(store, len(job.package.spec.classes), opening=params.opening, closing=params.closing)
     verify_store(store)
     write_sinks(job.sinks, store, staging.path, needed=job.needed_bytes)
     record = _provenance(job.input_path, job.scene.meta, job.package, params, grid, job.device, job.started)

@@ -55,15 +55,18 @@ class VectorOptions:
     ``simplify``: tolerance in map units of a topology-preserving simplification (0: none).
     ``separate``: ``watershed`` splits touching objects of thing classes by a marker-controlled
     watershed on the distance transform (:func:`segflow.postprocess.separate`; markers: distance
-    maxima at least ``min_distance`` px apart); ``none`` keeps connected regions whole."""
+    maxima at least ``min_distance`` px apart); ``none`` keeps connected regions whole.
+    ``fill_holes``: holes smaller than this (map units²) are removed from the polygons (``area``
+    then includes them; ``area_px`` stays the object's own pixels)."""
 
     min_area: float = 0.0
     simplify: float = 0.0
     separate: str = "none"
     min_distance: float = 5.0
+    fill_holes: float = 0.0  # holes smaller than this (map units²) are removed from the polygons
 
     def check(self) -> None:
-        for name in ("min_area", "simplify"):
+        for name in ("min_area", "simplify", "fill_holes"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a number >= 0 in map units, got {value}")
@@ -296,10 +299,17 @@ def _to_map(geometries: np.ndarray, transform: Affine) -> np.ndarray:
     return shapely.transform(geometries, lambda xy: xy @ matrix + np.array([c, f]))
 
 
+def _fill_holes(polygon: shapely.Polygon, limit: float) -> shapely.Polygon:
+    holes = [ring for ring in polygon.interiors if shapely.Polygon(ring).area >= limit]
+    return polygon if len(holes) == len(polygon.interiors) else shapely.Polygon(polygon.exterior, holes)
+
+
 def _features(objects: list[TracedObject], transform: Affine, class_names: Sequence[str], kinds: Sequence[str],
               options: VectorOptions, constants: dict[str, str]) -> FeatureBatch:
     """One batch of features, its geometry handled in bulk (shapely's array functions)."""
     geometry = _to_map(_valid(np.array([o.polygon for o in objects], dtype=object)), transform)
+    if options.fill_holes > 0:
+        geometry = np.array([_fill_holes(g, options.fill_holes) for g in geometry], dtype=object)
     if options.simplify > 0:
         simplified = shapely.simplify(geometry, options.simplify, preserve_topology=True)
         keep = shapely.is_valid(simplified) & ~shapely.is_empty(simplified)

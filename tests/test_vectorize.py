@@ -316,3 +316,37 @@ def test_watershed_separates_touching_buildings_the_same_for_every_chunking(tmp_
     plain = [f for f in features(store_of(tmp_path, labels, 16), 16, Affine.identity()).values()
              if f["class_id"] == 2]
     assert len(plain) == 2  # without separation the two disks are one object
+
+
+def test_small_holes_are_filled_and_large_ones_kept(tmp_path: Path) -> None:
+    labels = np.zeros((40, 60), dtype=np.uint8)
+    labels[5:35, 5:55] = 2
+    labels[10:12, 10:12] = 0  # a 4-pixel hole
+    labels[15:30, 30:50] = 0  # a 300-pixel hole
+    store = store_of(tmp_path, labels, 16)
+    (kept,) = features(store, 16, Affine.identity()).values()
+    assert len(kept["geometry"].interiors) == 2
+    (filled,) = features(store, 16, Affine.identity(), VectorOptions(fill_holes=10.0)).values()
+    assert len(filled["geometry"].interiors) == 1 and filled["area"] == kept["area"] + 4
+    assert filled["area_px"] == kept["area_px"]
+
+
+def test_opening_and_closing_smooth_every_output_the_same_for_every_chunking(tmp_path: Path) -> None:
+    from segflow.synthetic import write_synthetic_scene
+    from segflow.tile_infer import TileInferParams, tile_infer
+
+    write_synthetic_scene(tmp_path / "s.tif", width=260, height=240, seed=6)
+    out = {}
+    for name, chunk, radius in (("a", 64, 2), ("b", 512, 2), ("raw", 512, 0)):
+        tile_infer(tmp_path / "s.tif", tmp_path / name, TileInferParams(model="spectral-landcover", chunk=chunk,
+                                                                        opening=radius, closing=radius,
+                                                                        vectorize="gpkg"))
+        with rasterio.open(tmp_path / name / "labels.tif") as ds:
+            out[name] = ds.read(1)
+    np.testing.assert_array_equal(out["a"], out["b"])
+    assert (out["a"] != out["raw"]).any()
+    smooth = pyogrio.read_dataframe(tmp_path / "a" / "instances.gpkg")
+    raw = pyogrio.read_dataframe(tmp_path / "raw" / "instances.gpkg")
+    assert len(smooth) < len(raw)  # specks opened away
+    with pytest.raises(ConfigError, match="--opening"):
+        tile_infer(tmp_path / "s.tif", tmp_path / "c", TileInferParams(model="spectral-landcover", opening=-1))

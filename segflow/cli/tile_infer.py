@@ -57,6 +57,14 @@ __all__ = ["tile_infer_cmd"]
 @click.option("--simplify", type=float, default=0.0, show_default=True,
               help="With --vectorize: topology-preserving simplification tolerance in map units (0: exact pixel "
                    "outlines).")
+@click.option("--opening", type=int, default=0, show_default=True,
+              help="Smooth the labels (every output): morphological opening of each class with a disk of this "
+                   "radius in pixels, which removes specks and thin spurs.")
+@click.option("--closing", type=int, default=0, show_default=True,
+              help="Smooth the labels (every output): morphological closing with a disk of this radius in pixels, "
+                   "which fills small gaps and notches (applied before the opening).")
+@click.option("--fill-holes", type=float, default=0.0, show_default=True,
+              help="With --vectorize: remove holes smaller than this from the polygons, in map units².")
 @click.option("--separate", type=click.Choice(["none", "watershed"]), default="none", show_default=True,
               help="With --vectorize: split touching objects of thing classes by a watershed on the distance "
                    "transform (markers at least --min-distance pixels apart).")
@@ -78,7 +86,8 @@ def tile_infer_cmd(inputs: tuple[str, ...], output_dir: Path, model: str | None,
                    overlap: float | None, blend: str, chunk: int | None, batch: int, device: str,
                    bands: tuple[str, ...], save_scores: bool, no_amp: bool, workers: int | None,
                    dask_address: str | None, series: str | None, pacs: str | None, meshes: bool,
-                   vectorize: bool, vector_format: str, min_area: float, simplify: float, separate: str,
+                   vectorize: bool, vector_format: str, min_area: float, simplify: float, opening: int, closing: int,
+                   fill_holes: float, separate: str,
                    min_distance: float, postgis: str | None,
                    panoptic: bool, crf: bool, quiet: bool) -> None:
     """Segment a raster of any size by overlapping windows into mask.zarr + labels.tif (COG).
@@ -95,7 +104,8 @@ def tile_infer_cmd(inputs: tuple[str, ...], output_dir: Path, model: str | None,
                              bands=parse_band_overrides(bands), amp=not no_amp, pacs=pacs, meshes=meshes,
                              vectorize=vector_format if vectorize else None,
                              vector_options=VectorOptions(min_area=min_area, simplify=simplify, separate=separate,
-                                                          min_distance=min_distance), postgis=postgis,
+                                                          min_distance=min_distance, fill_holes=fill_holes),
+                             postgis=postgis, opening=opening, closing=closing,
                              panoptic=panoptic, crf=CRFParams() if crf else None)
     execution = Execution(workers=workers, address=dask_address)
     with progress_bar(not quiet, "chunk") as progress:
