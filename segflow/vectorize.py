@@ -76,12 +76,15 @@ class VectorOptions:
             raise ConfigError(f"--min-distance must be >= 1 pixel, got {self.min_distance}")
 
 
-def tracing_chunk(store: MaskStore, limit: int = 4096) -> tuple[int, ...]:
-    """The chunk to trace by: the store's shard (its processing chunk), at most ``limit`` pixels a side.
+def tracing_chunk(store: MaskStore, limit: tuple[int, int] = (2048, 4096)) -> tuple[int, ...]:
+    """The chunk to trace by: the largest multiples of the store's shard (its processing chunk) up to
+    ``limit`` (rows, columns), or ``limit`` where a shard is larger.
 
-    Larger chunks mean fewer seams (less to join); memory per chunk is about 10 bytes a pixel."""
+    Larger chunks mean fewer seams to join, and GDAL's polygonizer is fastest on a few million pixels
+    at a time: on a 16384² mask with 75 902 objects, 2048 × 4096 took 9.6 s at a peak of 224 MiB,
+    2048² 10.3 s / 191 MiB, 4096² 9.5 s / 279 MiB, 1024 × 16384 11.4 s / 288 MiB."""
     shards = getattr(store.labels, "shards", None) or store.labels.chunks
-    return tuple(min(int(c), limit) for c in shards)
+    return tuple(min(int(c) * max(1, most // int(c)), most) for c, most in zip(shards, limit, strict=True))
 
 
 @dataclass(frozen=True)
@@ -156,13 +159,21 @@ def _chunk_pieces(labels: np.ndarray, values: np.ndarray, scores: np.ndarray | N
     """
     (y0, x0), (y1, x1) = box.start, box.stop
     origin = Affine.translation(x0, y0)
-    traced = [(shapely.Polygon(shape["coordinates"][0], shape["coordinates"][1:]), int(value))
-              for shape, value in rasterio.features.shapes(values, mask=values > 0, connectivity=4,
-                                                           transform=origin)]
+    rings: list[list[tuple[float, float]]] = []
+    owners: list[int] = []
+    traced: list[int] = []
+    for shape, value in rasterio.features.shapes(values, mask=values > 0, connectivity=4, transform=origin):
+        rings.extend(shape["coordinates"])  # the shell, then the holes
+        owners.extend([len(traced)] * len(shape["coordinates"]))
+        traced.append(int(value))
     edges = _Edges()
     if not traced:
         return [], edges, []
-    polygons = np.array([p for p, _ in traced], dtype=object)
+    # built in bulk: two shapely calls for the chunk instead of one Polygon (and its rings) per piece
+    lengths = [len(ring) for ring in rings]
+    points = np.array([point for ring in rings for point in ring], dtype=np.float64)
+    linear = shapely.linearrings(points, indices=np.repeat(np.arange(len(rings)), lengths))
+    polygons = shapely.polygons(linear, indices=np.asarray(owners))
     areas = np.rint(shapely.area(polygons)).astype(np.int64)
     coords, owner = shapely.get_coordinates(shapely.get_exterior_ring(polygons), return_index=True)
     order = np.lexsort((coords[:, 0], coords[:, 1], owner))  # per piece: topmost row, then leftmost
@@ -181,7 +192,7 @@ def _chunk_pieces(labels: np.ndarray, values: np.ndarray, scores: np.ndarray | N
             if reaches:
                 getattr(edges, side).extend((a, b, number) for a, b in _side(ring, axis, at))
     pieces = [_Piece(first, int(c), int(area), math.nan, polygon)
-              for first, c, (polygon, _), area in zip(firsts, classes, traced, areas.tolist(), strict=True)]
+              for first, c, polygon, area in zip(firsts, classes, polygons.tolist(), areas.tolist(), strict=True)]
     if scores is not None and pieces:
         ids = rasterio.features.rasterize(((p.polygon, n + 1) for n, p in enumerate(pieces)), out_shape=labels.shape,
                                           transform=origin, dtype="int32")
@@ -189,7 +200,7 @@ def _chunk_pieces(labels: np.ndarray, values: np.ndarray, scores: np.ndarray | N
         sums = np.bincount(ids.ravel(), weights=own.ravel().astype(np.float64), minlength=len(pieces) + 1)
         for n, piece in enumerate(pieces):
             piece.score_sum = float(sums[n + 1])
-    return pieces, edges, [value for _, value in traced]
+    return pieces, edges, traced
 
 
 def _seam_pairs(before: list[tuple[int, int, int]], after: list[tuple[int, int, int]], value_of: dict[int, int]
@@ -244,7 +255,8 @@ are the pieces (by default the labels, nodata as 0; with separated instances, th
 
 
 def _class_values(box: Box, labels: np.ndarray) -> np.ndarray:
-    return np.where(labels == LABEL_NODATA, 0, labels).astype(np.uint8)
+    nodata = labels == LABEL_NODATA
+    return np.where(nodata, 0, labels).astype(np.uint8) if nodata.any() else labels
 
 
 def trace_objects(store: MaskStore, chunk: Sequence[int], values: Values = _class_values) -> Iterator[TracedObject]:
