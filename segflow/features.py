@@ -7,10 +7,13 @@ consumes the same stream, so no writer holds a whole scene's objects.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["FIELDS", "FeatureBatch", "LayerInfo"]
+from .errors import ConfigError
+
+__all__ = ["FIELDS", "SEPARATE", "FeatureBatch", "LayerInfo", "VectorOptions"]
 
 FIELDS: tuple[tuple[str, str], ...] = (
     ("instance_id", "int64"),   # unique per run: the instance id of a thing, a region id of a stuff class
@@ -63,3 +66,33 @@ class FeatureBatch:
         self.geometry.append(geometry)
         for name, _ in FIELDS:
             self.columns[name].append(values[name])
+
+
+SEPARATE = ("none", "watershed")
+
+
+@dataclass(frozen=True)
+class VectorOptions:
+    """``min_area``: objects smaller than this (map units², by their pixels) are not written.
+    ``simplify``: tolerance in map units of a topology-preserving simplification (0: none).
+    ``separate``: ``watershed`` splits touching objects of thing classes by a marker-controlled
+    watershed on the distance transform (:func:`segflow.postprocess.separate`; markers: distance
+    maxima at least ``min_distance`` px apart); ``none`` keeps connected regions whole.
+    ``fill_holes``: holes smaller than this (map units²) are removed from the polygons (``area``
+    then includes them; ``area_px`` stays the object's own pixels)."""
+
+    min_area: float = 0.0
+    simplify: float = 0.0
+    separate: str = "none"
+    min_distance: float = 5.0
+    fill_holes: float = 0.0  # holes smaller than this (map units²) are removed from the polygons
+
+    def check(self) -> None:
+        for name in ("min_area", "simplify", "fill_holes"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a number >= 0 in map units, got {value}")
+        if self.separate not in SEPARATE:
+            raise ConfigError(f"--separate must be one of {', '.join(SEPARATE)}, got {self.separate!r}")
+        if not math.isfinite(self.min_distance) or self.min_distance < 1:
+            raise ConfigError(f"--min-distance must be >= 1 pixel, got {self.min_distance}")

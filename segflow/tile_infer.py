@@ -24,33 +24,29 @@ from ._failpoints import failpoint
 from ._memory import limit_heap_fragmentation
 from .bands import assemble_scene, parse_inputs
 from .crf import CRFParams
-from .crf_pass import crf_fingerprint, refine_store
+from .crf_pass import crf_fingerprint
 from .engine import Execution, PredictorFactory, RunSpec, input_identity, make_plan, run_fingerprint, run_plan
 from .engine.spill import SPILL_FOLDER, spill_bytes
 from .engine.spill import clear as clear_spill
 from .errors import ConfigError, InputError
+from .features import VectorOptions
 from .io.atomic import atomic_write_text
 from .io.gdal_names import input_name, local_file, shown_name
 from .io.geotiff import close_datasets, gdal_cache_limit
 from .io.lock import OutputLock
 from .io.mask_store import MaskStore
 from .io.pacs import PacsTarget, deliver_once, parse_pacs
-from .io.postgis import PostgisTarget, redact, write_postgis
 from .io.publish import STAGING_PREFIX, Staging, prepare_output, recover
 from .io.readback import verify_store
 from .io.readers import open_scene
 from .io.sinks import Sink, sinks_for, write_sinks
 from .io.space import check_space, estimate_bytes, guard_writes, tree_bytes
-from .io.vector_files import read_features
-from .io.vector_sink import VectorSink, scene_id_of
 from .models import ModelPackage, resolve_package
 from .models.expects import check_expected_input
 from .predict import check_window_memory, resolve_device
 from .resample import GridMap, model_grid, model_scene, to_input_grid
 from .scene import Scene
-from .smooth_pass import smooth_store
 from .tiling import BLEND_MODES, ChunkGrid, WindowGrid, effective_tile, warn_if_oversampled
-from .vectorize import VectorOptions
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_MODELS", "Execution", "RunResult", "TileInferParams", "tile_infer"]
 
@@ -141,6 +137,8 @@ def _provenance(input_path: str, scene_meta: dict[str, Any], package: ModelPacka
                 grid: WindowGrid, device: str, started: str) -> dict[str, Any]:
     p = asdict(params)
     p["bands"] = dict(params.bands)
+    from .io.postgis import redact
+
     for target in ("postgis", "pacs"):  # never a password in run.json
         p[target] = None if p[target] is None else redact(p[target])
     return {
@@ -241,7 +239,7 @@ class _Job:
     sinks: Sequence[Sink]
     needed_bytes: int  # roughly what the run writes into its output folder at its peak
     pacs: PacsTarget | None
-    postgis: PostgisTarget | None
+    postgis: Any  # PostgisTarget | None (segflow.io.postgis, imported only when asked for)
     started: str
     t0: float
 
@@ -324,9 +322,7 @@ def _prepare(input_path: InputPaths, params: TileInferParams, execution: Executi
     fingerprint = run_fingerprint(identities, model_id, {**_pixel_parameters(  # scale/offset may sit in a sidecar
         params, grid, chunks, scene.band_names, params.device.strip().lower()), "values": scene.meta.get("values"),
         "source_files": scene.meta.get("identity")})  # a folder's files (a DICOM series) as they are now
-    postgis = None if params.postgis is None else PostgisTarget.parse(params.postgis)
-    vectors = None if params.vectorize is None and postgis is None else VectorSink.for_scene(
-        scene, spec, scene_id_of(inputs[spec.sources[0]]), params.vectorize or "gpkg", params.vector_options)
+    postgis, vectors = _vector_outputs(params, scene, spec, inputs[spec.sources[0]])
     sinks = sinks_for(scene, spec, meshes=params.meshes, vectors=vectors, panoptic=params.panoptic)
     return _Job(params=params, execution=execution, package=package, inputs=inputs,
                 input_path=inputs[spec.sources[0]], scene=scene, grid=grid, chunks=chunks, work=work,
@@ -338,6 +334,28 @@ def _prepare(input_path: InputPaths, params: TileInferParams, execution: Executi
                 + (0 if execution.distributed else spill_bytes(grid, chunks, len(spec.classes))),
                 pacs=_pacs_target(params.pacs, sinks, inputs[spec.sources[0]]), postgis=postgis,
                 started=started, t0=t0)
+
+
+def _vector_outputs(params: TileInferParams, scene: Scene, spec: Any, source: str) -> tuple[Any, Sink | None]:
+    """The PostGIS target and the vector sink a run asks for (imported only then: pyarrow, psycopg)."""
+    if params.vectorize is None and params.postgis is None:
+        return None, None
+    from .io.postgis import PostgisTarget
+    from .io.vector_sink import VectorSink, scene_id_of
+
+    postgis = None if params.postgis is None else PostgisTarget.parse(params.postgis)
+    return postgis, VectorSink.for_scene(scene, spec, scene_id_of(source), params.vectorize or "gpkg",
+                                         params.vector_options)
+
+
+def _deliver_postgis(job: _Job, output: Path) -> int:
+    from .io.postgis import write_postgis
+    from .io.vector_files import read_features
+    from .io.vector_sink import VectorSink
+
+    vectors = next(s for s in job.sinks if isinstance(s, VectorSink))
+    info, batches = read_features(output / vectors.name, vectors.fmt, vectors.scene_id)
+    return write_postgis(job.postgis, info, batches)
 
 
 def _pacs_target(pacs: str | None, sinks: Sequence[Sink], source: str) -> PacsTarget | None:
@@ -376,9 +394,7 @@ def _tile_infer(input_path: InputPaths, output_dir: str | os.PathLike[str], para
             sent = deliver_once([output / DICOM_SEG], job.pacs, output / PACS_RECEIPT)
             result = replace(result, delivered=tuple(sent))
         if job.postgis is not None:  # likewise: the polygons as published, into the table
-            vectors = next(s for s in job.sinks if isinstance(s, VectorSink))
-            info, batches = read_features(output / vectors.name, vectors.fmt, vectors.scene_id)
-            result = replace(result, rows_delivered=write_postgis(job.postgis, info, batches))
+            result = replace(result, rows_delivered=_deliver_postgis(job, output))
         return result
 
 
@@ -420,8 +436,13 @@ def _compute(job: _Job, store: MaskStore, staging: Staging, progress: Progress |
         raise RuntimeError(f"engine error: {missing} chunks without a completion record, {evaluated} windows "
                            f"evaluated ({len(set(outcome.evaluated))} distinct) of {plan.windows_to_evaluate} planned")
     if params.crf is not None:
+        from .crf_pass import refine_store
+
         refine_store(job.scene, store, params.crf, job.device)
-    smooth_store(store, len(job.package.spec.classes), opening=params.opening, closing=params.closing)
+    if params.opening or params.closing:
+        from .smooth_pass import smooth_store
+
+        smooth_store(store, len(job.package.spec.classes), opening=params.opening, closing=params.closing)
     verify_store(store)
     write_sinks(job.sinks, store, staging.path, needed=job.needed_bytes)
     record = _provenance(job.input_path, job.scene.meta, job.package, params, grid, job.device, job.started)

@@ -36,7 +36,7 @@ import shapely
 from affine import Affine
 
 from .errors import ConfigError, InputError, OutputError
-from .features import FeatureBatch
+from .features import FeatureBatch, VectorOptions
 from .io.mask_store import MaskStore
 from .labels import LABEL_NODATA
 from .tiling import Box, ChunkGrid
@@ -44,36 +44,6 @@ from .tiling import Box, ChunkGrid
 __all__ = ["TracedObject", "VectorOptions", "trace_objects", "tracing_chunk", "vectorize"]
 
 BATCH = 4096  # features per batch
-
-
-SEPARATE = ("none", "watershed")
-
-
-@dataclass(frozen=True)
-class VectorOptions:
-    """``min_area``: objects smaller than this (map units², by their pixels) are not written.
-    ``simplify``: tolerance in map units of a topology-preserving simplification (0: none).
-    ``separate``: ``watershed`` splits touching objects of thing classes by a marker-controlled
-    watershed on the distance transform (:func:`segflow.postprocess.separate`; markers: distance
-    maxima at least ``min_distance`` px apart); ``none`` keeps connected regions whole.
-    ``fill_holes``: holes smaller than this (map units²) are removed from the polygons (``area``
-    then includes them; ``area_px`` stays the object's own pixels)."""
-
-    min_area: float = 0.0
-    simplify: float = 0.0
-    separate: str = "none"
-    min_distance: float = 5.0
-    fill_holes: float = 0.0  # holes smaller than this (map units²) are removed from the polygons
-
-    def check(self) -> None:
-        for name in ("min_area", "simplify", "fill_holes"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be a number >= 0 in map units, got {value}")
-        if self.separate not in SEPARATE:
-            raise ConfigError(f"--separate must be one of {', '.join(SEPARATE)}, got {self.separate!r}")
-        if not math.isfinite(self.min_distance) or self.min_distance < 1:
-            raise ConfigError(f"--min-distance must be >= 1 pixel, got {self.min_distance}")
 
 
 def tracing_chunk(store: MaskStore, limit: tuple[int, int] = (2048, 4096)) -> tuple[int, ...]:

@@ -96,8 +96,8 @@ def tile_infer_cmd(inputs: tuple[str, ...], output_dir: Path, model: str | None,
     """
     from ..bands import parse_band_overrides, parse_inputs, with_series
     from ..crf import CRFParams
+    from ..features import VectorOptions
     from ..tile_infer import Execution, TileInferParams, tile_infer
-    from ..vectorize import VectorOptions
 
     params = TileInferParams(model=model, tile=tile, overlap=overlap, blend=blend, chunk=chunk,
                              batch=batch, device=device, save_scores=save_scores,

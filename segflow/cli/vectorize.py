@@ -30,8 +30,8 @@ def vectorize_cmd(run: Path, output: Path, fmt: str | None, min_area: float, sim
     Things (one polygon per instance) and stuff classes (merged regions) in the scene's CRS; class 0
     is left out. The run is only read.
     """
+    from ..features import VectorOptions
     from ..io.vector_sink import vectorize_run
-    from ..vectorize import VectorOptions
 
     written = vectorize_run(run, output, fmt=fmt, options=VectorOptions(min_area=min_area, simplify=simplify),
                             model=model)
