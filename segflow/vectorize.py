@@ -57,25 +57,20 @@ def tracing_chunk(store: MaskStore, limit: tuple[int, int] = (2048, 4096)) -> tu
     return tuple(min(int(c) * max(1, most // int(c)), most) for c, most in zip(shards, limit, strict=True))
 
 
-@dataclass(frozen=True)
-class TracedObject:
-    """One object: its first pixel (global flat index), class, pixel count, own-class score sum
-    (NaN without scores) and polygon in global pixel coordinates (x = column, y = row)."""
-
-    first: int
-    class_id: int
-    pixels: int
-    score_sum: float
-    polygon: shapely.Polygon
-
-
 @dataclass
-class _Piece:
+class TracedObject:
+    """One object, or one piece of it inside a chunk: its first pixel (global flat index), class, pixel
+    count, own-class score sum (NaN without scores) and polygon in global pixel coordinates
+    (x = column, y = row)."""
+
     first: int
     class_id: int
     pixels: int
     score_sum: float
     polygon: shapely.Polygon
+
+
+_Piece = TracedObject  # a piece has what an object has, for its part
 
 
 @dataclass
@@ -195,8 +190,7 @@ def _seam_pairs(before: list[tuple[int, int, int]], after: list[tuple[int, int, 
 def _finish(pieces: list[_Piece]) -> TracedObject:
     """An object from its pieces (the polygon checked and made canonical later, in bulk: :func:`_valid`)."""
     if len(pieces) == 1:
-        piece = pieces[0]
-        return TracedObject(piece.first, piece.class_id, piece.pixels, piece.score_sum, piece.polygon)
+        return pieces[0]
     # a union leaves collinear vertices along the seams (GDAL's polygonizer leaves none): removed
     # (a coverage union needs the shared edges noded alike: segmentizing them first cost 3x more, measured)
     polygon = shapely.simplify(shapely.union_all([p.polygon for p in pieces]), 0.0, preserve_topology=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +95,10 @@ def random_image(shape: tuple[int, ...], seed: int = 0, dtype: str = "uint16") -
     smooth = rng.random(shape).cumsum(axis=-1).cumsum(axis=-2)
     smooth = smooth / smooth.max() * 4000 + rng.random(shape) * 500
     return smooth.astype(dtype)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for servers started by test fixtures)."""
+    with closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

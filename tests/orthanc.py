@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from .helpers import free_port
 
 PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
@@ -28,12 +29,6 @@ def missing() -> str | None:
     if not PLUGIN.exists():
         return "Orthanc's DICOMweb plugin is not installed (Debian package orthanc-dicomweb)"
     return None
-
-
-def _free_port() -> int:
-    with closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -63,7 +58,7 @@ class Orthanc:
 @contextmanager
 def running_orthanc(folder: Path) -> Iterator[Orthanc]:
     folder.mkdir(parents=True, exist_ok=True)
-    server = Orthanc(_free_port(), _free_port())
+    server = Orthanc(free_port(), free_port())
     config = {
         "Name": "segflow-test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
         "HttpPort": server.http_port, "DicomPort": server.dicom_port, "DicomAet": server.aet,

@@ -14,16 +14,17 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
+
+from .helpers import free_port
 
 USER = "segflow"
 DATABASE = "segflow"
@@ -56,12 +57,6 @@ def missing() -> str | None:
         return (f"the PostGIS extension is not installed in {found[1]} (Debian package postgresql-15-postgis-3; "
                 "scripts/setup.sh installs it as root)")
     return None
-
-
-def _free_port() -> int:
-    with closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -133,7 +128,7 @@ def running_postgis() -> Iterator[Postgis]:
     try:
         if init.returncode != 0:
             raise RuntimeError(f"initdb failed: {init.stderr[-2000:]}")
-        port = _free_port()
+        port = free_port()
         process = subprocess.Popen(
             [str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-c", "listen_addresses=127.0.0.1",
              "-c", f"unix_socket_directories={sockets}", "-c", "fsync=off", "-c", "synchronous_commit=off",
