@@ -126,10 +126,11 @@ def test_a_part_survives_the_round_trip_to_disk(tmp_path: Path) -> None:
     weighted = torch.rand(4, *box.shape)
     part = Part((Piece((0, 1, 2), box, (1, 0, 3), weighted), Piece((0, 1, 3), box, (0, 0, 0), None)),
                 has_valid=False, valid=None)
-    handle = spill.write(part, tmp_path / "p" / "a.part")
+    handle = spill.write(part, tmp_path / "p" / "q" / "a.part")  # folders made as needed
     assert handle.nbytes == weighted.numel() * 4
     back = spill.load(handle)
-    assert not (tmp_path / "p" / "a.part").exists()
+    assert not (tmp_path / "p" / "q" / "a.part").exists()
+    assert (back.has_valid, back.valid) == (False, None)
     assert [(p.window, p.box, p.offset) for p in back.pieces] == [(p.window, p.box, p.offset) for p in part.pieces]
     assert back.pieces[1].weighted is None
     assert back.pieces[0].weighted is not None and torch.equal(back.pieces[0].weighted, weighted)
@@ -142,4 +143,21 @@ def test_spill_space_is_estimated_only_when_a_run_spills() -> None:
     assert spill.spill_bytes(grid, ChunkGrid.create((512, 512, 800), 1024), 10) == 0  # one chunk
     got = spill.spill_bytes(grid, ChunkGrid.create((512, 512, 800), 128), 10)
     assert 512 * 512 * 64 * 10 * 4 <= got <= 512 * 512 * 64 * 10 * 4 * 4
-    assert spill.far_apart(0, 5, 3) and not spill.far_apart(0, 4, 3)
+    assert spill.far_apart(0, 5, 3) and not spill.far_apart(0, 4, 3) and not spill.far_apart(10, 12, 3)
+    small = WindowGrid.create((64, 64, 64), 16, 0.25)
+    assert spill.spill_bytes(small, ChunkGrid.create((64, 64, 64), 32), 3) > 0  # 2 x 2 x 2 chunks
+    assert spill.spill_bytes(small, ChunkGrid.create((64, 64, 64), (22, 32, 64)), 3) == 0  # 3 x 2 x 1: a plane
+    # of two chunks is no further ahead than a line and its diagonal
+    assert spill.spill_bytes(small, ChunkGrid.create((64, 64, 64), (22, 22, 64)), 3) > 0  # 3 x 3 x 1: 3 ahead
+
+
+def test_a_part_with_its_validity_survives_and_clear_removes_a_folder(tmp_path: Path) -> None:
+    valid = np.zeros((2, 3), dtype=bool)
+    valid[1, 2] = True
+    back = spill.load(spill.write(Part((), has_valid=True, valid=valid), tmp_path / "v.part"))
+    assert back.has_valid and back.valid is not None and np.array_equal(back.valid, valid)
+    (tmp_path / "parts" / "deep").mkdir(parents=True)
+    (tmp_path / "parts" / "deep" / "x.part").write_bytes(b"0")
+    spill.clear(tmp_path / "parts")
+    assert not (tmp_path / "parts").exists()
+    spill.clear(tmp_path / "parts")  # a missing folder is fine

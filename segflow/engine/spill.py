@@ -52,7 +52,7 @@ def write(part: Part, path: Path) -> Spilled:
     nbytes = sum(a.nbytes for *_, a in pieces if a is not None)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
-        pickle.dump((pieces, part.has_valid, part.valid), f, protocol=5)
+        pickle.dump((pieces, part.has_valid, part.valid), f)
     return Spilled(str(path), nbytes)
 
 
@@ -74,12 +74,12 @@ def clear(folder: Path) -> None:
 def spill_bytes(grid: WindowGrid, chunks: ChunkGrid, num_classes: int) -> int:
     """Roughly the most bytes on disk at once: the overhang of one plane of windows into the next.
 
-    Zero when the run spills nothing (fewer than three axes, one plane, or one line of chunks
-    per plane).
+    Zero when the run spills nothing: fewer than three axes, or the next plane of chunks no further
+    ahead in merge order than :func:`far_apart` allows.
     """
     counts = chunks.counts
-    order = merge_axes(counts)
-    if len(order) < 3 or counts[order[0]] < 2 or math.prod(counts[a] for a in order[1:-1]) < 2:
+    order = merge_axes(counts)  # slowest first: the next plane is the product of the other counts ahead
+    if len(order) < 3 or not far_apart(0, math.prod(counts[a] for a in order[1:]), counts[order[-1]]):
         return 0
     slow = order[0]
     cross = [a for a in range(grid.ndim) if a != slow]
