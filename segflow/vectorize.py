@@ -7,13 +7,15 @@ pixel in raster order: unique, the same for every chunking, and it locates the o
 
 How (one pass over the store; memory bounded by a line of chunks and the objects crossing it):
 
-1. Each chunk's labels are split into *pieces* (``skimage.measure.label``: connected pixels of one
-   value) and each piece traced by ``rasterio.features.shapes`` (GDAL's polygonizer, 4-connected:
-   one polygon per piece, holes kept) in global pixel coordinates, which are integers, so pieces of
-   one object from neighbouring chunks share their seam edges exactly. Per piece: class, pixels,
-   first pixel and (with scores) the sum of its own class's score, from the piece image.
-2. The pixel columns and rows facing each other across the chunk's left and top seams are compared:
-   neighbouring pixels of one class join their pieces (union-find).
+1. Each chunk (:func:`tracing_chunk`) is traced by ``rasterio.features.shapes`` (GDAL's polygonizer,
+   4-connected) over the value image (the labels, or separated instance ids): GDAL finds the
+   *pieces* (connected pixels of one value) itself, one polygon each with its holes, in global
+   pixel coordinates, which are integers, so pieces of one object from neighbouring chunks share
+   their seam edges exactly. Per piece, from its polygon: pixels (its area), first pixel (the
+   leftmost vertex of its topmost edge), class (that pixel's label), the ring edges lying on the
+   chunk's four sides and (with scores) the sum of its own class's score.
+2. Edges on the two sides of a seam that overlap by at least a pixel join their pieces when they
+   trace the same value (union-find).
 3. After each line of chunks, every object none of whose pieces touches the line's lower edge is
    finished: its pieces are unioned into one polygon. The others wait for the next line.
 
