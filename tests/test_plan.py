@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from segflow.engine.plan import Index, Plan, make_plan, owner_of
+from segflow.engine.plan import Index, Plan, make_plan, merge_axes, owner_of
 from segflow.tiling import ChunkGrid, WindowGrid
 
 
@@ -90,3 +91,15 @@ def test_one_unfinished_chunk_evaluates_only_the_windows_it_needs() -> None:
     assert [t.index for t in plan.merged] == [(2, 2)]
     assert plan.windows_to_evaluate == len(grid.indices_touching(chunks.box((2, 2))))
     assert {t.index for t in plan.evaluations} == {(1, 1), (1, 2), (2, 1), (2, 2)}
+
+
+def test_merge_axes_put_the_axis_with_most_chunks_first_and_break_ties_by_axis() -> None:
+    assert merge_axes((4, 4, 7)) == [2, 0, 1]
+    assert merge_axes((2, 32)) == [1, 0]
+    assert merge_axes((3, 3)) == [0, 1]
+    assert merge_axes((1, 5, 5)) == [1, 2, 0]
+
+
+def test_grids_of_different_shapes_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"window grid shape \(10, 10\) differs from chunk grid shape \(10, 11\)"):
+        make_plan(WindowGrid.create((10, 10), 4, 0.25), ChunkGrid.create((10, 11), 5))

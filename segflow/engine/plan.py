@@ -72,10 +72,6 @@ class Plan:
     def windows_to_evaluate(self) -> int:
         return sum(len(t.evaluates) for t in self.tasks)
 
-    def owner(self, window: Index) -> Index:
-        """The chunk holding a window's start corner."""
-        return owner_of(self.grid, self.chunks, window)
-
 
 def merge_axes(counts: Sequence[int]) -> list[int]:
     """The chunk axes from slowest to fastest in the order chunks are merged: most chunks first."""
