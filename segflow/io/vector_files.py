@@ -25,7 +25,7 @@ import shapely
 from ..errors import ConfigError, OutputError
 from ..features import FeatureBatch, LayerInfo
 
-__all__ = ["VECTOR_FORMATS", "count_features", "read_features", "vector_name", "write_vectors"]
+__all__ = ["VECTOR_FORMATS", "check_format", "count_features", "read_features", "vector_name", "write_vectors"]
 
 VECTOR_FORMATS: dict[str, tuple[str, str]] = {  # --vector-format: (GDAL driver or "", file suffix)
     "gpkg": ("GPKG", ".gpkg"),
@@ -124,12 +124,17 @@ def _crs_label(info: LayerInfo) -> str:
     return f"EPSG:{info.epsg}" if info.epsg is not None else str(info.crs_wkt)
 
 
-def write_vectors(path: Path, fmt: str, info: LayerInfo, batches: Iterable[FeatureBatch]) -> int:
-    """Write ``batches`` to ``path`` in ``fmt`` (a key of :data:`VECTOR_FORMATS`); return the feature count."""
+def check_format(fmt: str, crs_wkt: str | None) -> None:
+    """Refuse in one line an unknown format, or GeoJSON for a scene without a CRS (RFC 7946 is WGS 84)."""
     vector_name(fmt)
-    if fmt == "geojson" and info.crs_wkt is None:
+    if fmt == "geojson" and crs_wkt is None:
         raise ConfigError("GeoJSON (RFC 7946) needs coordinates in WGS 84, but this scene has no CRS; choose "
                           "--vector-format gpkg, parquet or fgb")
+
+
+def write_vectors(path: Path, fmt: str, info: LayerInfo, batches: Iterable[FeatureBatch]) -> int:
+    """Write ``batches`` to ``path`` in ``fmt`` (a key of :data:`VECTOR_FORMATS`); return the feature count."""
+    check_format(fmt, info.crs_wkt)
     driver = VECTOR_FORMATS[fmt][0]
     path.unlink(missing_ok=True)  # GDAL would add a layer to an existing file, keeping its old settings
     if driver:

@@ -24,7 +24,7 @@ from ..geometry import RasterGeometry
 from ..vectorize import VectorOptions, tracing_chunk, vectorize
 from .atomic import atomic_path
 from .mask_store import MaskStore
-from .vector_files import VECTOR_FORMATS, count_features, vector_name, write_vectors
+from .vector_files import VECTOR_FORMATS, check_format, count_features, vector_name, write_vectors
 
 if TYPE_CHECKING:
     from ..models.package import ModelSpec
@@ -73,10 +73,7 @@ class VectorSink:
                fmt: str = "gpkg", options: VectorOptions | None = None) -> VectorSink:
         options = options or VectorOptions()
         options.check()
-        vector_name(fmt)  # refuses an unknown format
-        if fmt == "geojson" and crs_wkt is None:
-            raise ConfigError("GeoJSON (RFC 7946) is in WGS 84, but this scene has no CRS; choose --vector-format "
-                              "gpkg, parquet or fgb")
+        check_format(fmt, crs_wkt)  # before anything runs
         return cls(crs_wkt, tuple(transform) if transform else tuple(Affine.identity())[:6],
                    tuple(spec.class_names), tuple(c.kind for c in spec.classes), scene_id, spec.name,
                    str(spec.version), fmt, options)
