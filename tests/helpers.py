@@ -102,3 +102,31 @@ def free_port() -> int:
     with closing(socket.socket()) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class Threshold(nn.Module):
+    """Class 1 where the (single) input channel is > t, else class 0, as probabilities."""
+
+    def __init__(self, t: float):
+        super().__init__()
+        self.t = t
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        above = (x[:, :1] > self.t).float()
+        return torch.cat([1.0 - above, above], dim=1)
+
+
+def threshold_package(root: Path, t: float, *, band: int | None = None, tile: int = 12,
+                      second: dict[str, Any] | None = None) -> Path:
+    """A 3D TorchScript package of :class:`Threshold`: class 0 ``background``, class 1 ``second``
+    (default a stuff class ``bright``)."""
+    root.mkdir(parents=True, exist_ok=True)
+    torch.jit.trace(Threshold(t), torch.zeros(1, 1, 4, 4, 4)).save(str(root / "model.ts"))
+    spec = {"name": "threshold", "version": "1", "spatial_dims": 3, "weights": "model.ts",
+            "input": {"bands": [{"name": "image", **({"index": band} if band else {})}],
+                      "normalization": {"mode": "none"}},
+            "tile": tile, "overlap": 0.25, "output": {"activation": "none"},
+            "classes": [{"name": "background", "color": [0, 0, 0]},
+                        second or {"name": "bright", "color": [255, 0, 0]}]}
+    (root / "model.yaml").write_text(yaml.safe_dump(spec))
+    return root

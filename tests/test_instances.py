@@ -10,15 +10,12 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
-import yaml
 import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 from scipy import ndimage
-from torch import nn
 
 from segflow.errors import ConfigError, InputError
 from segflow.geometry import VolumeGeometry
@@ -30,6 +27,8 @@ from segflow.models.package import ModelSpec, resolve_package
 from segflow.scene import Scene
 from segflow.tile_infer import TileInferParams, tile_infer
 from segflow.tiling import Box
+
+from .helpers import threshold_package
 
 # ----------------------------------------------------------------------------- the reference
 
@@ -433,22 +432,8 @@ def test_sinks_for_volumes_with_thing_classes() -> None:
 # ----------------------------------------------------------------------------- end to end
 
 
-class Threshold(nn.Module):
-    """Class 1 where the input is > t, else class 0, as probabilities."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        above = (x[:, :1] > 100.0).float()
-        return torch.cat([1.0 - above, above], dim=1)
-
-
 def test_tile_infer_writes_instances_of_a_nifti_volume(tmp_path: Path) -> None:
-    pkg = tmp_path / "pkg"
-    pkg.mkdir()
-    torch.jit.script(Threshold()).save(str(pkg / "model.ts"))
-    (pkg / "model.yaml").write_text(yaml.safe_dump({
-        "name": "threshold", "spatial_dims": 3, "weights": "model.ts", "tile": 12, "overlap": 0.25,
-        "input": {"bands": [{"name": "image"}], "normalization": {"mode": "none"}}, "output": {"activation": "none"},
-        "classes": [{"name": "background"}, {"name": "blob", "kind": "thing"}]}))
+    pkg = threshold_package(tmp_path / "pkg", 100.0, second={"name": "blob", "kind": "thing"})
     rng = np.random.default_rng(11)
     noise = ndimage.gaussian_filter(rng.random((30, 26, 22)), 2.0)  # (x, y, z) on disk: NIfTI's i, j, k
     image = np.where(noise > np.quantile(noise, 0.8), 150, 20).astype(np.int16) + rng.integers(0, 5, noise.shape,

@@ -14,12 +14,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
-import yaml
 import zarr
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
-from torch import nn
 
 from segflow.cli import main
 from segflow.errors import ConfigError
@@ -34,7 +31,7 @@ from segflow.scene import Scene
 from segflow.tile_infer import TileInferParams, tile_infer
 from segflow.tiling import ChunkGrid
 
-from .helpers import make_ts_package, random_image, write_geotiff
+from .helpers import make_ts_package, random_image, threshold_package, write_geotiff
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -240,22 +237,8 @@ def test_the_flow_takes_meshes() -> None:
 # ----------------------------------------------------------------------------- end to end
 
 
-class Threshold(nn.Module):
-    """Class 1 where the input is > 100, else class 0, as probabilities."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        above = (x[:, :1] > 100.0).float()
-        return torch.cat([1.0 - above, above], dim=1)
-
-
 def test_tile_infer_publishes_a_mesh_per_instance_of_a_nifti(tmp_path: Path) -> None:
-    pkg = tmp_path / "pkg"
-    pkg.mkdir()
-    torch.jit.script(Threshold()).save(str(pkg / "model.ts"))
-    (pkg / "model.yaml").write_text(yaml.safe_dump({
-        "name": "threshold", "spatial_dims": 3, "weights": "model.ts", "tile": 12, "overlap": 0.25,
-        "input": {"bands": [{"name": "image"}], "normalization": {"mode": "none"}}, "output": {"activation": "none"},
-        "classes": [{"name": "background"}, {"name": "blob", "kind": "thing"}]}))
+    pkg = threshold_package(tmp_path / "pkg", 100.0, second={"name": "blob", "kind": "thing"})
     rng = np.random.default_rng(5)
     noise = ndimage.gaussian_filter(rng.random((26, 22, 18)), 2.0)  # (i, j, k) on disk
     image = np.where(noise > np.quantile(noise, 0.85), 150, 20).astype(np.int16)

@@ -19,10 +19,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 import yaml
 import zarr
-from torch import nn
 
 from segflow.cli import main
 from segflow.errors import InputError
@@ -30,6 +28,7 @@ from segflow.io.nifti import open_nifti
 from segflow.io.readers import open_scene
 from segflow.tile_infer import TileInferParams, tile_infer
 
+from . import helpers
 from .helpers import random_image, write_geotiff
 
 SHAPE = (20, 18, 14)  # (i, j, k)
@@ -111,28 +110,8 @@ KINDS: dict[str, dict[str, Any]] = {
 
 # ----------------------------------------------------------------------------- the stand-in model
 
-class Threshold(nn.Module):
-    """Class 1 where the (single) input channel is > t, else class 0, as probabilities."""
-
-    def __init__(self, t: float):
-        super().__init__()
-        self.t = t
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        above = (x[:, :1] > self.t).float()
-        return torch.cat([1.0 - above, above], dim=1)
-
-
-def threshold_package(root: Path, t: float = T, *, band: int | None = None, tile: int = 12) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    torch.jit.trace(Threshold(t), torch.zeros(1, 1, 4, 4, 4)).save(str(root / "model.ts"))
-    spec = {"name": "threshold", "version": "1", "spatial_dims": 3, "weights": "model.ts",
-            "input": {"bands": [{"name": "image", **({"index": band} if band else {})}],
-                      "normalization": {"mode": "none"}},
-            "tile": tile, "overlap": 0.25, "output": {"activation": "none"},
-            "classes": [{"name": "background", "color": [0, 0, 0]}, {"name": "bright", "color": [255, 0, 0]}]}
-    (root / "model.yaml").write_text(yaml.safe_dump(spec))
-    return root
+def threshold_package(root: Path, t: float = T, **kw: Any) -> Path:
+    return helpers.threshold_package(root, t, **kw)
 
 
 @pytest.fixture(scope="module")
