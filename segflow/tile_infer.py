@@ -270,6 +270,9 @@ def _vector_outputs(params: TileInferParams, scene: Scene, spec: Any, source: st
     from .io.postgis import PostgisTarget
     from .io.vector_sink import VectorSink, scene_id_of
 
+    if params.panoptic and params.vector_options.separate != "none":
+        raise ConfigError("--panoptic numbers connected regions, so its ids would not be the split instances of "
+                          f"--separate {params.vector_options.separate}; run them separately")
     postgis = None if params.postgis is None else PostgisTarget.parse(params.postgis)
     return postgis, VectorSink.for_scene(scene, spec, scene_id_of(source), params.vectorize or "gpkg",
                                          params.vector_options)

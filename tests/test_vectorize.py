@@ -299,6 +299,10 @@ def test_panoptic_ids_are_the_vector_ids_of_the_thing_instances(tmp_path: Path) 
     assert not instances[classes != building].any()
     with pytest.raises(ConfigError, match="no thing class"):
         tile_infer(tmp_path / "s.tif", tmp_path / "o2", TileInferParams(model="spectral-landcover", panoptic=True))
+    with pytest.raises(ConfigError, match="--panoptic numbers connected regions"):
+        tile_infer(tmp_path / "s.tif", tmp_path / "o3", TileInferParams(
+            model="demo-unet-2d", panoptic=True, vectorize="gpkg", vector_options=VectorOptions(separate="watershed")))
+    assert not (tmp_path / "o3").exists()
 
 
 def test_watershed_separates_touching_buildings_the_same_for_every_chunking(tmp_path: Path) -> None:
