@@ -13,7 +13,7 @@ import ast
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,9 +87,8 @@ def _graph(plan: Plan, scene: Any, run: RunSpec, token: str, *, chain: bool = Fa
     def key(kind: str, *index: int) -> tuple[Any, ...]:
         return (f"segflow-{kind}-{token}", *index)
 
-    axes = merge_axes(plan.chunks.counts)
-    position = {t.index: n for n, t in enumerate(sorted(plan.tasks, key=lambda t: tuple(t.index[a] for a in axes)))}
-    line = plan.chunks.counts[axes[-1]]
+    position = {t.index: n for n, t in enumerate(_in_merge_order(plan, plan.tasks))}
+    line = plan.chunks.counts[merge_axes(plan.chunks.counts)[-1]]
 
     def spill_to(source: Index, target: Index) -> str | None:
         if not chain or run.spill is None or not spill.far_apart(position[source], position[target], line):
@@ -118,8 +117,12 @@ def merge_order(plan: Plan) -> list[ChunkTask]:
     about one line of chunks along it: making it the axis with the fewest chunks keeps that
     line short (a 2 × 32 chunk scene walks down its columns).
     """
+    return _in_merge_order(plan, plan.merged)
+
+
+def _in_merge_order(plan: Plan, tasks: Iterable[ChunkTask]) -> list[ChunkTask]:
     axes = merge_axes(plan.chunks.counts)
-    return sorted(plan.merged, key=lambda t: tuple(t.index[a] for a in axes))
+    return sorted(tasks, key=lambda t: tuple(t.index[a] for a in axes))
 
 
 def _outcome(merge_results: list[dict[str, Any]], workers: dict[str, Any]) -> Outcome:
