@@ -50,9 +50,16 @@ class OutputError(SegflowError, OSError):
 
 
 class DeliveryError(SegflowError, ConnectionError):
-    """Finished outputs could not be delivered (a PACS down, refusing or not confirming the store)."""
+    """Finished outputs could not be delivered (a PACS down, refusing or not confirming the store).
+
+    ``transient`` is False when the target answered and refused (retrying the same files will not help).
+    """
 
     exit_code = 6
+
+    def __init__(self, *args: object, transient: bool = True):
+        super().__init__(*args)
+        self.transient = transient
 
 
 class DeviceError(SegflowError, RuntimeError):

@@ -45,6 +45,8 @@ class TileInferParams:
     crf: CRFParams | None = None  # rasters: refine the blended probabilities with a dense CRF (segflow.crf_pass)
     opening: int = 0  # rasters: morphological smoothing radii in pixels (segflow.smooth_pass)
     closing: int = 0
+    scene_id: str | None = None  # rasters: the polygons' scene_id (default: the input's file name without suffix)
+    deliver: bool = True  # deliver to ``pacs`` / ``postgis`` after publishing (False: a later step does it)
 
     def check(self) -> None:
         if self.blend not in BLEND_MODES:

@@ -9,7 +9,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -29,11 +28,12 @@ from .engine.spill import SPILL_FOLDER, spill_bytes
 from .engine.spill import clear as clear_spill
 from .errors import ConfigError, InputError
 from .io.atomic import atomic_write_text
+from .io.deliver import DICOM_SEG, VectorFile, deliver_run
 from .io.gdal_names import input_name, local_file, shown_name
 from .io.geotiff import close_datasets, gdal_cache_limit
 from .io.lock import OutputLock
 from .io.mask_store import MaskStore
-from .io.pacs import PacsTarget, deliver_once, parse_pacs
+from .io.pacs import PacsTarget, parse_pacs
 from .io.publish import STAGING_PREFIX, Staging, prepare_output, recover
 from .io.readback import verify_store
 from .io.readers import open_scene
@@ -44,6 +44,7 @@ from .models.expects import check_expected_input
 from .predict import check_window_memory, resolve_device
 from .resample import GridMap, model_grid, model_scene, to_input_grid
 from .run_params import RunResult, TileInferParams
+from .run_store import exports_digest, published_store, reuse_or_create, up_to_date
 from .scene import Scene
 from .tiling import ChunkGrid, WindowGrid, effective_tile, warn_if_oversampled
 
@@ -54,9 +55,7 @@ DEFAULT_MODELS = {2: DEFAULT_MODEL, 3: "ct-tissue"}  # by the input's spatial di
 # processing chunk per axis: 2048² pixels or 128³ voxels hold the blend of a chunk (K float32 sums) in
 # ~100 MB-1 GB for typical class counts, so memory stays bounded whatever the scene or volume size
 DEFAULT_CHUNK = {2: 2048, 3: 128}
-DICOM_SEG = "seg.dcm"
 MODEL_GRID_STORE = "model-grid.zarr"  # in the staging folder only: the engine's store when the model has its own grid
-PACS_RECEIPT = "pacs.json"
 Progress = Callable[[int, int], None]
 
 
@@ -128,23 +127,6 @@ def _pixel_parameters(params: TileInferParams, grid: WindowGrid, chunks: ChunkGr
             "smooth": [params.closing, params.opening]}
 
 
-def _up_to_date(output: Path, fingerprint: str, names: list[str]) -> dict[str, Any] | None:
-    """The published run.json when the published outputs are complete results of this very run."""
-    try:
-        record = json.loads((output / "run.json").read_text(encoding="utf-8"))
-        same = record["run"]["fingerprint"] == fingerprint
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if not same or not all((output / n).exists() for n in names):
-        return None
-    try:
-        if MaskStore.open(output / "mask.zarr").fingerprint != fingerprint:
-            return None
-    except InputError:
-        return None
-    return record
-
-
 @dataclass(frozen=True)
 class _Job:
     """A run prepared and checked: everything decided before the output folder is touched."""
@@ -175,35 +157,23 @@ class _Job:
         return ["mask.zarr", *(e for s in self.sinks for e in s.entries), "run.json"]
 
 
-def _reuse_or_create(path: Path, fingerprint: str, create: Callable[[], MaskStore]) -> MaskStore:
-    """The store at ``path`` when an earlier attempt of this run left it, else ``create()`` after clearing it."""
-    if path.exists():
-        try:
-            store = MaskStore.open(path, mode="r+")
-            if store.fingerprint == fingerprint:
-                return store
-        except InputError:
-            pass
-        shutil.rmtree(path)
-    return create()
-
-
-def _store(path: Path, job: _Job) -> MaskStore:
-    """The run's store, on the input's grid: an earlier attempt's when it belongs to this run, else a new one."""
+def _store(path: Path, job: _Job, published: Path | None) -> tuple[MaskStore, bool]:
+    """The run's store on the input's grid (an earlier attempt's, the published one's copy, or a new one), and
+    whether its masks are final (only the exports remain)."""
     spec = job.package.spec
     attrs = {**job.scene.geometry.attrs(), "source": str(job.input_path), "model": spec.name,
              "run_fingerprint": job.fingerprint}
-    return _reuse_or_create(path, job.fingerprint, lambda: MaskStore.create(
+    return reuse_or_create(path, job.fingerprint, lambda: MaskStore.create(
         path, job.scene.spatial_shape, job.out_chunks.chunk, spec.class_names,
-        save_scores=job.params.save_scores, attrs=attrs))
+        save_scores=job.params.save_scores, attrs=attrs), published)
 
 
 def _work_store(path: Path, job: _Job) -> MaskStore:
     """The store on the model grid, with scores, that the input grid's labels are made from."""
     attrs = {**job.work.geometry.attrs(), "run_fingerprint": job.fingerprint}
-    return _reuse_or_create(path, job.fingerprint, lambda: MaskStore.create(
+    return reuse_or_create(path, job.fingerprint, lambda: MaskStore.create(
         path, job.work.spatial_shape, job.chunks.chunk, job.package.spec.class_names, save_scores=True,
-        attrs=attrs))
+        attrs=attrs))[0]
 
 
 def _prepare(input_path: InputPaths, params: TileInferParams, execution: Execution) -> _Job:
@@ -274,18 +244,15 @@ def _vector_outputs(params: TileInferParams, scene: Scene, spec: Any, source: st
         raise ConfigError("--panoptic numbers connected regions, so its ids would not be the split instances of "
                           f"--separate {params.vector_options.separate}; run them separately")
     postgis = None if params.postgis is None else PostgisTarget.parse(params.postgis)
-    return postgis, VectorSink.for_scene(scene, spec, scene_id_of(source), params.vectorize or "gpkg",
-                                         params.vector_options)
+    scene_id = params.scene_id or scene_id_of(source)
+    return postgis, VectorSink.for_scene(scene, spec, scene_id, params.vectorize or "gpkg", params.vector_options)
 
 
-def _deliver_postgis(job: _Job, output: Path) -> int:
-    from .io.postgis import write_postgis
-    from .io.vector_files import read_features
+def _vector_file(job: _Job) -> VectorFile | None:
     from .io.vector_sink import VectorSink
 
-    vectors = next(s for s in job.sinks if isinstance(s, VectorSink))
-    info, batches = read_features(output / vectors.name, vectors.fmt, vectors.scene_id)
-    return write_postgis(job.postgis, info, batches)
+    vectors = next((s for s in job.sinks if isinstance(s, VectorSink)), None)
+    return None if vectors is None else VectorFile(vectors.name, vectors.fmt, vectors.scene_id)
 
 
 def _pacs_target(pacs: str | None, sinks: Sequence[Sink], source: str) -> PacsTarget | None:
@@ -306,29 +273,40 @@ def _tile_infer(input_path: InputPaths, output_dir: str | os.PathLike[str], para
     with guard_writes(output, job.needed_bytes), OutputLock(output):
         folder = f"run-{job.fingerprint[:16]}"
         recover(output, keep=(STAGING_PREFIX + folder,))
-        done_before = _up_to_date(output, job.fingerprint, job.names)
+        done_before = up_to_date(output, job.fingerprint, exports_digest(job.params), job.names)
         if done_before is not None:  # nothing to write: no space needed
             result = _result_from(done_before, output, job.names, time.perf_counter() - job.t0, job.scene)
         else:
             # what an earlier attempt already staged counts toward the estimate
             check_space(output, job.needed_bytes - tree_bytes(output / (STAGING_PREFIX + folder)))
             with Staging(output, folder, keep_on_error=True) as staging:
-                store = _store(staging.path / "mask.zarr", job)
+                published = published_store(output, job.fingerprint, len(job.out_chunks))
+                store, final = _store(staging.path / "mask.zarr", job, published)
                 try:
-                    result = _compute(job, store, staging, progress)
+                    result = _compute(job, store, staging, progress, final)
                 except BaseException:
                     if not store.done():  # nothing worth resuming
                         staging.discard()
                     raise
-        if job.pacs is not None:  # the outputs are published: a failed delivery loses nothing
-            sent = deliver_once([output / DICOM_SEG], job.pacs, output / PACS_RECEIPT)
-            result = replace(result, delivered=tuple(sent))
-        if job.postgis is not None:  # likewise: the polygons as published, into the table
-            result = replace(result, rows_delivered=_deliver_postgis(job, output))
+        if params.deliver:  # the outputs are published: a failed delivery loses nothing
+            sent = deliver_run(output, pacs=job.pacs, postgis=job.postgis, vectors=_vector_file(job))
+            result = replace(result, delivered=sent.instances, rows_delivered=sent.rows)
         return result
 
 
-def _compute(job: _Job, store: MaskStore, staging: Staging, progress: Progress | None) -> RunResult:
+@dataclass(frozen=True)
+class _Masks:
+    """How the masks of a run came about: windows evaluated and skipped, chunks computed and reused."""
+
+    evaluated: int
+    skipped: int
+    computed: int
+    reused: int
+    scheduler: Any
+
+
+def _masks(job: _Job, store: MaskStore, staging: Staging, progress: Progress | None) -> _Masks:
+    """Compute the chunks of ``store`` that have no completion record, then the passes over the whole store."""
     grid, chunks, params = job.grid, job.chunks, job.params
     engine_store = store if job.grid_map is None else _work_store(staging.path / MODEL_GRID_STORE, job)
     reused = set(engine_store.done())
@@ -373,6 +351,14 @@ def _compute(job: _Job, store: MaskStore, staging: Staging, progress: Progress |
         from .smooth_pass import smooth_store
 
         smooth_store(store, len(job.package.spec.classes), opening=params.opening, closing=params.closing)
+    return _Masks(evaluated, outcome.skipped, len(plan.merged), len(reused), outcome.workers)
+
+
+def _compute(job: _Job, store: MaskStore, staging: Staging, progress: Progress | None, final: bool) -> RunResult:
+    """The masks (unless ``final``: copied from the published run, only the exports change), the exports, run.json."""
+    grid, params = job.grid, job.params
+    masks = _Masks(0, 0, 0, len(job.out_chunks), "published masks reused") if final else _masks(
+        job, store, staging, progress)
     verify_store(store)
     write_sinks(job.sinks, store, staging.path, needed=job.needed_bytes)
     record = _provenance(job.input_path, job.scene.meta, job.package, params, grid, job.device, job.started)
@@ -383,20 +369,20 @@ def _compute(job: _Job, store: MaskStore, staging: Staging, progress: Progress |
     wall = time.perf_counter() - job.t0
     record.update({
         "wall_seconds": round(wall, 3),
-        "windows": {"total": len(grid), "evaluated": evaluated, "skipped_nodata": outcome.skipped,
+        "windows": {"total": len(grid), "evaluated": masks.evaluated, "skipped_nodata": masks.skipped,
                     "each_evaluated_once": True},
         "chunks_written": len(job.out_chunks),
-        "run": {"fingerprint": job.fingerprint, "chunks_computed": len(plan.merged), "chunks_reused": len(reused),
-                "scheduler": outcome.workers},
+        "run": {"fingerprint": job.fingerprint, "exports": exports_digest(params), "chunks_computed": masks.computed,
+                "chunks_reused": masks.reused, "scheduler": masks.scheduler},
     })
     if len(job.inputs) > 1:
         record["inputs"] = {k: shown_name(v) for k, v in job.inputs.items()}
     atomic_write_text(staging.path / "run.json", json.dumps(record, indent=2) + "\n")
     outputs = staging.publish(job.names)
-    return RunResult(outputs=outputs, windows_total=len(grid), windows_evaluated=evaluated,
-                     windows_skipped=outcome.skipped, chunks=len(job.out_chunks), wall_seconds=wall,
-                     megapixels=math.prod(job.scene.spatial_shape) / 1e6, chunks_computed=len(plan.merged),
-                     chunks_reused=len(reused))
+    return RunResult(outputs=outputs, windows_total=len(grid), windows_evaluated=masks.evaluated,
+                     windows_skipped=masks.skipped, chunks=len(job.out_chunks), wall_seconds=wall,
+                     megapixels=math.prod(job.scene.spatial_shape) / 1e6, chunks_computed=masks.computed,
+                     chunks_reused=masks.reused)
 
 
 def _result_from(record: dict[str, Any], output: Path, names: list[str], wall: float, scene: Scene) -> RunResult:

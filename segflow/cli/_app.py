@@ -18,6 +18,7 @@ import click
 from .. import __version__
 from ..errors import SegflowError, SegflowWarning
 from ._errors import SegflowGroup, usage_error_line
+from .batch import batch_cmd
 from .demo import demo_cmd
 from .evaluate import eval_cmd
 from .models import export_cmd, models_list_cmd, models_show_cmd
@@ -42,6 +43,7 @@ cli = _group(
     """,
     [
         _group("run", "Run a pipeline.", [tile_infer_cmd]),
+        batch_cmd,
         sample_scene_cmd,
         demo_cmd,
         _group("models", "Inspect model packages.", [models_list_cmd, models_show_cmd, export_cmd]),

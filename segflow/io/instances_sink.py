@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from ..models.package import ModelSpec
     from ..scene import Scene
 
-__all__ = ["MAX_CHUNK_VOXELS", "InstancesSink", "instance_rows", "labelling_chunk"]
+__all__ = ["MAX_CHUNK_VOXELS", "InstancesSink", "area_column", "instance_rows", "labelling_chunk"]
 
 MAX_CHUNK_VOXELS = 1 << 22
 """Most voxels in one labelling chunk (about 50 bytes of working memory each at worst)."""
@@ -83,7 +83,8 @@ def _corners(start: np.ndarray, stop: np.ndarray) -> np.ndarray:
     return np.where(picks[None, :, :] == 0, start[:, None, :], stop[:, None, :])
 
 
-def _area_name(crs: str | None) -> str:
+def area_column(crs: str | None) -> str:
+    """The area column's name for ``crs``: ``area_m2``, ``area_deg2`` (geographic) or ``area_crs2``."""
     if crs:
         parsed = CRS.from_user_input(crs)
         if parsed.is_geographic:
@@ -115,7 +116,7 @@ def instance_rows(instances: Instances, class_names: Sequence[str], scene: Scene
         centre = (instances.centroid[:, ::-1] + 0.5) @ to_world.T + shift
         corners = _corners(instances.bbox_start[:, ::-1].astype(np.float64),
                            instances.bbox_stop[:, ::-1].astype(np.float64)) @ to_world.T + shift
-        count, size_name, suffix, axes = "pixels", _area_name(scene.crs), "", "xy"
+        count, size_name, suffix, axes = "pixels", area_column(scene.crs), "", "xy"
     centre = centre.reshape(m, len(axes))
     corners = corners.reshape(m, 2 ** len(axes), len(axes))  # explicit: m may be 0 (no instance at all)
     low, high = corners.min(axis=1, initial=np.inf), corners.max(axis=1, initial=-np.inf)

@@ -17,8 +17,6 @@ local outputs are published before delivery starts and are never touched by it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -83,7 +81,8 @@ def _retrying(action: Callable[[], T], target: PacsTarget, what: str, attempts: 
         try:
             return action()
         except _Refused as exc:
-            raise DeliveryError(f"{target} refused {what}: {exc}; the local outputs are complete") from None
+            raise DeliveryError(f"{target} refused {what}: {exc}; the local outputs are complete",
+                                transient=False) from None
         except Exception as exc:  # network errors of requests / pynetdicom: transient, retried
             last = exc
             if attempt + 1 < attempts:
@@ -200,31 +199,18 @@ def _dimse(target: PacsTarget, timeout: float) -> tuple[Send, Find]:
     return send, find
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def deliver_once(paths: Sequence[Path], target: PacsTarget, receipt: Path, **options: Any) -> list[str]:
     """:func:`deliver` unless ``receipt`` (JSON) shows these very files already confirmed at ``target``.
 
     The receipt is written atomically after a confirmed delivery: a re-run of a finished run
     does not send again, and a run whose delivery failed sends on the next attempt.
     """
-    from .atomic import atomic_write_text
+    from .receipt import file_digests, read_receipt, write_receipt
 
-    files = {p.name: _sha256(p) for p in paths}
-    try:
-        done = json.loads(receipt.read_text(encoding="utf-8"))
-        if done["target"] == str(target) and done["files"] == files:
-            return list(done["instances"])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
+    files = file_digests(paths)
+    done = read_receipt(receipt, str(target), files)
+    if done is not None and isinstance(done.get("instances"), list):
+        return [str(uid) for uid in done["instances"]]
     uids = deliver(paths, target, **options)
-    record = {"target": str(target), "files": files, "instances": uids, "confirmed_utc": time.strftime(
-        "%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    atomic_write_text(receipt, json.dumps(record, indent=2) + "\n")
+    write_receipt(receipt, str(target), files, instances=uids)
     return uids

@@ -204,7 +204,8 @@ def _connect(target: PostgisTarget, attempts: int, pause: float, timeout: float)
             reason = _one_line(exc, password)
             if _REFUSED.search(reason):
                 raise DeliveryError(f"PostGIS at {target} refused the connection ({reason}); check the user, "
-                                    "password (URL, secret= or PGPASSWORD) and database name") from None
+                                    "password (URL, secret= or PGPASSWORD) and database name",
+                                    transient=False) from None
             if attempt + 1 < attempts:
                 delay = pause * 2**attempt
                 log.info("PostGIS at %s not reachable (%s); trying again in %.1f s", target, reason, delay)

@@ -1,0 +1,133 @@
+"""The night's report: ``report.md`` and ``report.json`` beside the outputs, one row per item.
+
+Per item: its status (``computed``, ``resumed``, ``unchanged``, ``failed``), the objects and the area
+(map units²) or volume (mL) per class, windows evaluated, wall time and throughput, where the outputs
+and deliveries went, and the error line of a failed item or delivery. The latest report is
+``<output>/report.md`` / ``report.json``; each batch's is also kept under ``<output>/reports/``.
+
+No secret reaches a report: target addresses are shown with their passwords hidden, and every
+text is scrubbed of the passwords this process knows (``PGPASSWORD``, ``SEGFLOW_PACS_PASSWORD``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..io.atomic import atomic_write_text
+from ..io.postgis import redact
+
+__all__ = ["BatchReport", "ItemReport", "scrub", "write_report"]
+
+SECRET_VARIABLES = ("PGPASSWORD", "SEGFLOW_PACS_PASSWORD")
+
+
+def scrub(text: str, secrets: Sequence[str] = ()) -> str:
+    """``text`` with URL passwords hidden and every known secret replaced by ``***``."""
+    known = [*secrets, *(os.environ.get(v, "") for v in SECRET_VARIABLES)]
+    for secret in sorted({s for s in known if len(s) >= 3}, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return redact(text) if "://" in text else text
+
+
+@dataclass
+class ItemReport:
+    """One item's line of the report (see the module docstring)."""
+
+    name: str
+    source: str
+    kind: str
+    status: str = "pending"
+    error: str | None = None
+    exit_code: int | None = None
+    attempts: int = 0
+    windows_evaluated: int = 0
+    chunks_computed: int = 0
+    chunks_reused: int = 0
+    wall_seconds: float = 0.0
+    megapixels: float = 0.0
+    unit: str = ""
+    classes: dict[str, dict[str, float | int]] = field(default_factory=dict)
+    outputs: str = ""
+    deliveries: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def throughput(self) -> float:
+        """Megapixels (megavoxels) per second of this night's work on the item (0 when nothing was computed)."""
+        return self.megapixels / self.wall_seconds if self.wall_seconds > 0 and self.chunks_computed else 0.0
+
+
+@dataclass
+class BatchReport:
+    """A batch: where it read and wrote, with what, when, and its items."""
+
+    inbox: str
+    output: str
+    settings: dict[str, Any]
+    started_utc: str
+    finished_utc: str = ""
+    wall_seconds: float = 0.0
+    items: list[ItemReport] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return dict(Counter(i.status for i in self.items))
+
+    def failed(self) -> list[ItemReport]:
+        """Items that failed, or whose delivery failed."""
+        return [i for i in self.items if i.status == "failed"
+                or any(d.get("status") == "failed" for d in i.deliveries.values())]
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["counts"] = self.counts()
+        for item, row in zip(self.items, out["items"], strict=True):
+            row["throughput_mp_per_s"] = round(item.throughput, 3)
+        return out
+
+    def markdown(self) -> str:
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(self.counts().items())) or "no items"
+        lines = [f"# segflow batch {self.started_utc}", "",
+                 f"Inbox `{self.inbox}` → `{self.output}`: {len(self.items)} item(s): {counts}; "
+                 f"{self.wall_seconds:.1f} s.", "",
+                 "| item | kind | status | objects | area / volume | windows | wall s | MP/s | delivered |",
+                 "|---|---|---|---|---|---|---|---|---|"]
+        for i in self.items:
+            objects = ", ".join(f"{c} {v['objects']}" for c, v in i.classes.items() if v.get("objects")) or "–"
+            extent = ", ".join(f"{c} {v['extent']:.6g}" for c, v in i.classes.items()
+                               if v.get("pixels") and c != next(iter(i.classes))) or "–"
+            extent = f"{extent} ({i.unit})" if i.unit and extent != "–" else extent
+            delivered = "; ".join(f"{k}: {d.get('status')}" + (f" ({d['count']})" if d.get("count") is not None else "")
+                                  for k, d in i.deliveries.items()) or "–"
+            lines.append(f"| {i.name} | {i.kind} | {i.status} | {objects} | {extent} | {i.windows_evaluated} | "
+                         f"{i.wall_seconds:.1f} | {i.throughput:.2f} | {delivered} |")
+        problems = self.failed()
+        if problems:
+            lines += ["", "## Failures", ""]
+            for i in problems:
+                if i.error:
+                    lines.append(f"- **{i.name}** ({i.source}): {i.error}")
+                for target, d in i.deliveries.items():
+                    if d.get("status") == "failed":
+                        lines.append(f"- **{i.name}** delivery to {target}: {d.get('error')}")
+        lines += ["", "Outputs: one folder per item under the output folder; each holds run.json (provenance) "
+                  "and its delivery receipts.", ""]
+        return "\n".join(lines)
+
+
+def write_report(output: str | Path, report: BatchReport, secrets: Sequence[str] = ()) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.json`` into ``output`` (atomically), and a copy under ``reports/``."""
+    folder = Path(output)
+    stamp = report.started_utc.replace(":", "").replace("-", "").replace("+0000", "Z")
+    md = scrub(report.markdown(), secrets)
+    js = scrub(json.dumps(report.as_dict(), indent=2, default=str), secrets) + "\n"
+    (folder / "reports").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "reports" / f"{stamp}.md", md)
+    atomic_write_text(folder / "reports" / f"{stamp}.json", js)
+    atomic_write_text(folder / "report.md", md)
+    atomic_write_text(folder / "report.json", js)
+    return folder / "report.md", folder / "report.json"

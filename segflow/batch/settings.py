@@ -1,0 +1,117 @@
+"""What every item of a batch runs with, checked once before the first item, and how it is shown.
+
+A batch runs from a Prefect deployment whose parameters the Prefect server stores and shows, so
+the targets given to a batch must not carry passwords: a password in a ``postgis`` URL is refused
+(put it in a Prefect Secret block named by ``secret=``, or in ``PGPASSWORD``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from ..errors import ConfigError
+from ..features import VectorOptions
+from ..io.postgis import redact
+from .inbox import Item
+
+__all__ = ["BatchSettings", "batch_settings", "move_password", "one_line"]
+
+VECTOR_FORMATS = ("gpkg", "parquet", "fgb", "geojson")
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """What every item of a batch is run with (``None``: the model's or segflow's default)."""
+
+    model: str | None = None
+    device: str = "auto"
+    batch: int = 16
+    chunk: int | None = None
+    tile: int | None = None
+    vector_format: str = "gpkg"
+    vector_options: VectorOptions = field(default_factory=VectorOptions)
+    postgis: str | None = None  # rasters' polygons go there
+    pacs: str | None = None  # DICOM series' SEG goes there
+
+    def targets_for(self, item: Item) -> dict[str, str]:
+        """The delivery targets of ``item``'s kind: ``postgis`` for rasters, ``pacs`` for DICOM series."""
+        if item.kind == "raster" and self.postgis:
+            return {"postgis": self.postgis}
+        if item.kind == "dicom" and self.pacs:
+            return {"pacs": self.pacs}
+        return {}
+
+    def shown(self) -> dict[str, Any]:
+        """The settings as a report shows them (passwords hidden)."""
+        return {"model": self.model, "device": self.device, "batch": self.batch, "chunk": self.chunk,
+                "tile": self.tile, "vector_format": self.vector_format, "min_area": self.vector_options.min_area,
+                "postgis": None if self.postgis is None else redact(self.postgis),
+                "pacs": None if self.pacs is None else redact(self.pacs)}
+
+    def delivery_rows(self, kind: str, outcome: Any) -> dict[str, dict[str, Any]]:
+        """The report's delivery entries of an item of ``kind`` from what its delivery step returned or raised."""
+        targets = self.targets_for(Item(name="", source="", kind=kind))
+        rows: dict[str, dict[str, Any]] = {}
+        for name, target in targets.items():
+            row: dict[str, Any] = {"target": redact(target)}
+            if isinstance(outcome, BaseException):
+                row.update(status="failed", error=one_line(outcome))
+            elif outcome is not None:
+                row.update(status="confirmed", count=outcome.rows if name == "postgis" else len(outcome.instances))
+            rows[name] = row
+        return rows
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as the one line a report shows (segflow's own message, else its type and message)."""
+    from ..errors import SegflowError
+
+    text = " ".join(str(exc).split())[:400]
+    return text if isinstance(exc, SegflowError) else f"internal error: {type(exc).__name__}: {text}"
+
+
+def batch_settings(*, model: str | None = None, postgis: str | None = None, pacs: str | None = None,
+                   device: str = "auto", batch: int = 16, chunk: int | None = None, tile: int | None = None,
+                   vector_format: str = "gpkg", min_area: float = 0.0) -> BatchSettings:
+    """Checked settings: the targets parse and hold no password, the options are in range."""
+    if vector_format not in VECTOR_FORMATS:
+        raise ConfigError(f"vector format must be one of {', '.join(VECTOR_FORMATS)}, got {vector_format!r}")
+    if postgis is not None:
+        from ..io.postgis import PostgisTarget
+
+        PostgisTarget.parse(postgis)
+        if urlsplit(postgis.strip()).password is not None:
+            raise ConfigError(f"the PostGIS address {redact(postgis)!r} holds a password, which a batch would store "
+                              "with its parameters; put it in a Prefect Secret block named by &secret=NAME or in "
+                              "PGPASSWORD")
+    if pacs is not None:
+        from ..io.pacs import parse_pacs
+
+        parse_pacs(pacs)
+    if batch < 1 or (chunk is not None and chunk < 1) or (tile is not None and tile < 1):
+        raise ConfigError(f"batch, chunk and tile must be >= 1, got {batch}, {chunk}, {tile}")
+    if min_area < 0:
+        raise ConfigError(f"min-area must be >= 0, got {min_area}")
+    return BatchSettings(model=model, device=device, batch=batch, chunk=chunk, tile=tile,
+                         vector_format=vector_format, vector_options=VectorOptions(min_area=min_area),
+                         postgis=postgis, pacs=pacs)
+
+
+def move_password(postgis: str | None, environ: Any) -> str | None:
+    """``postgis`` without its password, which goes to ``environ["PGPASSWORD"]`` (where libpq and segflow read it).
+
+    For the command line: a batch's parameters are stored by Prefect, the environment of this process is not.
+    """
+    if postgis is None:
+        return None
+    parts = urlsplit(postgis.strip())
+    if parts.password is None:
+        return postgis
+    from urllib.parse import unquote
+
+    environ["PGPASSWORD"] = unquote(parts.password)
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}@{host}" if user else host).geturl()
