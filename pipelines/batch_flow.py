@@ -38,6 +38,7 @@ from segflow.batch import (
     summarize,
     write_report,
 )
+from segflow.batch.cluster import batch_execution
 from segflow.engine import Execution
 
 
@@ -65,18 +66,33 @@ def deliver_task(item: Item, output: str, settings: BatchSettings) -> Any:
     return deliver_item(item, output, settings)
 
 
+def _record_run(row: ItemReport, result: Any, retries: int) -> None:
+    """Fill ``row`` from what the item's infer task returned, or the exception it failed with."""
+    if isinstance(result, BaseException):
+        row.status, row.error, row.exit_code = "failed", one_line(result), getattr(result, "exit_code", 70)
+        row.attempts = 1 + retries if is_transient(result) else 1
+        return
+    run, summary = result["run"], result["summary"]
+    row.status, row.attempts, row.windows_evaluated = run.status, 1, run.windows_evaluated
+    row.chunks_computed, row.chunks_reused = run.chunks_computed, run.chunks_reused
+    row.wall_seconds, row.megapixels = run.wall_seconds, run.megapixels
+    row.unit, row.classes = summary["unit"], summary["classes"]
+
+
 @flow(name="segflow-nightly-batch", log_prints=False)
 def nightly_batch_flow(inbox: str, output: str, model: str | None = None, postgis: str | None = None,
-                       pacs: str | None = None, workers: int | None = None, device: str = "auto", batch: int = 16,
-                       chunk: int | None = None, tile: int | None = None, vector_format: str = "gpkg",
+                       pacs: str | None = None, workers: int | None = None, dask_address: str | None = None,
+                       device: str = "auto", batch: int = 16, chunk: int | None = None, tile: int | None = None,
+                       vector_format: str = "gpkg",
                        min_area: float = 0.0, patterns: list[str] | None = None, min_age: float = 0.0,
                        retries: int = 3, retry_delay: float = 30.0) -> dict[str, Any]:
     """Process every item of ``inbox`` not processed before with these settings into ``output/<item>/``.
 
     ``postgis`` / ``pacs``: delivery targets, without passwords (those come from Prefect Secret blocks,
     ``secret=``, or the environment: ``PGPASSWORD``, ``SEGFLOW_PACS_PASSWORD``). ``workers``: a local dask
-    cluster of that many processes per item. ``retries`` attempts after the first for transient failures,
-    waiting ``retry_delay`` seconds, doubling each time.
+    cluster of that many processes, started once for the batch; ``dask_address``: a running cluster.
+    ``retries``: attempts after the first for transient failures, waiting ``retry_delay`` seconds, doubling
+    each time.
     """
     logger = get_run_logger()
     settings = batch_settings(model=model, postgis=postgis, pacs=pacs, device=device, batch=batch, chunk=chunk,
@@ -88,25 +104,15 @@ def nightly_batch_flow(inbox: str, output: str, model: str | None = None, postgi
     items = discover_task(inbox, patterns, min_age)
     report = BatchReport(inbox=inbox, output=output, settings=settings.shown(), started_utc=started)
     deliveries: list[tuple[ItemReport, PrefectFuture[Any]]] = []
-    for item in items:
-        row = ItemReport(name=item.name, source=item.source, kind=item.kind, outputs=f"{output}/{item.name}")
-        report.items.append(row)
-        state = infer(item, output, settings, Execution(workers=workers), return_state=True)
-        result = state.result(raise_on_failure=False)
-        if isinstance(result, BaseException):
-            row.status, row.error, row.exit_code = "failed", one_line(result), getattr(result, "exit_code", 70)
-            row.attempts = 1 + retries if is_transient(result) else 1
-            logger.warning("%s failed: %s", item.name, scrub(row.error))
-            continue
-        row.attempts = 1
-        run, summary = result["run"], result["summary"]
-        row.status, row.windows_evaluated = run.status, run.windows_evaluated
-        row.chunks_computed, row.chunks_reused = run.chunks_computed, run.chunks_reused
-        row.wall_seconds, row.megapixels = run.wall_seconds, run.megapixels
-        row.unit, row.classes = summary["unit"], summary["classes"]
-        logger.info("%s: %s", item.name, run.status)
-        if settings.targets_for(item):
-            deliveries.append((row, deliver.submit(item, output, settings)))
+    with batch_execution(workers, device, dask_address) as execution:
+        for item in items:
+            row = ItemReport(name=item.name, source=item.source, kind=item.kind, outputs=f"{output}/{item.name}")
+            report.items.append(row)
+            state = infer(item, output, settings, execution, return_state=True)
+            _record_run(row, state.result(raise_on_failure=False), retries)
+            if row.status != "failed" and settings.targets_for(item):
+                deliveries.append((row, deliver.submit(item, output, settings)))
+            logger.info("%s: %s", item.name, scrub(row.error or row.status))
     for row, future in deliveries:
         future.wait()
         outcome = future.state.result(raise_on_failure=False)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from ..io.atomic import atomic_write_text
-from ..io.postgis import redact
 
 __all__ = ["BatchReport", "ItemReport", "scrub", "write_report"]
 
 SECRET_VARIABLES = ("PGPASSWORD", "SEGFLOW_PACS_PASSWORD")
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)([^\s/@:]*):([^\s@/]*)@")  # scheme://user:password@
 
 
 def scrub(text: str, secrets: Sequence[str] = ()) -> str:
@@ -32,7 +33,7 @@ def scrub(text: str, secrets: Sequence[str] = ()) -> str:
     known = [*secrets, *(os.environ.get(v, "") for v in SECRET_VARIABLES)]
     for secret in sorted({s for s in known if len(s) >= 3}, key=len, reverse=True):
         text = text.replace(secret, "***")
-    return redact(text) if "://" in text else text
+    return _URL_PASSWORD.sub(r"\1\2:***@", text)
 
 
 @dataclass

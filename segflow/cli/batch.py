@@ -27,8 +27,10 @@ BATCH_FAILED = 7  # the batch ran; some items or deliveries failed (report.md li
 @click.option("--pacs", default=None, metavar="TARGET",
               help="Deliver the DICOM series' SEG to this PACS (dicomweb+http://host:8042/dicom-web or "
                    "dimse://AET@host:4242).")
-@click.option("--workers", type=int, default=None, help="Run each item's chunks on a local cluster of this many "
-                                                         "worker processes.")
+@click.option("--workers", type=int, default=None, help="Run the items' chunks on a local cluster of this many worker "
+                                                         "processes, started once for the batch.")
+@click.option("--dask-address", default=None, metavar="ADDRESS",
+              help="Run the items' chunks on a running dask.distributed cluster, e.g. tcp://scheduler:8786.")
 @device_option(default="auto", help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch", "batch_size", type=int, default=16, show_default=True, help="Windows per forward pass.")
 @click.option("--chunk", type=int, default=None, help="Processing chunk size (default: the engine's).")
@@ -47,9 +49,9 @@ BATCH_FAILED = 7  # the batch ran; some items or deliveries failed (report.md li
               help="Seconds before the first retry; doubled for each next one.")
 @quiet_option(help="No summary line.")
 def batch_cmd(inbox: str, output_dir: Path, model: str | None, postgis: str | None, pacs: str | None,
-              workers: int | None, device: str, batch_size: int, chunk: int | None, tile: int | None,
-              vector_format: str, min_area: float, patterns: tuple[str, ...], min_age: float, retries: int,
-              retry_delay: float, quiet: bool) -> int:
+              workers: int | None, dask_address: str | None, device: str, batch_size: int, chunk: int | None,
+              tile: int | None, vector_format: str, min_area: float, patterns: tuple[str, ...], min_age: float,
+              retries: int, retry_delay: float, quiet: bool) -> int:
     """Process every scene and volume of an inbox not processed before with these settings, deliver the results
     and write report.md. Run it every night: items already done are skipped, unfinished ones resume, failed
     deliveries are retried; exit 7 when some item or delivery failed (the report lists them).
@@ -69,7 +71,8 @@ def batch_cmd(inbox: str, output_dir: Path, model: str | None, postgis: str | No
         raise ConfigError(f"--retries and --retry-delay must be >= 0, got {retries} and {retry_delay}")
     postgis = move_password(postgis, os.environ)  # a password given here stays in this process's environment
     report = nightly_batch_flow(inbox=inbox, output=str(output_dir), model=model, postgis=postgis, pacs=pacs,
-                                workers=workers, device=device, batch=batch_size, chunk=chunk, tile=tile,
+                                workers=workers, dask_address=dask_address, device=device, batch=batch_size,
+                                chunk=chunk, tile=tile,
                                 vector_format=vector_format, min_area=min_area, patterns=list(patterns) or None,
                                 min_age=min_age, retries=retries, retry_delay=retry_delay)
     failed = [i["name"] for i in report["items"] if i["status"] == "failed"

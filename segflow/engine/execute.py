@@ -24,7 +24,7 @@ from . import spill
 from .plan import ChunkTask, Index, Plan, merge_axes
 from .tasks import RunSpec, evaluate_chunk, merge_and_store, part_for
 
-__all__ = ["Execution", "Outcome", "run_plan"]
+__all__ = ["Execution", "Outcome", "run_plan", "start_local_cluster"]
 
 OnChunk = Callable[[dict[str, Any]], None]
 
@@ -173,7 +173,7 @@ def _existing_client(address: str) -> Any:
 def _client(execution: Execution, cuda: bool) -> tuple[Any, Any, bool]:
     """A client for the run, the local cluster started for it (or None), and whether to close the client."""
     try:
-        from distributed import Client, LocalCluster
+        from distributed import Client
     except ImportError:  # pragma: no cover - distributed is a core dependency
         raise ConfigError("worker processes and clusters need dask.distributed: pip install distributed") from None
     if execution.address:
@@ -182,16 +182,26 @@ def _client(execution: Execution, cuda: bool) -> tuple[Any, Any, bool]:
             return existing, None, False
         try:
             client = Client(execution.address, timeout="20s")
+        except ValueError as exc:  # distributed's address parser: no port, unknown scheme...
+            raise ConfigError(f"--dask-address {execution.address!r} is not a dask scheduler address ({exc}); "
+                              "give one like tcp://scheduler:8786") from None
         except (OSError, TimeoutError) as exc:
             raise ConfigError(f"cannot reach the dask scheduler at {execution.address} ({exc}); check the address "
                               "and that the scheduler is running") from None
         return client, None, True
-    workers = int(execution.workers or 1)
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, host="127.0.0.1",
-                           dashboard_address=None, resources={"GPU": 1} if cuda else None,
-                           silence_logs=logging.CRITICAL)  # a task's error reaches the caller as one line
+    cluster = start_local_cluster(int(execution.workers or 1), cuda)
     return Client(cluster), cluster, True
+
+
+def start_local_cluster(workers: int, cuda: bool) -> Any:
+    """A dask LocalCluster of ``workers`` processes on this machine sharing its cores (each declaring one ``GPU``
+    resource when ``cuda``), bound to 127.0.0.1, without a dashboard; the caller closes it."""
+    from distributed import LocalCluster
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    return LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, host="127.0.0.1",
+                        dashboard_address=None, resources={"GPU": 1} if cuda else None,
+                        silence_logs=logging.CRITICAL)  # a task's error reaches the caller as one line
 
 
 def _check_gpu_workers(client: Any) -> None:

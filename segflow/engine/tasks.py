@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._failpoints import failpoint
 from .._memory import release_free_memory
 from ..io.mask_store import MaskStore
 from ..scene import Scene
@@ -58,6 +59,7 @@ class RunSpec:
 def evaluate_chunk(scene: Scene, task: ChunkTask, run: RunSpec) -> Evaluation:
     """Read the task's region, run its windows and cut their contributions per target chunk."""
     assert task.read is not None
+    failpoint("evaluate")  # tests: a worker process killed while it evaluates
     data, valid = scene.read(task.read)
     with predictor_for(run.factory) as predictor, torch.inference_mode():
         weights = weights_tensor(run.grid.tile, run.blend, predictor.device)

@@ -1,0 +1,211 @@
+"""The batch layer without Prefect: inbox discovery, the retry rule, settings, reports, and re-runs of one item."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from segflow.batch import (
+    BatchReport,
+    BatchSettings,
+    Item,
+    ItemReport,
+    backoff,
+    batch_settings,
+    discover,
+    infer_item,
+    is_transient,
+    scrub,
+    summarize,
+    write_report,
+)
+from segflow.batch.settings import move_password
+from segflow.errors import ConfigError, DeliveryError, InputError, ModelError, OutputError
+
+from .helpers import random_image, write_geotiff
+
+
+def _touch(path: Path, data: bytes = b"x") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _dicom(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pydicom.dcmread(get_testdata_file("CT_small.dcm")).save_as(path)
+    return path
+
+
+def test_a_folder_inbox_lists_rasters_volumes_and_dicom_series_with_stable_unique_names(tmp_path: Path) -> None:
+    inbox = tmp_path / "in"
+    _touch(inbox / "a.tif")
+    _touch(inbox / "2024" / "T33UVP.TIFF")
+    _touch(inbox / "ct.nii.gz")
+    _touch(inbox / "notes.txt")
+    _touch(inbox / ".hidden.tif")
+    _touch(inbox / ".partial" / "x.tif")
+    _dicom(inbox / "patient1" / "series" / "1.dcm")
+    _dicom(inbox / "patient1" / "series" / "2.dcm")
+    items = discover(inbox)
+    assert [(i.name, i.kind) for i in items] == [
+        ("2024__T33UVP", "raster"), ("a", "raster"), ("ct", "nifti"), ("patient1__series", "dicom")]
+    assert items[-1].source == str(inbox / "patient1" / "series")  # the series folder is one item
+    assert discover(inbox) == items  # the same names every night
+
+
+def test_names_that_would_collide_keep_their_suffix(tmp_path: Path) -> None:
+    _touch(tmp_path / "scene.tif")
+    _touch(tmp_path / "scene.nii.gz")
+    _touch(tmp_path / "other.tif")
+    assert [i.name for i in discover(tmp_path)] == ["other", "scene_nii_gz", "scene_tif"]
+
+
+def test_patterns_choose_the_files_case_insensitively(tmp_path: Path) -> None:
+    _touch(tmp_path / "a.TIF")
+    _touch(tmp_path / "b.jp2")
+    assert [i.name for i in discover(tmp_path, ["*.jp2"])] == ["b"]
+    assert [i.name for i in discover(tmp_path)] == ["a"]
+
+
+def test_a_list_inbox_takes_paths_relative_to_it_and_keeps_missing_ones_as_items(tmp_path: Path) -> None:
+    _touch(tmp_path / "data" / "x.tif")
+    outside = _touch(tmp_path.parent / f"{tmp_path.name}-elsewhere.tif")
+    listing = tmp_path / "tonight.txt"
+    listing.write_text(f"# tonight\n\ndata/x.tif\n{outside}\nmissing.tif\n")
+    items = discover(listing)
+    assert [i.name for i in items] == ["data__x", "missing", f"{tmp_path.name}-elsewhere"]
+    assert items[1].source == str(tmp_path / "missing.tif")
+
+
+def test_files_still_arriving_wait_for_the_next_batch(tmp_path: Path) -> None:
+    old = _touch(tmp_path / "old.tif")
+    _touch(tmp_path / "new.tif")
+    an_hour_ago = time.time() - 3600
+    os.utime(old, (an_hour_ago, an_hour_ago))
+    assert [i.name for i in discover(tmp_path, min_age=600)] == ["old"]
+
+
+def test_a_missing_inbox_is_an_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"inbox .* does not exist"):
+        discover(tmp_path / "nope")
+
+
+class KilledWorker(Exception):  # the name dask.distributed gives a task whose workers died
+    pass
+
+
+@pytest.mark.parametrize(("exc", "transient"), [
+    (DeliveryError("PACS down"), True),
+    (DeliveryError("PACS refused", transient=False), False),
+    (ConnectionResetError("reset"), True),
+    (TimeoutError("slow"), True),
+    (OSError(5, "Input/output error"), True),
+    (KilledWorker("lost"), True),
+    (InputError("truncated"), False),
+    (ConfigError("bad"), False),
+    (ModelError("unknown"), False),
+    (OutputError("disk full"), False),
+    (FileNotFoundError("gone"), False),
+    (PermissionError("no"), False),
+    (ValueError("bug"), False),
+])
+def test_only_transient_failures_are_retried(exc: BaseException, transient: bool) -> None:
+    assert is_transient(exc) is transient
+
+
+def test_a_failure_raised_from_a_transient_one_is_transient() -> None:
+    try:
+        try:
+            raise ConnectionRefusedError("down")
+        except ConnectionRefusedError as inner:
+            raise RuntimeError("wrapped") from inner
+    except RuntimeError as outer:
+        assert is_transient(outer)
+
+
+def test_backoff_doubles_up_to_a_cap() -> None:
+    assert backoff(4, 10) == [10, 20, 40, 80]
+    assert backoff(3, 300) == [300, 600, 600]
+    assert backoff(0, 5) == []
+
+
+def test_a_password_in_a_batch_target_is_refused_and_the_cli_moves_it_to_the_environment() -> None:
+    with pytest.raises(ConfigError, match="holds a password") as info:
+        batch_settings(postgis="postgresql://gis:s3cret@db/gis?table=objects")
+    assert "s3cret" not in str(info.value)
+    env: dict[str, str] = {}
+    url = move_password("postgresql://gis:s3%2Fcret@db:5433/gis?table=objects", env)
+    assert url == "postgresql://gis@db:5433/gis?table=objects" and env == {"PGPASSWORD": "s3/cret"}
+    assert move_password("postgresql://gis@db/gis?table=t", env) == "postgresql://gis@db/gis?table=t"
+    assert batch_settings(postgis=url).postgis == url
+
+
+def test_reports_hide_every_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PGPASSWORD", "hunter2-db")
+    report = BatchReport(inbox="in", output=str(tmp_path), settings={"postgis": "postgresql://u:pw-in-url@h/d"},
+                         started_utc="2026-11-30T02:00:00+0000")
+    report.items.append(ItemReport(name="a", source="a.tif", kind="raster", status="failed",
+                                   error="PostGIS login with hunter2-db failed at postgresql://u:pw-in-url@h/d"))
+    md, js = write_report(tmp_path, report)
+    for path in (md, js, *sorted((tmp_path / "reports").iterdir())):
+        text = path.read_text()
+        assert "hunter2-db" not in text and "pw-in-url" not in text, path
+    assert "postgresql://u:***@h/d" in md.read_text()
+    assert json.loads(js.read_text())["counts"] == {"failed": 1}
+    assert scrub("nothing secret") == "nothing secret"
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_geotiff(tmp_path_factory.mktemp("scene") / "s.tif", random_image((4, 90, 110), seed=4))
+
+
+def test_an_item_is_computed_once_then_unchanged_and_a_new_export_option_reuses_the_masks(scene: Path,
+                                                                                          tmp_path: Path) -> None:
+    item = Item(name="s", source=str(scene), kind="raster")
+    settings = BatchSettings(tile=32, chunk=64)
+    first = infer_item(item, tmp_path, settings)
+    assert first.status == "computed" and first.windows_evaluated > 0
+    gpkg = tmp_path / "s" / "instances.gpkg"
+    before = gpkg.read_bytes()
+    again = infer_item(item, tmp_path, settings)
+    assert again.status == "unchanged" and again.windows_evaluated == 0 and gpkg.read_bytes() == before
+    labels = (tmp_path / "s" / "labels.tif").read_bytes()
+    # a filter of the polygons changes: the exports are written again, the model does not run
+    from segflow.features import VectorOptions
+
+    bigger = infer_item(item, tmp_path, BatchSettings(tile=32, chunk=64, vector_options=VectorOptions(min_area=1e9)))
+    assert bigger.windows_evaluated == 0 and bigger.chunks_computed == 0
+    assert (tmp_path / "s" / "labels.tif").read_bytes() == labels
+    run = json.loads((tmp_path / "s" / "run.json").read_text())
+    assert run["parameters"]["vector_options"]["min_area"] == 1e9
+    summary = summarize(item, tmp_path, BatchSettings(vector_options=VectorOptions(min_area=1e9)))
+    assert all(c["objects"] == 0 for c in summary["classes"].values())  # every polygon is under 1e9 m²
+    # a pixel parameter changes: computed again
+    assert infer_item(item, tmp_path, BatchSettings(tile=48, chunk=64)).status == "computed"
+
+
+def test_the_summary_counts_pixels_objects_and_area_per_class(scene: Path, tmp_path: Path) -> None:
+    import rasterio
+
+    item = Item(name="s", source=str(scene), kind="raster")
+    infer_item(item, tmp_path, BatchSettings(tile=32))
+    summary = summarize(item, tmp_path, BatchSettings())
+    with rasterio.open(tmp_path / "s" / "labels.tif") as ds:
+        labels, pixel = ds.read(1), abs(ds.transform.a * ds.transform.e)
+    import geopandas
+
+    names = list(geopandas.read_file(tmp_path / "s" / "instances.gpkg")["class_name"])  # GDAL's reading of the file
+    for k, (name, row) in enumerate(summary["classes"].items()):
+        assert row["pixels"] == int(np.count_nonzero(labels == k))
+        assert row["extent"] == pytest.approx(row["pixels"] * pixel)
+        assert row["objects"] == names.count(name)
+    assert summary["unit"] == "m2"
