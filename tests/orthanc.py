@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,13 +57,14 @@ class Orthanc:
 
 
 @contextmanager
-def running_orthanc(folder: Path) -> Iterator[Orthanc]:
+def running_orthanc(folder: Path, users: dict[str, str] | None = None) -> Iterator[Orthanc]:
+    """Orthanc on free ports; with ``users``, its HTTP API (DICOMweb included) asks for HTTP Basic logins."""
     folder.mkdir(parents=True, exist_ok=True)
     server = Orthanc(free_port(), free_port())
     config = {
         "Name": "segflow-test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
         "HttpPort": server.http_port, "DicomPort": server.dicom_port, "DicomAet": server.aet,
-        "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+        "RemoteAccessAllowed": False, "AuthenticationEnabled": bool(users), "RegisteredUsers": users or {},
         "DicomCheckCalledAet": True, "DicomCheckModalityHost": True,
         "DicomAlwaysAllowStore": False, "DicomAlwaysAllowFind": False, "DicomAlwaysAllowEcho": False,
         "DicomModalities": {"segflow": ["SEGFLOW", "127.0.0.1", 11112]},
@@ -77,6 +79,8 @@ def running_orthanc(folder: Path) -> Iterator[Orthanc]:
             try:
                 with urllib.request.urlopen(f"{server.rest}/system", timeout=2):
                     break
+            except urllib.error.HTTPError:  # it answers: up (a 401 when it asks for a login)
+                break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(

@@ -166,3 +166,34 @@ def test_a_dicom_series_is_segmented_and_its_seg_stored_at_the_pacs(orthanc: Ort
     assert receipt["instances"] == [str(seg.SOPInstanceUID)] and receipt["target"].startswith("http://127.0.0.1")
     assert main(args) == 0  # finished and delivered: nothing computed, nothing sent again
     assert "0 windows evaluated" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def guarded_orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Orthanc]:
+    reason = missing()
+    if reason:
+        pytest.skip(reason)
+    with running_orthanc(tmp_path_factory.mktemp("orthanc-auth"), users={"segflow": "pacs-pw-7"}) as server:
+        yield server
+
+
+def test_dicomweb_with_a_login_takes_the_password_from_the_environment_and_never_shows_it(
+        guarded_orthanc: Orthanc, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = _instance(tmp_path, "a.dcm")
+    address = guarded_orthanc.dicomweb.replace("://", "://segflow@")
+    with pytest.raises(DeliveryError, match="HTTP 401") as refused:  # no password: the PACS says no, at once
+        deliver([path], parse_pacs(address), attempts=3, pause=5.0)
+    assert not refused.value.transient
+    monkeypatch.setenv("SEGFLOW_PACS_PASSWORD", "wrong-pw")
+    with pytest.raises(DeliveryError) as wrong:
+        deliver([path], parse_pacs(address))
+    assert "wrong-pw" not in str(wrong.value) and "SEGFLOW_PACS_PASSWORD" in str(wrong.value)
+    monkeypatch.setenv("SEGFLOW_PACS_PASSWORD", "pacs-pw-7")
+    target = parse_pacs(address)
+    assert str(target) == address.removeprefix("dicomweb+") and "pacs-pw-7" not in repr(target)
+    assert deliver([path], target) == [str(pydicom.dcmread(path).SOPInstanceUID)]
+    inline = parse_pacs(address.replace("segflow@", "segflow:pacs-pw-7@"))  # or in the address (command line)
+    assert inline.password() == "pacs-pw-7" and "pacs-pw-7" not in str(inline) + repr(inline)
+    with pytest.raises(ConfigError, match="both a password and secret=") as both:
+        parse_pacs(address.replace("segflow@", "segflow:pacs-pw-7@") + "?secret=pacs")
+    assert "pacs-pw-7" not in str(both.value)

@@ -89,7 +89,10 @@ def batch_settings(*, model: str | None = None, postgis: str | None = None, pacs
     if pacs is not None:
         from ..io.pacs import parse_pacs
 
-        parse_pacs(pacs)
+        if parse_pacs(pacs).given_password is not None:
+            raise ConfigError(f"the PACS address {redact(pacs)!r} holds a password, which a batch would store with "
+                              "its parameters; put it in a Prefect Secret block named by ?secret=NAME or in "
+                              "SEGFLOW_PACS_PASSWORD")
     if batch < 1 or (chunk is not None and chunk < 1) or (tile is not None and tile < 1):
         raise ConfigError(f"batch, chunk and tile must be >= 1, got {batch}, {chunk}, {tile}")
     if min_area < 0:
@@ -99,19 +102,20 @@ def batch_settings(*, model: str | None = None, postgis: str | None = None, pacs
                          postgis=postgis, pacs=pacs)
 
 
-def move_password(postgis: str | None, environ: Any) -> str | None:
-    """``postgis`` without its password, which goes to ``environ["PGPASSWORD"]`` (where libpq and segflow read it).
+def move_password(url: str | None, environ: Any, variable: str = "PGPASSWORD") -> str | None:
+    """``url`` without its password, which goes to ``environ[variable]`` (where segflow reads it: ``PGPASSWORD``
+    for PostGIS, ``SEGFLOW_PACS_PASSWORD`` for a PACS).
 
     For the command line: a batch's parameters are stored by Prefect, the environment of this process is not.
     """
-    if postgis is None:
+    if url is None:
         return None
-    parts = urlsplit(postgis.strip())
+    parts = urlsplit(url.strip())
     if parts.password is None:
-        return postgis
+        return url
     from urllib.parse import unquote
 
-    environ["PGPASSWORD"] = unquote(parts.password)
+    environ[variable] = unquote(parts.password)
     user = parts.username or ""
     host = parts.netloc.rpartition("@")[2]
     return parts._replace(netloc=f"{user}@{host}" if user else host).geturl()

@@ -25,8 +25,8 @@ BATCH_FAILED = 7  # the batch ran; some items or deliveries failed (report.md li
               help="Deliver the rasters' polygons to this PostGIS table (postgresql://user@host/db?table=objects; "
                    "the password from PGPASSWORD or &secret=PREFECT_BLOCK).")
 @click.option("--pacs", default=None, metavar="TARGET",
-              help="Deliver the DICOM series' SEG to this PACS (dicomweb+http://host:8042/dicom-web or "
-                   "dimse://AET@host:4242).")
+              help="Deliver the DICOM series' SEG to this PACS (dicomweb+http://[user@]host:8042/dicom-web, the "
+                   "password from SEGFLOW_PACS_PASSWORD or ?secret=PREFECT_BLOCK; or dimse://AET@host:4242).")
 @click.option("--workers", type=int, default=None, help="Run the items' chunks on a local cluster of this many worker "
                                                          "processes, started once for the batch.")
 @click.option("--dask-address", default=None, metavar="ADDRESS",
@@ -69,7 +69,9 @@ def batch_cmd(inbox: str, output_dir: Path, model: str | None, postgis: str | No
             from None
     if retries < 0 or retry_delay < 0:
         raise ConfigError(f"--retries and --retry-delay must be >= 0, got {retries} and {retry_delay}")
-    postgis = move_password(postgis, os.environ)  # a password given here stays in this process's environment
+    # a password given here stays in this process's environment, out of the flow's stored parameters
+    postgis = move_password(postgis, os.environ)
+    pacs = move_password(pacs, os.environ, "SEGFLOW_PACS_PASSWORD")
     report = nightly_batch_flow(inbox=inbox, output=str(output_dir), model=model, postgis=postgis, pacs=pacs,
                                 workers=workers, dask_address=dask_address, device=device, batch=batch_size,
                                 chunk=chunk, tile=tile,

@@ -53,6 +53,8 @@ class Execution:
             raise ConfigError("give either --workers (a local cluster) or --dask-address (a running one), not both")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {self.threads}")
+        if self.address:
+            _check_address(self.address)
 
     @property
     def distributed(self) -> bool:
@@ -63,6 +65,18 @@ class Execution:
         if self.address:
             return "cluster"
         return "processes" if self.workers else "threads"
+
+
+def _check_address(address: str) -> None:
+    """Refuse a malformed scheduler address before anything runs (a Client that failed to parse it lingers)."""
+    from distributed.comm.addressing import get_address_host_port, parse_address
+
+    try:
+        if parse_address(address)[0] != "inproc":
+            get_address_host_port(address)
+    except ValueError as exc:
+        raise ConfigError(f"--dask-address {address!r} is not a dask scheduler address ({exc}); give one like "
+                          "tcp://scheduler:8786") from None
 
 
 @dataclass
@@ -182,9 +196,6 @@ def _client(execution: Execution, cuda: bool) -> tuple[Any, Any, bool]:
             return existing, None, False
         try:
             client = Client(execution.address, timeout="20s")
-        except ValueError as exc:  # distributed's address parser: no port, unknown scheme...
-            raise ConfigError(f"--dask-address {execution.address!r} is not a dask scheduler address ({exc}); "
-                              "give one like tcp://scheduler:8786") from None
         except (OSError, TimeoutError) as exc:
             raise ConfigError(f"cannot reach the dask scheduler at {execution.address} ({exc}); check the address "
                               "and that the scheduler is running") from None

@@ -240,8 +240,11 @@ def _open(name: str) -> Any:
     except RasterioError as exc:
         message = gdal_message(exc)
         if is_dir:
-            raise InputError(f"input {name} is a directory, expected a raster file such as a GeoTIFF "
-                             f"(GDAL: {message})") from None
+            raise InputError(f"input {name} is a directory with no DICOM images and not a raster GDAL reads "
+                             f"(GDAL: {message}); give a raster file such as a GeoTIFF, or a folder holding "
+                             "one DICOM series") from None
+        if exists and local.is_file() and local.stat().st_size == 0:
+            raise InputError(f"input {name} is empty (0 bytes); re-create or re-download it") from None
         if exists:
             raise InputError(f"{name} is not a raster GDAL can read ({message}); expected a GeoTIFF") from None
         if _is_plain_path(name):

@@ -17,44 +17,76 @@ local outputs are published before delivery starts and are never touched by it.
 
 from __future__ import annotations
 
+import os
+import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..errors import ConfigError, DeliveryError
 
-__all__ = ["PacsTarget", "deliver", "deliver_once", "parse_pacs"]
+__all__ = ["PASSWORD_VARIABLE", "PacsTarget", "deliver", "deliver_once", "parse_pacs"]
 
 T = TypeVar("T")
-_USAGE = "use dicomweb+http://host:port/dicom-web or dimse://AET@host:port"
+_USAGE = "use dicomweb+http://[user@]host:port/dicom-web or dimse://AET@host:port"
+PASSWORD_VARIABLE = "SEGFLOW_PACS_PASSWORD"
 
 
 @dataclass(frozen=True)
 class PacsTarget:
-    """Where to deliver: a DICOMweb base URL, or a DIMSE peer (called AE title, host, port, calling AE title)."""
+    """Where to deliver: a DICOMweb base URL (with an HTTP Basic user), or a DIMSE peer (called AE title, host,
+    port, calling AE title). ``str()`` never shows a password."""
 
     protocol: str  # "dicomweb" or "dimse"
-    url: str = ""
+    url: str = ""  # without user or password
     aet: str = ""
     host: str = ""
     port: int = 0
     calling: str = "SEGFLOW"
+    user: str = ""  # DICOMweb: HTTP Basic authentication
+    given_password: str | None = field(default=None, repr=False)  # from the URL
+    secret: str | None = None  # name of a Prefect Secret block holding the password
 
     def __str__(self) -> str:
-        return self.url if self.protocol == "dicomweb" else f"dimse://{self.aet}@{self.host}:{self.port}"
+        if self.protocol == "dimse":
+            return f"dimse://{self.aet}@{self.host}:{self.port}"
+        if not self.user:
+            return self.url
+        scheme, _, rest = self.url.partition("://")
+        return f"{scheme}://{self.user}@{rest}"
+
+    def password(self) -> str | None:
+        """The DICOMweb password: from the URL, else the Prefect Secret block, else ``SEGFLOW_PACS_PASSWORD``."""
+        if self.given_password is not None:
+            return self.given_password
+        if self.secret is not None:
+            from .secrets import load_secret
+
+            return load_secret(self.secret, str(self))
+        return os.environ.get(PASSWORD_VARIABLE)
 
 
 def parse_pacs(text: str) -> PacsTarget:
-    """Parse a ``--pacs`` value; raise :class:`ConfigError` (one line) for anything else."""
+    """Parse a ``--pacs`` value; raise :class:`ConfigError` (one line, password hidden) for anything else."""
     parts = urlsplit(text.strip())
+    shown = _hide_password(text.strip())
     if parts.scheme in ("dicomweb+http", "dicomweb+https"):
-        if not parts.netloc:
-            raise ConfigError(f"--pacs {text!r} has no host; {_USAGE}")
-        url = f"{parts.scheme.split('+', 1)[1]}://{parts.netloc}{parts.path}".rstrip("/")
-        return PacsTarget("dicomweb", url=url)
+        if not parts.hostname:
+            raise ConfigError(f"--pacs {shown!r} has no host; {_USAGE}")
+        query = parse_qs(parts.query)
+        unknown = sorted(set(query) - {"secret"})
+        if unknown:
+            raise ConfigError(f"--pacs {shown!r}: unknown parameter {unknown[0]}=; only secret=BLOCK is understood")
+        secret = query.get("secret", [None])[0]
+        if secret is not None and parts.password is not None:
+            raise ConfigError(f"--pacs {shown!r} gives both a password and secret=; give one")
+        location = parts.netloc.rpartition("@")[2]
+        url = f"{parts.scheme.split('+', 1)[1]}://{location}{parts.path}".rstrip("/")
+        return PacsTarget("dicomweb", url=url, user=unquote(parts.username or ""),
+                          given_password=None if parts.password is None else unquote(parts.password), secret=secret)
     if parts.scheme == "dimse":
         aet, host, port = parts.username, parts.hostname, None
         try:
@@ -68,7 +100,15 @@ def parse_pacs(text: str) -> PacsTarget:
             if not 1 <= len(title) <= 16 or "\\" in title:
                 raise ConfigError(f"AE title {title!r} in --pacs must be 1 to 16 characters without backslashes")
         return PacsTarget("dimse", aet=aet, host=host, port=port, calling=calling)
-    raise ConfigError(f"--pacs {text!r} is not a PACS address; {_USAGE}")
+    raise ConfigError(f"--pacs {shown!r} is not a PACS address; {_USAGE}")
+
+
+def _hide_password(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.password is None:
+        return text
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
 
 
 class _Refused(Exception):
@@ -87,9 +127,18 @@ def _retrying(action: Callable[[], T], target: PacsTarget, what: str, attempts: 
             last = exc
             if attempt + 1 < attempts:
                 time.sleep(pause * 2**attempt)
-    reason = " ".join(str(last).split())[:200] if last else "no answer"
+    reason = _reason(last) if last else "no answer"
     raise DeliveryError(f"cannot {what} at {target} after {attempts} attempts ({reason}); check that the PACS is "
                         "running and reachable, then run again (the local outputs are complete)")
+
+
+def _reason(exc: BaseException) -> str:
+    """A short reason for a network failure: the OS error inside a client library's long message, if any."""
+    text = " ".join(str(exc).split())
+    errno = re.search(r"\[Errno -?\d+\] [^'\")\]]+", text)
+    if errno:
+        return errno.group(0).strip()
+    return text if len(text) <= 200 else text[:200].rsplit(" ", 1)[0] + " ..."
 
 
 def deliver(paths: Sequence[Path], target: PacsTarget, *, attempts: int = 3, pause: float = 1.0,
@@ -120,7 +169,12 @@ def _dicomweb(target: PacsTarget, timeout: float) -> tuple[Send, Find]:
     from dicomweb_client.api import DICOMwebClient
     from requests.exceptions import HTTPError
 
-    client = DICOMwebClient(url=target.url, timeout=timeout)
+    session = None
+    if target.user:
+        from dicomweb_client.session_utils import create_session_from_user_pass
+
+        session = create_session_from_user_pass(target.user, target.password() or "")
+    client = DICOMwebClient(url=target.url, timeout=timeout, session=session)
     client.set_http_retry_params(retry=False)  # deliver() retries, with its own pauses and one message
 
     def send(datasets: list[Any]) -> None:
@@ -128,7 +182,10 @@ def _dicomweb(target: PacsTarget, timeout: float) -> tuple[Send, Find]:
             answer = client.store_instances(datasets)
         except HTTPError as exc:
             status = exc.response.status_code if exc.response is not None else 0
-            if 400 <= status < 500:
+            if status in (401, 403):
+                raise _Refused(f"HTTP {status}, the login: check the user in the address and the password "
+                               f"(secret= or {PASSWORD_VARIABLE})") from None
+            if 400 <= status < 500 and status not in (408, 429):
                 raise _Refused(f"HTTP {status}") from None
             raise
         failed = answer.get("FailedSOPSequence") if answer is not None else None

@@ -165,26 +165,10 @@ class PostgisTarget:
         if given is not None:
             return given
         if self.secret is not None:
-            return _secret(self.secret, self)
+            from .secrets import load_secret
+
+            return load_secret(self.secret, str(self))
         return os.environ.get("PGPASSWORD")
-
-
-def _secret(name: str, target: PostgisTarget) -> str:
-    try:
-        from prefect.blocks.system import Secret
-    except ImportError:
-        raise ConfigError(f"{target} names the Prefect Secret block {name!r} but prefect is not installed; "
-                          "install segflow[flows] or give the password in PGPASSWORD") from None
-    try:
-        block: Any = Secret.load(name)  # a Secret when called from synchronous code
-        value = block.get()
-    except Exception as exc:  # Prefect's own errors: block missing, API not reachable
-        raise ConfigError(f"cannot load the Prefect Secret block {name!r} named by {target}: {_one_line(exc)}; "
-                          "create it (prefect block create secret) or fix secret=") from None
-    if not isinstance(value, str):
-        raise ConfigError(f"the Prefect Secret block {name!r} named by {target} holds a "
-                          f"{type(value).__name__}, not a password string")
-    return value
 
 
 def _connect(target: PostgisTarget, attempts: int, pause: float, timeout: float) -> psycopg.Connection[Any]:
