@@ -78,6 +78,18 @@ def _table(postgis: Postgis) -> dict[str, list[int]]:
     return out
 
 
+def _prefect_texts() -> tuple[list[str], list[str]]:
+    """The markdown artifacts "segflow-batch-report", and every log line and flow-run parameter set Prefect holds."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        logs = [log.message for log in client.read_logs()]
+        artifacts = [str(a.data) for a in client.read_artifacts() if a.key == "segflow-batch-report"]
+        parameters = [json.dumps(run.parameters) for run in client.read_flow_runs()]
+    assert logs and parameters
+    return artifacts, logs + parameters
+
+
 def _night(inbox: Path, output: Path, pacs: FlakyProxy, db: FlakyProxy, postgis: Postgis) -> dict[str, Any]:
     from pipelines.batch_flow import nightly_batch_flow
 
@@ -129,8 +141,12 @@ def test_a_night_with_faults_completes_every_healthy_item_and_delivers_each_exac
         md = (output / "report.md").read_text()
         assert "| corrupt | raster | failed |" in md and "truncated or corrupt" in md
         assert json.loads((output / "report.json").read_text())["counts"] == {"computed": RASTERS + 4, "failed": 1}
-        for text in (md, (output / "report.json").read_text(), *(p.read_text() for p in output.rglob("run.json"))):
-            assert postgis.password not in text
+        # no secret anywhere: outputs, reports, run.json, receipts, Prefect's logs, artifacts and parameters
+        texts = [p.read_text() for p in output.rglob("*") if p.suffix in (".json", ".md")]
+        artifacts, prefect = _prefect_texts()
+        assert any("| corrupt | raster | failed |" in a for a in artifacts)  # the report, as a Prefect artifact
+        texts += artifacts + prefect
+        assert not [t[:200] for t in texts if postgis.password in t]
 
         # the next night: nothing to do, nothing sent again
         monkeypatch.delenv("SEGFLOW_FAILPOINT")
@@ -157,9 +173,13 @@ def test_a_delivery_that_failed_is_retried_the_next_night_without_computing_agai
     assert item["status"] == "computed" and item["deliveries"]["postgis"]["status"] == "failed"
     assert "PostGIS" in item["deliveries"]["postgis"]["error"] and not (output / "a" / "postgis.json").exists()
     assert "a" in (output / "report.md").read_text().split("## Failures")[1]
+    monkeypatch.delenv("PGPASSWORD")  # the next night reads the password from a Prefect Secret block
+    from prefect.blocks.system import Secret
+
+    Secret(value=postgis.password).save("night-db", overwrite=True)
     with FlakyProxy(postgis.port) as up:
-        second = nightly_batch_flow(inbox=str(inbox), output=str(output),
-                                    postgis=postgis.url("retry_night", with_password=False, port=up.port))
+        url = postgis.url("retry_night", with_password=False, port=up.port) + "&secret=night-db"
+        second = nightly_batch_flow(inbox=str(inbox), output=str(output), postgis=url)
     (item,) = second["items"]
     assert item["status"] == "unchanged" and item["chunks_computed"] == 0
     assert item["deliveries"]["postgis"]["status"] == "confirmed" and item["deliveries"]["postgis"]["count"] > 0
