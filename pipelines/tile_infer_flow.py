@@ -27,6 +27,8 @@ def tile_infer_task(input_path: str, output_dir: str, params: TileInferParams,
         "chunks_computed": result.chunks_computed,
         "chunks_reused": result.chunks_reused,
         "wall_seconds": result.wall_seconds,
+        "delivered": list(result.delivered),
+        "rows_delivered": result.rows_delivered,
         "summary": result.summary(),
     }
 
@@ -37,16 +39,27 @@ def tile_infer_flow(input_path: str, output_dir: str, model: str | None = None, 
                     device: str = "auto", save_scores: bool = False,
                     bands: dict[str, int] | None = None, workers: int | None = None,
                     dask_address: str | None = None, series: str | None = None,
-                    pacs: str | None = None, meshes: bool = False) -> dict[str, Any]:
-    """Segment one raster into mask.zarr, labels.tif (COG) and run.json under ``output_dir``.
+                    pacs: str | None = None, meshes: bool = False, vectorize: str | None = None,
+                    min_area: float = 0.0, simplify: float = 0.0, postgis: str | None = None,
+                    panoptic: bool = False) -> dict[str, Any]:
+    """Segment one scene or volume into mask.zarr, its exports and run.json under ``output_dir``.
 
     ``workers`` runs the chunk tasks on a local cluster of that many processes, ``dask_address``
     on a running dask cluster; a re-run after a crash continues the interrupted run. ``series``
     picks one series of a DICOM folder; ``pacs`` delivers its DICOM SEG (see ``segflow run
     tile-infer --help``); ``meshes`` adds a surface mesh per instance of a volume (``meshes/``).
+    Rasters: ``vectorize`` (gpkg, parquet, fgb, geojson) writes the objects as polygons, filtered by
+    ``min_area`` and simplified by ``simplify`` (map units); ``postgis`` also writes them into that table
+    (the password from a Prefect Secret block, ``&secret=NAME``, or PGPASSWORD); ``panoptic`` adds panoptic.tif.
     """
+    from segflow.batch.settings import check_targets
+    from segflow.features import VectorOptions
+
+    check_targets(postgis, pacs)  # no password in a flow's parameters: Prefect stores and shows them
     params = TileInferParams(model=model, tile=tile, overlap=overlap, blend=blend, chunk=chunk, batch=batch,
-                             device=device, save_scores=save_scores, bands=bands or {}, pacs=pacs, meshes=meshes)
+                             device=device, save_scores=save_scores, bands=bands or {}, pacs=pacs, meshes=meshes,
+                             vectorize=vectorize, vector_options=VectorOptions(min_area=min_area, simplify=simplify),
+                             postgis=postgis, panoptic=panoptic)
     source = dicom_series_name(input_path, series) if series else input_path
     result = tile_infer_task(source, output_dir, params, Execution(workers=workers, address=dask_address))
     get_run_logger().info(result["summary"])

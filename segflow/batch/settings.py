@@ -16,7 +16,7 @@ from ..features import VectorOptions
 from ..io.postgis import redact
 from .inbox import Item
 
-__all__ = ["BatchSettings", "batch_settings", "move_password", "one_line"]
+__all__ = ["BatchSettings", "batch_settings", "check_targets", "move_password", "one_line"]
 
 VECTOR_FORMATS = ("gpkg", "parquet", "fgb", "geojson")
 
@@ -72,27 +72,33 @@ def one_line(exc: BaseException) -> str:
     return text if isinstance(exc, SegflowError) else f"internal error: {type(exc).__name__}: {text}"
 
 
+def check_targets(postgis: str | None, pacs: str | None) -> None:
+    """Refuse target addresses that do not parse, or that hold a password (which Prefect would store and show
+    with a flow run's parameters)."""
+    if postgis is not None:
+        from ..io.postgis import PostgisTarget
+
+        PostgisTarget.parse(postgis)
+        if urlsplit(postgis.strip()).password is not None:
+            raise ConfigError(f"the PostGIS address {redact(postgis)!r} holds a password, which Prefect would store "
+                              "with the flow run's parameters; put it in a Prefect Secret block named by "
+                              "&secret=NAME or in PGPASSWORD")
+    if pacs is not None:
+        from ..io.pacs import parse_pacs
+
+        if parse_pacs(pacs).given_password is not None:
+            raise ConfigError(f"the PACS address {redact(pacs)!r} holds a password, which Prefect would store with "
+                              "the flow run's parameters; put it in a Prefect Secret block named by ?secret=NAME or "
+                              "in SEGFLOW_PACS_PASSWORD")
+
+
 def batch_settings(*, model: str | None = None, postgis: str | None = None, pacs: str | None = None,
                    device: str = "auto", batch: int = 16, chunk: int | None = None, tile: int | None = None,
                    vector_format: str = "gpkg", min_area: float = 0.0) -> BatchSettings:
     """Checked settings: the targets parse and hold no password, the options are in range."""
     if vector_format not in VECTOR_FORMATS:
         raise ConfigError(f"vector format must be one of {', '.join(VECTOR_FORMATS)}, got {vector_format!r}")
-    if postgis is not None:
-        from ..io.postgis import PostgisTarget
-
-        PostgisTarget.parse(postgis)
-        if urlsplit(postgis.strip()).password is not None:
-            raise ConfigError(f"the PostGIS address {redact(postgis)!r} holds a password, which a batch would store "
-                              "with its parameters; put it in a Prefect Secret block named by &secret=NAME or in "
-                              "PGPASSWORD")
-    if pacs is not None:
-        from ..io.pacs import parse_pacs
-
-        if parse_pacs(pacs).given_password is not None:
-            raise ConfigError(f"the PACS address {redact(pacs)!r} holds a password, which a batch would store with "
-                              "its parameters; put it in a Prefect Secret block named by ?secret=NAME or in "
-                              "SEGFLOW_PACS_PASSWORD")
+    check_targets(postgis, pacs)
     if batch < 1 or (chunk is not None and chunk < 1) or (tile is not None and tile < 1):
         raise ConfigError(f"batch, chunk and tile must be >= 1, got {batch}, {chunk}, {tile}")
     if min_area < 0:
