@@ -209,3 +209,16 @@ def test_the_summary_counts_pixels_objects_and_area_per_class(scene: Path, tmp_p
         assert row["extent"] == pytest.approx(row["pixels"] * pixel)
         assert row["objects"] == names.count(name)
     assert summary["unit"] == "m2"
+
+
+def test_an_item_whose_run_was_killed_resumes_the_next_night(scene: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from segflow.batch import Item, BatchSettings, infer_item; "
+            "infer_item(Item('s', sys.argv[1], 'raster'), sys.argv[2], BatchSettings(tile=32, chunk=32))")
+    killed = subprocess.run([sys.executable, "-c", code, str(scene), str(tmp_path)], capture_output=True,
+                            env={**os.environ, "SEGFLOW_FAILPOINT": "chunk:3"}, timeout=300)
+    assert killed.returncode == -9 and not (tmp_path / "s" / "run.json").exists()
+    run = infer_item(Item("s", str(scene), "raster"), tmp_path, BatchSettings(tile=32, chunk=32))
+    assert run.status == "resumed" and run.chunks_reused == 3 and run.chunks_computed == 12 - 3
