@@ -23,6 +23,7 @@ from .demo import demo_cmd
 from .evaluate import eval_cmd
 from .models import export_cmd, models_list_cmd, models_show_cmd
 from .sample_scene import sample_scene_cmd
+from .serve import serve_cmd
 from .tile_infer import tile_infer_cmd
 from .train import train_cmd
 from .vectorize import vectorize_cmd
@@ -44,6 +45,7 @@ cli = _group(
     [
         _group("run", "Run a pipeline.", [tile_infer_cmd]),
         batch_cmd,
+        serve_cmd,
         sample_scene_cmd,
         demo_cmd,
         _group("models", "Inspect model packages.", [models_list_cmd, models_show_cmd, export_cmd]),
