@@ -51,8 +51,8 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
 
 
 @task(name="discover-inbox")
-def discover_task(inbox: str, patterns: list[str] | None, min_age: float) -> list[Item]:
-    return discover(inbox, tuple(patterns) if patterns else (), min_age=min_age)
+def discover_task(inbox: str, patterns: list[str] | None, min_age: float, output: str) -> list[Item]:
+    return discover(inbox, tuple(patterns) if patterns else (), min_age=min_age, exclude=[output])
 
 
 @task(name="infer-item", task_run_name="infer-{item.name}", retry_condition_fn=_transient)
@@ -101,7 +101,7 @@ def nightly_batch_flow(inbox: str, output: str, model: str | None = None, postgi
     delays = backoff(retries, retry_delay)
     infer = infer_task.with_options(retries=retries, retry_delay_seconds=delays)
     deliver = deliver_task.with_options(retries=retries, retry_delay_seconds=delays)
-    items = discover_task(inbox, patterns, min_age)
+    items = discover_task(inbox, patterns, min_age, output)
     report = BatchReport(inbox=inbox, output=output, settings=settings.shown(), started_utc=started)
     deliveries: list[tuple[ItemReport, PrefectFuture[Any]]] = []
     with batch_execution(workers, device, dask_address) as execution:

@@ -61,6 +61,12 @@ def test_a_folder_inbox_lists_rasters_volumes_and_dicom_series_with_stable_uniqu
     assert discover(inbox) == items  # the same names every night
 
 
+def test_the_batch_output_inside_the_inbox_is_not_searched(tmp_path: Path) -> None:
+    _touch(tmp_path / "a.tif")
+    _touch(tmp_path / "out" / "a" / "labels.tif")
+    assert [i.name for i in discover(tmp_path, exclude=[tmp_path / "out"])] == ["a"]
+
+
 def test_names_that_would_collide_keep_their_suffix(tmp_path: Path) -> None:
     _touch(tmp_path / "scene.tif")
     _touch(tmp_path / "scene.nii.gz")

@@ -100,12 +100,13 @@ def _settled(path: Path, min_age: float, now: float) -> bool:
         return False
 
 
-def _scan(folder: Path, patterns: Sequence[str]) -> list[tuple[str, Path]]:
+def _scan(folder: Path, patterns: Sequence[str], exclude: Sequence[Path]) -> list[tuple[str, Path]]:
     found: list[tuple[str, Path]] = []
     wanted = [p.lower() for p in patterns]
+    skip = {p.resolve() for p in exclude}
     for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         here = Path(root)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() not in skip)
         visible = sorted(f for f in files if not f.startswith("."))
         if any(_is_dicom(here / f) for f in visible[:8]) and here != folder:
             found.append((str(here.relative_to(folder)), here))  # a series folder: one item, its files not items
@@ -136,15 +137,17 @@ def _listed(listing: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def discover(inbox: str | os.PathLike[str], patterns: Sequence[str] = PATTERNS, *, min_age: float = 0.0) -> list[Item]:
+def discover(inbox: str | os.PathLike[str], patterns: Sequence[str] = PATTERNS, *, min_age: float = 0.0,
+             exclude: Sequence[str | os.PathLike[str]] = ()) -> list[Item]:
     """The items of ``inbox`` (a folder or a text file of paths), sorted by name.
 
+    Folders in ``exclude`` (the batch's output folder, when it lies inside the inbox) are not searched.
     A listed path that does not exist is still an item: processing it fails with its own message,
     which the night's report shows.
     """
     root = Path(inbox)
     if root.is_dir():
-        found = _scan(root, patterns or PATTERNS)
+        found = _scan(root, patterns or PATTERNS, [Path(p) for p in exclude])
     elif root.is_file():
         found = _listed(root)
     else:
