@@ -1,12 +1,17 @@
 """Predictor: batches windows through a model on a device and returns class probabilities.
 
-The CPU and CUDA paths are the same code: on CUDA the batch is staged in pinned memory, copied
-with ``non_blocking=True`` and run under autocast; on the CPU those steps are skipped.
+The CPU and CUDA paths are the same code: on CUDA the batch is staged in pinned memory and copied
+with ``non_blocking=True``; on the CPU that step is skipped. The forward pass runs at the
+precision :func:`segflow.precision.resolve_precision` gives (fp32, or bf16 / fp16 under
+``torch.autocast``); probabilities are computed in float32. With test-time augmentation
+(``tta="flips"``) every window is also mirrored over its spatial axes and the probabilities of
+all copies, flipped back, are averaged.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import os
 import warnings
@@ -19,13 +24,29 @@ from torch import nn
 
 from .errors import ConfigError, DeviceError, ModelError
 from .models.package import ModelSpec, Normalization
+from .precision import autocast_dtype, outputs_agree, precision_for
 
-__all__ = ["BatchedFunction", "Predictor", "WindowPredictor", "check_window_memory", "resolve_device",
-           "window_batch_bytes"]
+__all__ = ["TTA_MODES", "BatchedFunction", "Predictor", "WindowPredictor", "check_window_memory", "flip_axes",
+           "resolve_device", "window_batch_bytes"]
+
+TTA_MODES = ("none", "flips")  # test-time augmentation: none, or mirroring over every spatial axis
 
 Window = tuple[np.ndarray, "np.ndarray | None"]
 
 _CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+def flip_axes(spatial_dims: int) -> list[tuple[int, ...]]:
+    """Every combination of the spatial axes of ``(N, C, *spatial)`` tensors to mirror, identity first.
+
+    4 for 2D (``()``, ``(2,)``, ``(3,)``, ``(2, 3)``: none, y, x, both), 8 for 3D (over z, y, x).
+    """
+    axes = range(2, 2 + spatial_dims)
+    return [c for r in range(spatial_dims + 1) for c in itertools.combinations(axes, r)]
+
+
+def _flip(x: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
+    return torch.flip(x, axes) if axes else x
 
 
 class WindowPredictor(Protocol):
@@ -168,20 +189,35 @@ class Predictor:
     device:
         ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
     batch_size:
-        Windows per forward pass.
-    amp:
-        Use autocast (bfloat16 where supported, else float16) on CUDA. Ignored on the CPU.
+        Windows per forward pass (with ``tta``, copies of windows per forward pass).
+    precision:
+        ``auto``, ``fp32``, ``bf16`` or ``fp16`` (see :func:`segflow.precision.resolve_precision`;
+        ``auto`` takes the fastest the package declares and the device supports). The resolved
+        value is :attr:`precision`; bf16 / fp16 run the network under ``torch.autocast``.
+    tta:
+        ``none``, or ``flips``: each window also mirrored over every combination of its spatial
+        axes (4 copies in 2D, 8 in 3D, as nnU-Net does); each copy's probabilities are flipped
+        back and the copies averaged. The copies go through the network ``batch_size`` at a time.
     optimize:
         On the CPU, trace (if needed) and freeze the network on the first batch (conv/batch-norm
         folding, constants inlined), with 2D and 3D networks in channels-last memory order,
         which oneDNN's convolutions run 1.7-1.8x faster on this project's reference CPU than
-        the default order (benchmarks/results). The optimised network is checked against the
-        original on one window and dropped if they disagree.
+        the default order (benchmarks/results). Under bf16 the trace is taken under autocast,
+        so freezing stores the weights in bf16. The optimised network is checked against the
+        original on one window (to the precision's tolerance) and dropped if they disagree.
+    warn:
+        Warn when ``precision`` names one the package was not validated for (the engine's
+        workers pass False: the run warned once when it was planned).
     """
 
     def __init__(self, module: nn.Module, spec: ModelSpec, *, device: str = "auto", batch_size: int = 16,
-                 amp: bool = True, optimize: bool = True):
+                 precision: str = "auto", tta: str = "none", optimize: bool = True, warn: bool = True):
+        if tta not in TTA_MODES:
+            raise ConfigError(f"unknown test-time augmentation {tta!r}; use one of {', '.join(TTA_MODES)}")
         self.device = resolve_device(device)
+        self.precision = precision_for(precision, self.device, spec, warn=warn)
+        self.tta = tta
+        self.flips = flip_axes(spec.spatial_dims) if tta == "flips" else [()]
         self.spec = spec
         self.batch_size = int(batch_size)
         self.module = module.to(self.device).eval()
@@ -192,9 +228,7 @@ class Predictor:
         self.memory_format: torch.memory_format | None = None  # set when the optimised network wants it
         self._pinned: list[tuple[torch.Tensor, torch.cuda.Event | None] | None] = [None, None]
         self._turn = 0
-        self.amp_dtype = None
-        if amp and self.cuda:
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.amp_dtype = autocast_dtype(self.precision)  # None: fp32
 
     @property
     def num_classes(self) -> int:
@@ -202,7 +236,7 @@ class Predictor:
 
     def _run(self, module: nn.Module | torch.jit.ScriptModule, x: torch.Tensor) -> torch.Tensor:
         if self.amp_dtype is not None:
-            with torch.autocast(device_type="cuda", dtype=self.amp_dtype):
+            with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype):
                 return module(x)
         return module(x)
 
@@ -227,7 +261,8 @@ class Predictor:
             if fmt is not None:
                 candidate = candidate.to(memory_format=fmt)  # type: ignore[call-overload]  # not in the stubs
                 xin = x.contiguous(memory_format=fmt)
-            with warnings.catch_warnings(record=True) as caught:
+            with warnings.catch_warnings(record=True) as caught, torch.autocast(
+                    "cpu", dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None):
                 warnings.simplefilter("always")
                 scripted = candidate if isinstance(candidate, torch.jit.ScriptModule) else torch.jit.trace(
                     candidate, xin[:1], check_trace=False)
@@ -238,9 +273,9 @@ class Predictor:
                 fast = torch.jit.freeze(scripted.eval())
                 if fmt is None:
                     fast = torch.jit.optimize_for_inference(fast)
-            out = fast(xin)
+            out = self._run(fast, xin)
             last = len(x) - 1
-            same = torch.allclose(out[last:].float(), module(x[last:]).float(), rtol=1e-4, atol=1e-4)
+            same = outputs_agree(out[last:], self._run(module, x[last:]), self.precision)
         except Exception:
             return self._run(module, x)
         if not same:
@@ -303,14 +338,44 @@ class Predictor:
         if valid is not None and not valid.all():
             mask = torch.from_numpy(np.ascontiguousarray(valid)).to(self.device, non_blocking=self.cuda)
             x = torch.where(mask.unsqueeze(1), x, torch.zeros((), device=self.device))
+        tile = batch.shape[2:]
+        if len(self.flips) == 1:
+            return self._activate(self._forward(x), tile)
+        return self._augmented(x, tile)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's raw output for ``x`` (optimising it first, on the first call)."""
         if self.optimize_pending:
             self.optimize_pending = False
-            out = self._optimize_on(x)
-        else:
-            if self.memory_format is not None:
-                x = x.contiguous(memory_format=self.memory_format)
-            out = self._run(self.module, x)
-        return self._activate(out, batch.shape[2:])
+            return self._optimize_on(x)
+        if self.memory_format is not None:
+            x = x.contiguous(memory_format=self.memory_format)
+        return self._run(self.module, x)
+
+    def _augmented(self, x: torch.Tensor, tile: Sequence[int]) -> torch.Tensor:
+        """Mean probabilities over the mirrored copies of windows ``x`` ``(N, C, *tile)``, flipped back.
+
+        The copies ``(flip, window)``, flip-major, go through the network ``batch_size`` at a time;
+        each window's sum is taken in the order of :attr:`flips`.
+        """
+        n, flips = len(x), self.flips
+        total = n * len(flips)
+        mean: torch.Tensor | None = None
+        for start in range(0, total, self.batch_size):
+            stop = min(start + self.batch_size, total)
+            pieces = [(f, max(start, f * n) - f * n, min(stop, (f + 1) * n) - f * n)
+                      for f in range(start // n, (stop - 1) // n + 1)]
+            chunk = [_flip(x[a:b], flips[f]) for f, a, b in pieces]
+            probs = self._activate(self._forward(chunk[0] if len(chunk) == 1 else torch.cat(chunk)), tile)
+            del chunk
+            if mean is None:
+                mean = torch.zeros((n, *probs.shape[1:]), dtype=probs.dtype, device=probs.device)
+            offset = 0
+            for f, a, b in pieces:
+                mean[a:b] += _flip(probs[offset : offset + b - a], flips[f])
+                offset += b - a
+        assert mean is not None
+        return mean.div_(len(flips))
 
     def predict_windows(self, windows: Iterable[Window]) -> Iterator[torch.Tensor]:
         """Probabilities ``(K, *tile)`` on the device for each window, ``batch_size`` windows per forward pass."""

@@ -13,6 +13,8 @@ from pathlib import Path
 from .crf import CRFParams
 from .errors import ConfigError
 from .features import VectorOptions
+from .precision import PRECISIONS
+from .predict import TTA_MODES
 from .tiling import BLEND_MODES
 
 __all__ = ["RunResult", "TileInferParams"]
@@ -35,7 +37,9 @@ class TileInferParams:
     device: str = "auto"
     save_scores: bool = False
     bands: Mapping[str, int] = field(default_factory=dict)
-    amp: bool = True
+    amp: bool = True  # False: the same as precision="fp32" (the CLI's --no-amp)
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (segflow.precision.resolve_precision)
+    tta: str = "none"  # none | flips: test-time mirroring over the spatial axes, averaged before blending
     pacs: str | None = None  # deliver seg.dcm there (see segflow.io.pacs.parse_pacs)
     meshes: bool = False  # volumes: a surface mesh per instance in meshes/ (segflow.io.meshes)
     vectorize: str | None = None  # rasters: objects as polygons in this format (segflow.io.vector_sink)
@@ -59,6 +63,18 @@ class TileInferParams:
             raise ConfigError(f"tile must be >= 1 pixel, got {self.tile}; e.g. --tile 512")
         if self.overlap is not None and not 0.0 <= self.overlap < 1.0:
             raise ConfigError(f"overlap must be >= 0 and < 1, got {self.overlap}; e.g. --overlap 0.25")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not self.amp and self.precision not in ("auto", "fp32"):
+            raise ConfigError(f"--no-amp means --precision fp32 but --precision {self.precision} was given too; "
+                              "give one of them")
+        if self.tta not in TTA_MODES:
+            raise ConfigError(f"tta must be one of {', '.join(TTA_MODES)}, got {self.tta!r}")
+
+    @property
+    def asked_precision(self) -> str:
+        """The precision asked for: ``precision``, or ``fp32`` when ``amp`` is False."""
+        return self.precision if self.amp else "fp32"
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ from .io.sinks import Sink, sinks_for, write_sinks
 from .io.space import check_space, estimate_bytes, guard_writes, tree_bytes
 from .models import ModelPackage, resolve_package
 from .models.expects import check_expected_input
+from .precision import precision_for
 from .predict import check_window_memory, resolve_device
 from .resample import GridMap, model_grid, model_scene, to_input_grid
 from .run_params import RunResult, TileInferParams
@@ -115,15 +116,15 @@ def tile_infer(input_path: InputPaths, output_dir: str | os.PathLike[str],
 
 
 def _pixel_parameters(params: TileInferParams, grid: WindowGrid, chunks: ChunkGrid, bands: tuple[str, ...],
-                      device: str) -> dict[str, Any]:
+                      device: str, precision: str) -> dict[str, Any]:
     """Every parameter that changes the pixels or the layout of the store.
 
     The device is the one asked for (``auto`` stays ``auto``), so the same command continues
-    its run whichever scheduler or machine resolves it.
+    its run whichever scheduler or machine resolves it; the precision is the resolved one.
     """
     return {"tile": grid.tile, "stride": grid.stride, "blend": params.blend, "chunk": chunks.chunk,
             "bands": dict(params.bands), "band_names": bands, "save_scores": params.save_scores,
-            "device": device, "amp": params.amp, "crf": crf_fingerprint(params.crf),
+            "device": device, "precision": precision, "tta": params.tta, "crf": crf_fingerprint(params.crf),
             "smooth": [params.closing, params.opening]}
 
 
@@ -144,6 +145,7 @@ class _Job:
     out_chunks: ChunkGrid  # of the outputs' grid
     factory: PredictorFactory
     device: str  # resolved here; as asked when a remote cluster resolves it
+    precision: str  # resolved here (segflow.precision); on a remote cluster auto is fp32
     fingerprint: str
     sinks: Sequence[Sink]
     needed_bytes: int  # roughly what the run writes into its output folder at its peak
@@ -214,10 +216,12 @@ def _prepare(input_path: InputPaths, params: TileInferParams, execution: Executi
         check_window_memory(grid.tile, scene.num_bands, len(spec.classes), min(params.batch, len(grid)),
                             resolve_device(device))
     threads = max(1, (os.cpu_count() or 1) // execution.workers) if execution.workers else None
+    precision = precision_for(params.asked_precision, None if execution.address else resolve_device(device), spec)
     identities = {k: input_identity(v) for k, v in inputs.items()}
     model_id = {"weights_sha256": package.weights_sha256, "model_yaml_sha256": package.yaml_sha256}
     fingerprint = run_fingerprint(identities, model_id, {**_pixel_parameters(  # scale/offset may sit in a sidecar
-        params, grid, chunks, scene.band_names, params.device.strip().lower()), "values": scene.meta.get("values"),
+        params, grid, chunks, scene.band_names, params.device.strip().lower(), precision),
+        "values": scene.meta.get("values"),
         "source_files": scene.meta.get("identity")})  # a folder's files (a DICOM series) as they are now
     postgis, vectors = _vector_outputs(params, scene, spec, inputs[spec.sources[0]])
     sinks = sinks_for(scene, spec, meshes=params.meshes, vectors=vectors, panoptic=params.panoptic)
@@ -225,7 +229,8 @@ def _prepare(input_path: InputPaths, params: TileInferParams, execution: Executi
                 input_path=inputs[spec.sources[0]], scene=scene, grid=grid, chunks=chunks, work=work,
                 grid_map=grid_map,
                 out_chunks=chunks if grid_map is None else ChunkGrid.create(scene.spatial_shape, chunk),
-                factory=PredictorFactory(package, params.device, params.batch, params.amp, threads), device=device,
+                factory=PredictorFactory(package, params.device, params.batch, precision, params.tta, threads),
+                device=device, precision=precision,
                 fingerprint=fingerprint, sinks=sinks,
                 needed_bytes=estimate_bytes(scene.spatial_shape, len(spec.classes), params.save_scores)
                 + (0 if execution.distributed else spill_bytes(grid, chunks, len(spec.classes))),
@@ -362,6 +367,7 @@ def _compute(job: _Job, store: MaskStore, staging: Staging, progress: Progress |
     verify_store(store)
     write_sinks(job.sinks, store, staging.path, needed=job.needed_bytes)
     record = _provenance(job.input_path, job.scene.meta, job.package, params, grid, job.device, job.started)
+    record["effective"].update(precision=job.precision, tta=params.tta)
     if job.grid_map is not None:
         record["effective"]["model_grid"] = {"shape": list(job.grid_map.shape),
                                              "spacing": list(job.grid_map.geometry.spacing),

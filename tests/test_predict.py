@@ -160,9 +160,11 @@ def test_cuda_path_matches_cpu_without_amp_and_closely_with_amp(no_tf32) -> None
     spec = make_spec(tile=32)
     x = windows(9)
     cpu = Predictor(net, spec, device="cpu", batch_size=4, optimize=False)(x)
-    gpu = Predictor(RandomConvNet(3, 3, seed=5).eval(), spec, device="cuda", batch_size=4, amp=False)(x)
+    gpu = Predictor(RandomConvNet(3, 3, seed=5).eval(), spec, device="cuda", batch_size=4, precision="fp32")(x)
     np.testing.assert_allclose(gpu, cpu, rtol=1e-3, atol=1e-4)
-    amp = Predictor(RandomConvNet(3, 3, seed=5).eval(), spec, device="cuda", batch_size=4, amp=True)
+    reduced = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    amp = Predictor(RandomConvNet(3, 3, seed=5).eval(), spec, device="cuda", batch_size=4, precision=reduced,
+                    warn=False)
     assert amp.amp_dtype in (torch.bfloat16, torch.float16)
     np.testing.assert_allclose(amp(x), cpu, atol=5e-2)
     assert (amp(x).argmax(1) == cpu.argmax(1)).mean() > 0.97

@@ -45,6 +45,7 @@ def models_show_cmd(name_or_path: str) -> None:
         click.echo(f"  spacing (dz, dy, dx): {spacing}   orientation: {spec.orientation or 'not declared'}")
     click.echo(f"  output: {spec.output.activation}   weights: {spec.weights or 'none'}"
                + (f" (sha256 {package.weights_sha256[:12]})" if package.weights_sha256 else ""))
+    click.echo(f"  precisions: {', '.join(spec.precisions) if spec.precisions else 'fp32 (none declared)'}")
     for i, c in enumerate(spec.classes):
         click.echo(f"  class {i}: {c.name} ({c.kind})")
 

@@ -32,7 +32,16 @@ __all__ = ["tile_infer_cmd"]
 @click.option("--band", "bands", multiple=True, metavar="NAME=N",
               help="Scene band (1-based) for a model input, e.g. --band nir=8; repeatable.")
 @click.option("--save-scores", is_flag=True, help="Also store blended class scores (float16) in mask.zarr.")
-@click.option("--no-amp", is_flag=True, help="Disable mixed precision on CUDA.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto", show_default=True,
+              help="Numeric precision of the forward pass: auto takes the fastest one the model package declares "
+                   "validated (model.yaml precisions) that the device supports, fp32 when it declares none (and on "
+                   "a --dask-address cluster); bf16 on CUDA and on CPUs with native bf16 (AVX512_BF16, AMX), fp16 "
+                   "on CUDA only.")
+@click.option("--no-amp", is_flag=True, help="The same as --precision fp32 (kept for older scripts).")
+@click.option("--tta", type=click.Choice(["none", "flips"]), default="none", show_default=True,
+              help="Test-time augmentation: flips also runs every window mirrored over each combination of its "
+                   "spatial axes (4 copies in 2D, 8 in 3D) and averages the probabilities before blending; costs "
+                   "that many forward passes.")
 @click.option("--workers", type=int, default=None,
               help="Run the chunk tasks on a local cluster of this many worker processes (default: threads in "
                    "this process).")
@@ -84,7 +93,8 @@ __all__ = ["tile_infer_cmd"]
 @quiet_option(help="No progress bar and no summary line.")
 def tile_infer_cmd(inputs: tuple[str, ...], output_dir: Path, model: str | None, tile: int | None,
                    overlap: float | None, blend: str, chunk: int | None, batch: int, device: str,
-                   bands: tuple[str, ...], save_scores: bool, no_amp: bool, workers: int | None,
+                   bands: tuple[str, ...], save_scores: bool, precision: str, no_amp: bool, tta: str,
+                   workers: int | None,
                    dask_address: str | None, series: str | None, pacs: str | None, meshes: bool,
                    vectorize: bool, vector_format: str, min_area: float, simplify: float, opening: int, closing: int,
                    fill_holes: float, separate: str,
@@ -101,7 +111,8 @@ def tile_infer_cmd(inputs: tuple[str, ...], output_dir: Path, model: str | None,
 
     params = TileInferParams(model=model, tile=tile, overlap=overlap, blend=blend, chunk=chunk,
                              batch=batch, device=device, save_scores=save_scores,
-                             bands=parse_band_overrides(bands), amp=not no_amp, pacs=pacs, meshes=meshes,
+                             bands=parse_band_overrides(bands), amp=not no_amp, precision=precision, tta=tta,
+                             pacs=pacs, meshes=meshes,
                              vectorize=vector_format if vectorize else None,
                              vector_options=VectorOptions(min_area=min_area, simplify=simplify, separate=separate,
                                                           min_distance=min_distance, fill_holes=fill_holes),

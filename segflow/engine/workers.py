@@ -33,13 +33,15 @@ class PredictorFactory:
     """How to build the run's predictor on any worker.
 
     ``torch_threads`` caps torch's CPU threads in worker processes that share a machine
-    (None: torch's default).
+    (None: torch's default). ``precision`` is the run's resolved precision, which the worker's
+    device must support; ``tta`` as :class:`~segflow.predict.Predictor` takes it.
     """
 
     package: ModelPackage
     device: str = "auto"
     batch_size: int = 16
-    amp: bool = True
+    precision: str = "auto"
+    tta: str = "none"
     torch_threads: int | None = None
 
     def build(self) -> Predictor:
@@ -57,7 +59,8 @@ class PredictorFactory:
         if self.torch_threads is not None:
             torch.set_num_threads(self.torch_threads)
         return Predictor(load_module(self.package), self.package.spec, device=self.device,
-                         batch_size=self.batch_size, amp=self.amp)
+                         batch_size=self.batch_size, precision=self.precision, tta=self.tta,
+                         warn=False)  # the run warned once when it was planned
 
 
 class _Serialized:

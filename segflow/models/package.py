@@ -35,6 +35,8 @@
     spacing: [4.0, 4.0, 4.0]      # 3D only, optional: voxel spacing (dz, dy, dx) in mm it was trained at
     orientation: RAS              # 3D only, optional: world direction of voxel +x, +y, +z (arrays are
                                   # (z, y, x)); one of R/L, A/P, S/I each, nibabel's aff2axcodes letters
+    precisions: [fp32, bf16]      # optional: precisions the model was validated for (default: fp32 only);
+                                  # --precision auto picks the fastest the device supports (segflow.precision)
 
 A package is found by built-in name, by directory (or its ``model.yaml``), or as a single
 archive of the directory (``.zip``, ``.tar``, ``.tar.gz``, ``.tgz``), unpacked safely into a
@@ -229,6 +231,7 @@ class ModelSpec(_Strict):
     pixel_size: list[float] | None = None
     spacing: tuple[float, float, float] | None = None
     orientation: str | None = None
+    precisions: list[Literal["fp32", "bf16", "fp16"]] | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
@@ -240,6 +243,8 @@ class ModelSpec(_Strict):
         names = [c.name for c in self.classes]
         if len(set(names)) != len(names):
             raise ValueError(f"class names must be unique, got {names}")
+        if self.precisions is not None and len(set(self.precisions)) != len(self.precisions):
+            raise ValueError(f"precisions must name each of fp32, bf16, fp16 at most once, got {self.precisions}")
         if self.output.activation == "sigmoid" and len(self.classes) != 2:
             raise ValueError("activation sigmoid is for binary models: declare exactly 2 classes")
         if self.weights is None and self.architecture is None:
