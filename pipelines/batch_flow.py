@@ -21,6 +21,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.futures import PrefectFuture
+from prefect.runtime import task_run
 
 from segflow.batch import (
     BatchReport,
@@ -39,7 +40,11 @@ from segflow.batch import (
     write_report,
 )
 from segflow.batch.cluster import batch_execution
+from segflow.batch.inbox import waiting
+from segflow.batch.logs import one_line_errors
+from segflow.batch.settings import check_folders
 from segflow.engine import Execution
+from segflow.io.lock import OutputLock
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -51,19 +56,21 @@ def _transient(task: Any, task_run: Any, state: Any) -> bool:
 
 
 @task(name="discover-inbox")
-def discover_task(inbox: str, patterns: list[str] | None, min_age: float, output: str) -> list[Item]:
-    return discover(inbox, tuple(patterns) if patterns else (), min_age=min_age, exclude=[output])
+def discover_task(inbox: str, patterns: list[str] | None, min_age: float, output: str) -> tuple[list[Item], list[Item]]:
+    found = tuple(patterns) if patterns else ()
+    return (discover(inbox, found, min_age=min_age, exclude=[output]),
+            waiting(inbox, found, min_age=min_age, exclude=[output]))
 
 
 @task(name="infer-item", task_run_name="infer-{item.name}", retry_condition_fn=_transient)
 def infer_task(item: Item, output: str, settings: BatchSettings, execution: Execution) -> dict[str, Any]:
     run = infer_item(item, output, settings, execution)
-    return {"run": run, "summary": summarize(item, output, settings)}
+    return {"run": run, "summary": summarize(item, output, settings), "attempts": task_run.run_count}
 
 
 @task(name="deliver-item", task_run_name="deliver-{item.name}", retry_condition_fn=_transient)
-def deliver_task(item: Item, output: str, settings: BatchSettings) -> Any:
-    return deliver_item(item, output, settings)
+def deliver_task(item: Item, output: str, settings: BatchSettings) -> dict[str, Any]:
+    return {"delivered": deliver_item(item, output, settings), "attempts": task_run.run_count}
 
 
 def _record_run(row: ItemReport, result: Any, retries: int) -> None:
@@ -73,7 +80,7 @@ def _record_run(row: ItemReport, result: Any, retries: int) -> None:
         row.attempts = 1 + retries if is_transient(result) else 1
         return
     run, summary = result["run"], result["summary"]
-    row.status, row.attempts, row.windows_evaluated = run.status, 1, run.windows_evaluated
+    row.status, row.attempts, row.windows_evaluated = run.status, result["attempts"], run.windows_evaluated
     row.chunks_computed, row.chunks_reused = run.chunks_computed, run.chunks_reused
     row.wall_seconds, row.megapixels = run.wall_seconds, run.megapixels
     row.unit, row.classes = summary["unit"], summary["classes"]
@@ -95,35 +102,38 @@ def nightly_batch_flow(inbox: str, output: str, model: str | None = None, postgi
     each time.
     """
     logger = get_run_logger()
+    one_line_errors()
+    check_folders(inbox, output)
     settings = batch_settings(model=model, postgis=postgis, pacs=pacs, device=device, batch=batch, chunk=chunk,
                               tile=tile, vector_format=vector_format, min_area=min_area)
-    t0, started = time.perf_counter(), datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S+0000")
+    t0, started = time.perf_counter(), datetime.now(UTC).isoformat(timespec="seconds")
     delays = backoff(retries, retry_delay)
     infer = infer_task.with_options(retries=retries, retry_delay_seconds=delays)
     deliver = deliver_task.with_options(retries=retries, retry_delay_seconds=delays)
-    items = discover_task(inbox, patterns, min_age, output)
-    report = BatchReport(inbox=inbox, output=output, settings=settings.shown(), started_utc=started)
-    deliveries: list[tuple[ItemReport, PrefectFuture[Any]]] = []
-    with batch_execution(workers, device, dask_address) as execution:
-        for item in items:
-            row = ItemReport(name=item.name, source=item.source, kind=item.kind, outputs=f"{output}/{item.name}")
-            report.items.append(row)
-            state = infer(item, output, settings, execution, return_state=True)
-            _record_run(row, state.result(raise_on_failure=False), retries)
-            if row.status != "failed" and settings.targets_for(item):
-                deliveries.append((row, deliver.submit(item, output, settings)))
-            logger.info("%s: %s", item.name, scrub(row.error or row.status))
-    for row, future in deliveries:
-        future.wait()
-        outcome = future.state.result(raise_on_failure=False)
-        row.deliveries = settings.delivery_rows(row.kind, outcome)
-    report.finished_utc = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S+0000")
-    report.wall_seconds = round(time.perf_counter() - t0, 3)
-    write_report(output, report)
+    with OutputLock(output):  # one batch at a time per output folder
+        items, later = discover_task(inbox, patterns, min_age, output)
+        report = BatchReport(inbox=inbox, output=output, settings=settings.shown(), started_utc=started,
+                             waiting=[i.source for i in later])
+        deliveries: list[tuple[ItemReport, PrefectFuture[Any]]] = []
+        with batch_execution(workers, device, dask_address) as execution:
+            for item in items:
+                row = ItemReport(name=item.name, source=item.source, kind=item.kind, outputs=f"{output}/{item.name}")
+                report.items.append(row)
+                state = infer(item, output, settings, execution, return_state=True)
+                _record_run(row, state.result(raise_on_failure=False), retries)
+                if row.status != "failed" and settings.targets_for(item):
+                    deliveries.append((row, deliver.submit(item, output, settings)))
+                logger.info("%s: %s", item.name, scrub(row.error or row.status))
+        for row, future in deliveries:
+            future.wait()
+            row.deliveries = settings.delivery_rows(row.kind, future.state.result(raise_on_failure=False), retries)
+        report.notes = settings.notes(items)
+        report.finished_utc = datetime.now(UTC).isoformat(timespec="seconds")
+        report.wall_seconds = round(time.perf_counter() - t0, 3)
+        write_report(output, report)
     create_markdown_artifact(scrub(report.markdown()), key="segflow-batch-report",
                              description=f"segflow batch of {inbox}")
     return report.as_dict()
-
 
 if __name__ == "__main__":
     nightly_batch_flow(sys.argv[1], sys.argv[2])

@@ -92,6 +92,7 @@ class RunResult:
     chunks_reused: int = 0
     delivered: tuple[str, ...] = ()  # SOP Instance UIDs confirmed at the PACS
     rows_delivered: int | None = None  # polygons confirmed in the PostGIS table
+    reexported: bool = False  # the published masks were this run's: only the exports were written again
 
     @property
     def megapixels_per_second(self) -> float:

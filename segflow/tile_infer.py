@@ -388,7 +388,7 @@ def _compute(job: _Job, store: MaskStore, staging: Staging, progress: Progress |
     return RunResult(outputs=outputs, windows_total=len(grid), windows_evaluated=masks.evaluated,
                      windows_skipped=masks.skipped, chunks=len(job.out_chunks), wall_seconds=wall,
                      megapixels=math.prod(job.scene.spatial_shape) / 1e6, chunks_computed=masks.computed,
-                     chunks_reused=masks.reused)
+                     chunks_reused=masks.reused, reexported=final)
 
 
 def _result_from(record: dict[str, Any], output: Path, names: list[str], wall: float, scene: Scene) -> RunResult:

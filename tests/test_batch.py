@@ -26,6 +26,7 @@ from segflow.batch import (
     summarize,
     write_report,
 )
+from segflow.batch.inbox import item_name, waiting
 from segflow.batch.settings import move_password
 from segflow.errors import ConfigError, DeliveryError, InputError, ModelError, OutputError
 
@@ -56,39 +57,68 @@ def test_a_folder_inbox_lists_rasters_volumes_and_dicom_series_with_stable_uniqu
     _dicom(inbox / "patient1" / "series" / "2.dcm")
     items = discover(inbox)
     assert [(i.name, i.kind) for i in items] == [
-        ("2024__T33UVP", "raster"), ("a", "raster"), ("ct", "nifti"), ("patient1__series", "dicom")]
+        ("2024__T33UVP.TIFF", "raster"), ("a.tif", "raster"), ("ct.nii.gz", "nifti"), ("patient1__series", "dicom")]
     assert items[-1].source == str(inbox / "patient1" / "series")  # the series folder is one item
     assert discover(inbox) == items  # the same names every night
+    _touch(inbox / "a.nii.gz")  # a new arrival with the same stem changes no other item's name
+    assert [i.name for i in discover(inbox)] == ["2024__T33UVP.TIFF", "a.nii.gz", "a.tif", "ct.nii.gz",
+                                                 "patient1__series"]
 
 
-def test_the_batch_output_inside_the_inbox_is_not_searched(tmp_path: Path) -> None:
+def test_paths_that_sanitise_alike_keep_distinct_names(tmp_path: Path) -> None:
+    _touch(tmp_path / "x__y.tif")
+    _touch(tmp_path / "x" / "y.tif")
+    _touch(tmp_path / "my scene ü.tif")
+    _touch(tmp_path / "my_scene_ü.tif")
+    names = [i.name for i in discover(tmp_path)]
+    assert len(set(names)) == 4, names
+    assert "x__y.tif" in names and item_name("x/y.tif") == "x__y.tif"
+    assert item_name("x__y.tif").startswith("x__y.tif-")  # "__" in a file name would read as a folder: hashed
+    assert sorted(n.split("-")[0] for n in names if n.startswith("my")) == ["my_scene_.tif", "my_scene__.tif"]
+    assert all(len(n.split("-")[1]) == 8 for n in names if n.startswith("my"))
+
+
+def test_the_batch_output_and_other_segflow_outputs_inside_the_inbox_are_not_searched(tmp_path: Path) -> None:
     _touch(tmp_path / "a.tif")
     _touch(tmp_path / "out" / "a" / "labels.tif")
-    assert [i.name for i in discover(tmp_path, exclude=[tmp_path / "out"])] == ["a"]
+    _touch(tmp_path / "older" / "report.json")
+    _touch(tmp_path / "older" / "b" / "labels.tif")
+    _touch(tmp_path / "run" / "run.json")
+    (tmp_path / "run" / "mask.zarr").mkdir()
+    _touch(tmp_path / "run" / "labels.tif")
+    assert [i.name for i in discover(tmp_path, exclude=[tmp_path / "out"])] == ["a.tif"]
 
 
-def test_names_that_would_collide_keep_their_suffix(tmp_path: Path) -> None:
-    _touch(tmp_path / "scene.tif")
-    _touch(tmp_path / "scene.nii.gz")
-    _touch(tmp_path / "other.tif")
-    assert [i.name for i in discover(tmp_path)] == ["other", "scene_nii_gz", "scene_tif"]
+def test_linked_folders_are_followed_once(tmp_path: Path) -> None:
+    _touch(tmp_path / "real" / "a.tif")
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "inbox" / "linked").symlink_to(tmp_path / "real")
+    (tmp_path / "real" / "loop").symlink_to(tmp_path / "real")
+    assert [i.name for i in discover(tmp_path / "inbox")] == ["linked__a.tif"]
 
 
 def test_patterns_choose_the_files_case_insensitively(tmp_path: Path) -> None:
     _touch(tmp_path / "a.TIF")
     _touch(tmp_path / "b.jp2")
-    assert [i.name for i in discover(tmp_path, ["*.jp2"])] == ["b"]
-    assert [i.name for i in discover(tmp_path)] == ["a"]
+    assert [i.name for i in discover(tmp_path, ["*.jp2"])] == ["b.jp2"]
+    assert [i.name for i in discover(tmp_path)] == ["a.TIF"]
 
 
 def test_a_list_inbox_takes_paths_relative_to_it_and_keeps_missing_ones_as_items(tmp_path: Path) -> None:
     _touch(tmp_path / "data" / "x.tif")
+    _touch(tmp_path / "d1" / "T33.tif")
+    _touch(tmp_path / "d2" / "T33.tif")
     outside = _touch(tmp_path.parent / f"{tmp_path.name}-elsewhere.tif")
     listing = tmp_path / "tonight.txt"
-    listing.write_text(f"# tonight\n\ndata/x.tif\n{outside}\nmissing.tif\n")
+    listing.write_text(f"# tonight\n\ndata/x.tif\n  {outside}  \nmissing.tif\nd1/T33.tif\nd2/T33.tif\n"
+                       "data/../data/x.tif\n")
     items = discover(listing)
-    assert [i.name for i in items] == ["data__x", "missing", f"{tmp_path.name}-elsewhere"]
-    assert items[1].source == str(tmp_path / "missing.tif")
+    assert [i.name for i in items] == sorted(["d1__T33.tif", "d2__T33.tif", "data__x.tif", "missing.tif",
+                                              item_name(str(outside).lstrip("/"))])
+    assert next(i for i in items if i.name == "missing.tif").source == str(tmp_path / "missing.tif")
+    tif = _touch(tmp_path / "scene.tif", b"II*\x00" + bytes(100))
+    with pytest.raises(InputError, match="not a text file of paths"):
+        discover(tif)
 
 
 def test_files_still_arriving_wait_for_the_next_batch(tmp_path: Path) -> None:
@@ -96,7 +126,13 @@ def test_files_still_arriving_wait_for_the_next_batch(tmp_path: Path) -> None:
     _touch(tmp_path / "new.tif")
     an_hour_ago = time.time() - 3600
     os.utime(old, (an_hour_ago, an_hour_ago))
-    assert [i.name for i in discover(tmp_path, min_age=600)] == ["old"]
+    assert [i.name for i in discover(tmp_path, min_age=600)] == ["old.tif"]
+    assert [i.name for i in waiting(tmp_path, min_age=600)] == ["new.tif"]
+
+
+def test_an_empty_inbox_argument_is_refused_not_taken_as_the_current_folder() -> None:
+    with pytest.raises(ConfigError, match="--inbox is empty"):
+        discover("  ")
 
 
 def test_a_missing_inbox_is_an_input_error(tmp_path: Path) -> None:

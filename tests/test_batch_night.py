@@ -93,7 +93,7 @@ def _prefect_texts() -> tuple[list[str], list[str]]:
 def _night(inbox: Path, output: Path, pacs: FlakyProxy, db: FlakyProxy, postgis: Postgis) -> dict[str, Any]:
     from pipelines.batch_flow import nightly_batch_flow
 
-    return nightly_batch_flow(inbox=str(inbox), output=str(output), workers=2, retries=2, retry_delay=0.2,
+    return nightly_batch_flow(inbox=str(inbox), output=str(output), workers=2, retries=4, retry_delay=0.2,
                               postgis=postgis.url("night", with_password=False, port=db.port),
                               pacs=f"dicomweb+http://127.0.0.1:{pacs.port}/dicom-web")
 
@@ -105,16 +105,16 @@ def test_a_night_with_faults_completes_every_healthy_item_and_delivers_each_exac
     monkeypatch.setenv("PGPASSWORD", postgis.password)
     monkeypatch.setenv("SEGFLOW_FAILPOINT", "evaluate:2")  # the second evaluation of some worker process...
     monkeypatch.setenv("SEGFLOW_FAILPOINT_ONCE", str(killed))  # ...of the first process to get there, once
-    # more refusals than a delivery's own attempts (3 each): every delivery fails its first task attempt, and
-    # only the flow's retry of transient failures gets it through
-    with FlakyProxy(orthanc.http_port, fail_first=2 * 3, answer=SERVICE_UNAVAILABLE) as pacs, \
-            FlakyProxy(postgis.port, fail_first=RASTERS * 3) as db:
+    # refusals that only the flow's retries of transient failures get through (a delivery tries once per
+    # attempt; with 4 retries no delivery can meet more refusals than it has attempts)
+    with FlakyProxy(orthanc.http_port, fail_first=2, answer=SERVICE_UNAVAILABLE) as pacs, \
+            FlakyProxy(postgis.port, fail_first=4) as db:
         report = _night(inbox, output, pacs, db, postgis)
         assert killed.exists()  # a worker really died mid-run
-        assert pacs.failed == 2 * 3 and db.failed == RASTERS * 3  # both targets really refused
+        assert pacs.failed == 2 and db.failed == 4  # both targets really refused
         items = {i["name"]: i for i in report["items"]}
         assert len(items) == RASTERS + 5
-        bad = items.pop("corrupt")
+        bad = items.pop("corrupt.tif")
         assert bad["status"] == "failed" and bad["exit_code"] == 2 and bad["attempts"] == 1
         assert "corrupt.tif" in bad["error"] and "truncated or corrupt" in bad["error"]
         assert {i["status"] for i in items.values()} == {"computed"}, {n: i["error"] for n, i in items.items()}
@@ -139,12 +139,15 @@ def test_a_night_with_faults_completes_every_healthy_item_and_delivers_each_exac
         assert stows == 2
         # the report, beside the outputs and as Prefect saw it
         md = (output / "report.md").read_text()
-        assert "| corrupt | raster | failed |" in md and "truncated or corrupt" in md
-        assert json.loads((output / "report.json").read_text())["counts"] == {"computed": RASTERS + 4, "failed": 1}
+        assert f"| corrupt.tif | {inbox / 'corrupt.tif'} | failed |" in md and "truncated or corrupt" in md
+        assert json.loads((output / "report.json").read_text())["counts"] == {
+            "computed": RASTERS + 4, "failed": 1, "deliveries confirmed": RASTERS + 2}
+        assert sum(items[n]["deliveries"]["postgis"]["attempts"] for n in rasters) == RASTERS + 4  # each refusal
+        assert sum(items[n]["deliveries"]["pacs"]["attempts"] for n in dicoms) == 2 + 2  # cost one retry
         # no secret anywhere: outputs, reports, run.json, receipts, Prefect's logs, artifacts and parameters
         texts = [p.read_text() for p in output.rglob("*") if p.suffix in (".json", ".md")]
         artifacts, prefect = _prefect_texts()
-        assert any("| corrupt | raster | failed |" in a for a in artifacts)  # the report, as a Prefect artifact
+        assert any("| corrupt.tif |" in a and "| failed |" in a for a in artifacts)  # the report, as an artifact
         texts += artifacts + prefect
         assert not [t[:200] for t in texts if postgis.password in t]
 
@@ -152,7 +155,7 @@ def test_a_night_with_faults_completes_every_healthy_item_and_delivers_each_exac
         monkeypatch.delenv("SEGFLOW_FAILPOINT")
         again = _night(inbox, output, pacs, db, postgis)
         statuses = {i["name"]: i["status"] for i in again["items"]}
-        assert statuses.pop("corrupt") == "failed"
+        assert statuses.pop("corrupt.tif") == "failed"
         assert set(statuses.values()) == {"unchanged"}
         assert all(i["chunks_computed"] == 0 and i["windows_evaluated"] == 0 for i in again["items"])
         assert pacs.counted == stows and _table(postgis) == table
@@ -171,8 +174,10 @@ def test_a_delivery_that_failed_is_retried_the_next_night_without_computing_agai
         first = nightly_batch_flow(inbox=str(inbox), output=str(output), postgis=url, retries=1, retry_delay=0.1)
     (item,) = first["items"]
     assert item["status"] == "computed" and item["deliveries"]["postgis"]["status"] == "failed"
-    assert "PostGIS" in item["deliveries"]["postgis"]["error"] and not (output / "a" / "postgis.json").exists()
-    assert "a" in (output / "report.md").read_text().split("## Failures")[1]
+    assert item["deliveries"]["postgis"]["attempts"] == 2  # the first and one retry, each one connection
+    assert down.connections == 2
+    assert "PostGIS" in item["deliveries"]["postgis"]["error"] and not (output / "a.tif" / "postgis.json").exists()
+    assert "a.tif" in (output / "report.md").read_text().split("## Failures")[1]
     monkeypatch.delenv("PGPASSWORD")  # the next night reads the password from a Prefect Secret block
     from prefect.blocks.system import Secret
 
@@ -196,8 +201,9 @@ def test_segflow_batch_runs_the_flow_and_exits_7_when_an_item_failed(harness: No
     assert main(["batch", "--inbox", str(inbox), "-o", str(output), "--retry-delay", "0"]) == 7
     out, err = capsys.readouterr()
     assert "2 item(s): 1 computed, 1 failed" in out
-    assert err.splitlines()[-1] == (f"segflow: error: 1 item(s) failed or were not delivered (empty); see "
+    assert err.splitlines()[-1] == (f"segflow: error: 1 item(s) failed or were not delivered (empty.tif); see "
                                     f"{output / 'report.md'}")
+    assert "Traceback" not in err  # the failed item is one line in Prefect's log, not a traceback
     (inbox / "empty.tif").unlink()
     assert main(["batch", "--inbox", str(inbox), "-o", str(output), "--quiet"]) == 0
     assert json.loads((output / "report.json").read_text())["counts"] == {"unchanged": 1}

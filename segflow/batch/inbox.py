@@ -1,36 +1,39 @@
 """The items of a night's batch: what an inbox holds.
 
 An inbox is a folder or a text file. In a folder, every file whose name matches one of the
-patterns (default :data:`PATTERNS`, case-insensitive, searched recursively, hidden entries
-skipped) is an item, and so is every folder that directly holds DICOM files (a series; files
-with the ``DICM`` marker at byte 128). A text file lists one path per line (a raster, a volume or
-a DICOM folder; relative paths are relative to the list's folder; blank lines and ``#`` comments
-skipped). Files modified less than ``min_age`` seconds ago are left for the next batch (they may
-still be arriving).
+patterns (default :data:`PATTERNS`, case-insensitive, searched recursively, following links to
+folders, hidden entries skipped) is an item, and so is every folder that directly holds DICOM files
+(a series; files with the ``DICM`` marker at byte 128). Folders holding segflow outputs (a
+``run.json`` beside a ``mask.zarr``, or a batch's ``report.json``) are not searched. A text file
+lists one path per line (a raster, a volume or a DICOM folder; relative paths are relative to the
+list's folder; blank lines and ``#`` comments skipped). Files modified less than ``min_age`` seconds
+ago are left for the next batch (they may still be arriving): :func:`discover` returns them apart.
 
-Each item gets a name, unique in the batch and the same every night for the same path: its path
-relative to the inbox without the image suffix, folders joined by ``__`` (``2024/T33UVP.tif`` →
-``2024__T33UVP``). Two items whose names would collide (``a.tif`` and ``a.nii.gz``) keep their
-suffix (``a_tif``, ``a_nii_gz``). The name is the item's output folder and its PostGIS ``scene_id``.
+Each item gets a name that depends on its own path only, so it is the same every night whatever
+else arrives, and differs for different paths: its path relative to the inbox (a listed path
+outside the list's folder: the whole path), folders joined by ``__``, with the file's suffix kept
+(``2024/T33UVP.tif`` → ``2024__T33UVP.tif``, a DICOM folder ``p1/ct`` → ``p1__ct``). Characters other
+than letters, digits, ``.``, ``_`` and ``-`` become ``_``, and then (as it could make two paths alike,
+as could a ``__`` in a name) 8 hex digits of the path's SHA-1 are appended. The name is the item's
+output folder and its PostGIS ``scene_id``.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import os
 import re
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, InputError
 
-__all__ = ["PATTERNS", "Item", "discover"]
+__all__ = ["PATTERNS", "Item", "discover", "item_name", "waiting"]
 
 PATTERNS = ("*.tif", "*.tiff", "*.nii", "*.nii.gz")
-_SUFFIXES = (".nii.gz", ".tiff", ".tif", ".nii", ".vrt", ".jp2", ".img", ".dcm")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -63,31 +66,23 @@ def _is_dicom(path: Path) -> bool:
         return False
 
 
-def _stem(relative: str) -> str:
-    lower = relative.lower()
-    for suffix in _SUFFIXES:
-        if lower.endswith(suffix) and len(relative) > len(suffix):
-            return relative[: -len(suffix)]
-    return relative
-
-
-def _safe(text: str) -> str:
-    parts = [p for p in text.replace("\\", "/").split("/") if p not in ("", ".", "..")]
-    return "__".join(_UNSAFE.sub("_", p) for p in parts) or "item"
+def item_name(relative: str) -> str:
+    """The name of the item at ``relative`` (see the module docstring)."""
+    parts = [p for p in relative.replace("\\", "/").split("/") if p not in ("", ".")]
+    safe = [_UNSAFE.sub("_", p) for p in parts]
+    name = "__".join(safe) or "item"
+    if safe != parts or name.startswith(".") or any("__" in p for p in parts):  # "a__b" would read as "a/b"
+        name = f"{name.lstrip('.') or 'item'}-{hashlib.sha1(relative.encode('utf-8')).hexdigest()[:8]}"
+    return name
 
 
 def _named(found: Sequence[tuple[str, Path]]) -> list[Item]:
-    """Items from (path relative to the inbox, path), named as the module docstring says."""
-    stems = [_safe(_stem(rel)) for rel, _ in found]
-    taken = Counter(stems)
-    items = []
-    for (rel, path), stem in zip(found, stems, strict=True):
-        name = stem if taken[stem] == 1 else _safe(rel.replace(".", "_"))
-        items.append(Item(name=name, source=str(path), kind=_kind(path)))
-    if len({i.name for i in items}) != len(items):
-        twice = sorted(n for n, c in Counter(i.name for i in items).items() if c > 1)
-        raise ConfigError(f"the inbox holds several items named {twice[0]!r}; rename one of them")
-    return sorted(items, key=lambda i: i.name)
+    """Items from (path relative to the inbox, path)."""
+    items: dict[str, Item] = {}
+    for rel, path in found:
+        name = item_name(rel)
+        items.setdefault(name, Item(name=name, source=str(path), kind=_kind(path)))  # the same path listed twice
+    return sorted(items.values(), key=lambda i: i.name)
 
 
 def _settled(path: Path, min_age: float, now: float) -> bool:
@@ -100,15 +95,26 @@ def _settled(path: Path, min_age: float, now: float) -> bool:
         return False
 
 
+def _is_output(folder: Path, names: Sequence[str]) -> bool:
+    """Whether ``folder`` holds segflow outputs: an item's run (run.json beside mask.zarr) or a batch's report."""
+    return ("run.json" in names and (folder / "mask.zarr").is_dir()) or "report.json" in names
+
+
 def _scan(folder: Path, patterns: Sequence[str], exclude: Sequence[Path]) -> list[tuple[str, Path]]:
     found: list[tuple[str, Path]] = []
     wanted = [p.lower() for p in patterns]
     skip = {p.resolve() for p in exclude}
-    for root, dirs, files in os.walk(folder):
+    seen: set[Path] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
         here = Path(root)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).resolve() not in skip)
+        real = here.resolve()
         visible = sorted(f for f in files if not f.startswith("."))
-        if any(_is_dicom(here / f) for f in visible[:8]) and here != folder:
+        if real in seen or real in skip or (here != folder and _is_output(here, [*visible, *dirs])):
+            dirs[:] = []  # a link cycle, the batch's own output, or another segflow output
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not d.endswith(".zarr"))
+        if here != folder and any(_is_dicom(here / f) for f in visible[:8]):
             found.append((str(here.relative_to(folder)), here))  # a series folder: one item, its files not items
             continue
         for name in visible:
@@ -121,30 +127,47 @@ def _listed(listing: Path) -> list[tuple[str, Path]]:
     try:
         lines = listing.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read the inbox list {listing} ({exc}); give a folder or a text file of paths") \
-            from None
+        raise InputError(f"cannot read {listing} as an inbox list ({type(exc).__name__}); give a folder or a text "
+                         "file with one path per line") from None
+    if "\x00" in "".join(lines[:50]):
+        raise InputError(f"{listing} is not a text file of paths; give a folder or a text file with one path per "
+                         "line as --inbox")
     found = []
     for line in lines:
         text = line.strip()
         if not text or text.startswith("#"):
             continue
         path = Path(text) if Path(text).is_absolute() else listing.parent / text
+        path = Path(os.path.normpath(path))
         try:
-            relative = str(path.relative_to(listing.parent))
+            relative = str(path.relative_to(Path(os.path.normpath(listing.parent))))
         except ValueError:
-            relative = path.name
+            relative = str(path).lstrip("/")
         found.append((relative, path))
     return found
 
 
 def discover(inbox: str | os.PathLike[str], patterns: Sequence[str] = PATTERNS, *, min_age: float = 0.0,
              exclude: Sequence[str | os.PathLike[str]] = ()) -> list[Item]:
-    """The items of ``inbox`` (a folder or a text file of paths), sorted by name.
+    """The items of ``inbox`` (a folder or a text file of paths) ready tonight, sorted by name.
 
     Folders in ``exclude`` (the batch's output folder, when it lies inside the inbox) are not searched.
     A listed path that does not exist is still an item: processing it fails with its own message,
-    which the night's report shows.
+    which the night's report shows. Items still arriving are in :func:`waiting`.
     """
+    return _discover(inbox, patterns, min_age, exclude)[0]
+
+
+def waiting(inbox: str | os.PathLike[str], patterns: Sequence[str] = PATTERNS, *, min_age: float = 0.0,
+            exclude: Sequence[str | os.PathLike[str]] = ()) -> list[Item]:
+    """The items of ``inbox`` left for the next batch: modified less than ``min_age`` seconds ago."""
+    return _discover(inbox, patterns, min_age, exclude)[1]
+
+
+def _discover(inbox: str | os.PathLike[str], patterns: Sequence[str], min_age: float,
+              exclude: Sequence[str | os.PathLike[str]]) -> tuple[list[Item], list[Item]]:
+    if not str(inbox).strip():
+        raise ConfigError("--inbox is empty; give a folder of scenes and volumes or a text file of paths")
     root = Path(inbox)
     if root.is_dir():
         found = _scan(root, patterns or PATTERNS, [Path(p) for p in exclude])
@@ -153,4 +176,7 @@ def discover(inbox: str | os.PathLike[str], patterns: Sequence[str] = PATTERNS, 
     else:
         raise InputError(f"inbox {root} does not exist; give a folder of scenes and volumes or a text file of paths")
     now = time.time()
-    return _named([(rel, path) for rel, path in found if not path.exists() or _settled(path, min_age, now)])
+    items = _named(found)
+    sources = {i.source: i for i in items}
+    late = {str(path) for _, path in found if path.exists() and not _settled(path, min_age, now)}
+    return [i for i in items if i.source not in late], [sources[s] for s in sorted(late)]

@@ -47,8 +47,8 @@ def item_params(item: Item, settings: BatchSettings, *, deliver: bool = False) -
 
 @dataclass(frozen=True)
 class ItemRun:
-    """How an item's run went: ``status`` is ``computed``, ``resumed`` (chunks of an earlier attempt reused) or
-    ``unchanged`` (its outputs were already this run's)."""
+    """How an item's run went: ``status`` is ``computed``, ``resumed`` (chunks of an earlier attempt reused),
+    ``re-exported`` (its masks were already this run's, its exports' options changed) or ``unchanged``."""
 
     status: str
     windows_evaluated: int
@@ -66,7 +66,9 @@ def infer_item(item: Item, output: str | Path, settings: BatchSettings,
     from ..tile_infer import tile_infer
 
     result = tile_infer(item.source, Path(output) / item.name, item_params(item, settings), execution=execution)
-    if result.chunks_computed == 0 and result.windows_evaluated == 0:
+    if result.reexported:
+        status = "re-exported"
+    elif result.chunks_computed == 0 and result.windows_evaluated == 0:
         status = "unchanged"
     else:
         status = "resumed" if result.chunks_reused else "computed"
@@ -97,7 +99,9 @@ def deliver_item(item: Item, output: str | Path, settings: BatchSettings) -> Del
 
         target = PostgisTarget.parse(postgis)
         vectors = VectorFile(vector_name(settings.vector_format), settings.vector_format, item.name)
-    return deliver_run(folder, pacs=None if pacs is None else parse_pacs(pacs), postgis=target, vectors=vectors)
+    # one attempt per call: the batch retries transient failures itself, with its own backoff
+    return deliver_run(folder, pacs=None if pacs is None else parse_pacs(pacs), postgis=target, vectors=vectors,
+                       attempts=1)
 
 
 def _store_geometry(folder: Path) -> tuple[list[str], float, str]:
@@ -156,6 +160,7 @@ def summarize(item: Item, output: str | Path, settings: BatchSettings) -> dict[s
     per_class: dict[str, dict[str, float | int]] = defaultdict(dict)
     for k, name in enumerate(names):
         extent = float(histogram[k]) * size
-        per_class[name] = {"pixels": int(histogram[k]), "extent": extent if math.isfinite(extent) else 0.0,
+        per_class[name] = {"pixels": int(histogram[k]),  # voxels for a volume
+                           "extent": float(f"{extent:.6g}") if math.isfinite(extent) else 0.0,
                            "objects": int(objects.get(name, 0))}
     return {"unit": unit, "classes": dict(per_class), "seg": (folder / DICOM_SEG).exists()}

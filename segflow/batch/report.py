@@ -74,9 +74,16 @@ class BatchReport:
     finished_utc: str = ""
     wall_seconds: float = 0.0
     items: list[ItemReport] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)  # files modified too recently (--min-age): the next batch's
+    notes: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
-        return dict(Counter(i.status for i in self.items))
+        """Items per status, and deliveries confirmed / failed."""
+        counts = Counter(i.status for i in self.items)
+        for item in self.items:
+            for d in item.deliveries.values():
+                counts[f"deliveries {d.get('status')}"] += 1
+        return dict(counts)
 
     def failed(self) -> list[ItemReport]:
         """Items that failed, or whose delivery failed."""
@@ -95,17 +102,19 @@ class BatchReport:
         lines = [f"# segflow batch {self.started_utc}", "",
                  f"Inbox `{self.inbox}` → `{self.output}`: {len(self.items)} item(s): {counts}; "
                  f"{self.wall_seconds:.1f} s.", "",
-                 "| item | kind | status | objects | area / volume | windows | wall s | MP/s | delivered |",
+                 "| item | source | status | objects | labelled area / volume | windows | wall s | throughput | "
+                 "delivered |",
                  "|---|---|---|---|---|---|---|---|---|"]
         for i in self.items:
             objects = ", ".join(f"{c} {v['objects']}" for c, v in i.classes.items() if v.get("objects")) or "–"
-            extent = ", ".join(f"{c} {v['extent']:.6g}" for c, v in i.classes.items()
-                               if v.get("pixels") and c != next(iter(i.classes))) or "–"
-            extent = f"{extent} ({i.unit})" if i.unit and extent != "–" else extent
+            names = list(i.classes)[1:]  # class 0, the background, is left out
+            extent = ", ".join(f"{c} {_number(i.classes[c]['extent'])}" for c in names if i.classes[c].get("pixels"))
+            extent = f"{extent} {_UNITS.get(i.unit, i.unit)}" if extent else "–"
+            speed = f"{i.throughput:.2f} {'Mvox/s' if i.unit == 'mL' else 'MP/s'}" if i.throughput else "–"
             delivered = "; ".join(f"{k}: {d.get('status')}" + (f" ({d['count']})" if d.get("count") is not None else "")
                                   for k, d in i.deliveries.items()) or "–"
-            lines.append(f"| {i.name} | {i.kind} | {i.status} | {objects} | {extent} | {i.windows_evaluated} | "
-                         f"{i.wall_seconds:.1f} | {i.throughput:.2f} | {delivered} |")
+            lines.append(f"| {i.name} | {i.source} | {i.status} | {objects} | {extent} | {i.windows_evaluated} | "
+                         f"{i.wall_seconds:.1f} | {speed} | {delivered} |")
         problems = self.failed()
         if problems:
             lines += ["", "## Failures", ""]
@@ -114,10 +123,25 @@ class BatchReport:
                     lines.append(f"- **{i.name}** ({i.source}): {i.error}")
                 for target, d in i.deliveries.items():
                     if d.get("status") == "failed":
-                        lines.append(f"- **{i.name}** delivery to {target}: {d.get('error')}")
-        lines += ["", "Outputs: one folder per item under the output folder; each holds run.json (provenance) "
-                  "and its delivery receipts.", ""]
+                        lines.append(f"- **{i.name}** delivery to {target} ({d.get('attempts')} attempt(s)): "
+                                     f"{d.get('error')}")
+        if self.waiting:
+            lines += ["", f"Left for the next batch (modified too recently): {', '.join(self.waiting)}"]
+        for note in self.notes:
+            lines += ["", note]
+        lines += ["", "Each item's outputs are in its folder under the output folder, with run.json (provenance) and "
+                  "the receipts of its deliveries. Areas and volumes are those of the labels (class 0 left out).", ""]
         return "\n".join(lines)
+
+
+_UNITS = {"m2": "m²", "deg2": "deg²", "crs2": "CRS units²", "px": "px", "mL": "mL"}
+
+
+def _number(value: float) -> str:
+    """A measure as people read it: thousands separated, 3 significant digits below 1000."""
+    if value >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
 
 
 def write_report(output: str | Path, report: BatchReport, secrets: Sequence[str] = ()) -> tuple[Path, Path]:

@@ -59,19 +59,26 @@ def batch_cmd(inbox: str, output_dir: Path, model: str | None, postgis: str | No
     This runs the Prefect flow ``segflow-nightly-batch`` (pipelines/batch_flow.py), which ``segflow serve``
     and ``prefect deploy`` schedule.
     """
-    from ..batch.settings import move_password
+    from ..batch.settings import batch_settings, check_folders, move_password
     from ..errors import ConfigError
 
-    try:
-        from pipelines.batch_flow import nightly_batch_flow
-    except ImportError as exc:
-        raise ConfigError(f"segflow batch runs a Prefect flow and needs Prefect ({exc}); install segflow[flows]") \
-            from None
     if retries < 0 or retry_delay < 0:
         raise ConfigError(f"--retries and --retry-delay must be >= 0, got {retries} and {retry_delay}")
     # a password given here stays in this process's environment, out of the flow's stored parameters
     postgis = move_password(postgis, os.environ)
     pacs = move_password(pacs, os.environ, "SEGFLOW_PACS_PASSWORD")
+    # what would fail every item is refused here, in one line, before Prefect's server starts
+    check_folders(inbox, str(output_dir))
+    batch_settings(model=model, postgis=postgis, pacs=pacs, device=device, batch=batch_size, chunk=chunk, tile=tile,
+                   vector_format=vector_format, min_area=min_area)
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # workers' start-up chatter
+    if quiet:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    try:
+        from pipelines.batch_flow import nightly_batch_flow
+    except ImportError as exc:
+        raise ConfigError(f"segflow batch runs a Prefect flow and needs Prefect ({exc}); install segflow[flows]") \
+            from None
     report = nightly_batch_flow(inbox=inbox, output=str(output_dir), model=model, postgis=postgis, pacs=pacs,
                                 workers=workers, dask_address=dask_address, device=device, batch=batch_size,
                                 chunk=chunk, tile=tile,
@@ -81,7 +88,8 @@ def batch_cmd(inbox: str, output_dir: Path, model: str | None, postgis: str | No
               or any(d.get("status") == "failed" for d in i["deliveries"].values())]
     if not quiet:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(report["counts"].items())) or "no items"
-        click.echo(f"{len(report['items'])} item(s): {counts}; report: {output_dir / 'report.md'}")
+        later = f", {len(report['waiting'])} left for the next batch" if report["waiting"] else ""
+        click.echo(f"{len(report['items'])} item(s): {counts}{later}; report: {output_dir / 'report.md'}")
     if failed:
         click.echo(f"segflow: error: {len(failed)} item(s) failed or were not delivered ({', '.join(failed[:5])}"
                    f"{', ...' if len(failed) > 5 else ''}); see {output_dir / 'report.md'}", err=True)

@@ -44,7 +44,7 @@ class Delivered:
     rows: int | None = None
 
 
-def deliver_postgis_once(output: Path, vectors: VectorFile, target: PostgisTarget) -> int:
+def deliver_postgis_once(output: Path, vectors: VectorFile, target: PostgisTarget, *, attempts: int = 3) -> int:
     """Write the published polygons into ``target`` unless ``postgis.json`` shows them confirmed there."""
     from .postgis import write_postgis
     from .vector_files import read_features
@@ -56,22 +56,23 @@ def deliver_postgis_once(output: Path, vectors: VectorFile, target: PostgisTarge
     if done is not None and isinstance(done.get("rows"), int):
         return int(done["rows"])
     info, batches = read_features(path, vectors.fmt, vectors.scene_id)
-    rows = write_postgis(target, info, batches)
+    rows = write_postgis(target, info, batches, attempts=attempts)
     write_receipt(receipt, f"{target} scene_id={vectors.scene_id}", files, rows=rows, table=target.table_name)
     return rows
 
 
 def deliver_run(output: Path, *, pacs: PacsTarget | None = None, postgis: PostgisTarget | None = None,
-                vectors: VectorFile | None = None) -> Delivered:
+                vectors: VectorFile | None = None, attempts: int = 3) -> Delivered:
     """Deliver the published outputs in ``output`` to the targets given; raise DeliveryError (or OutputError) if
     a target is down, refuses or does not confirm. Each target is independent: what was confirmed keeps its
-    receipt even when the other fails."""
+    receipt even when the other fails. ``attempts``: tries per target for transient failures (1: the caller
+    retries, e.g. a batch's own retries)."""
     instances: tuple[str, ...] = ()
     rows = None
     if pacs is not None:
-        instances = tuple(deliver_once([output / DICOM_SEG], pacs, output / PACS_RECEIPT))
+        instances = tuple(deliver_once([output / DICOM_SEG], pacs, output / PACS_RECEIPT, attempts=attempts))
     if postgis is not None:
         if vectors is None:
             raise ValueError("a PostGIS delivery needs the run's vector file")
-        rows = deliver_postgis_once(output, vectors, postgis)
+        rows = deliver_postgis_once(output, vectors, postgis, attempts=attempts)
     return Delivered(instances, rows)

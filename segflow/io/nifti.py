@@ -175,6 +175,8 @@ def _check_compression(path: Path) -> bool:
     """Whether ``path`` is gzip-compressed, refusing a name that says otherwise."""
     with path.open("rb") as f:
         head = f.read(2)
+    if not head:
+        raise _fail(path, "is empty (0 bytes)", "re-create or re-download it")
     gz = path.name.lower().endswith(".gz")
     if head == _GZIP_MAGIC and not gz:
         raise _fail(path, "is gzip-compressed but named .nii", "rename it to .nii.gz")
