@@ -374,11 +374,11 @@ def test_served_cron_schedule_creates_and_runs_the_nightly_batch(prefect_server:
         assert run["auto_scheduled"] is True and run["created_by"] == "SCHEDULE"
         assert run["expected_start"].second == 0 and run["expected_start"].microsecond == 0
         assert run["parameters"] == {"inbox": str(inbox), "output": str(out), "device": "cpu"}
-        with rasterio.open(out / "a" / "labels.tif") as ds:
+        with rasterio.open(out / "a.tif" / "labels.tif") as ds:
             assert (ds.width, ds.height) == (200, 200)
         report = json.loads((out / "report.json").read_text())
-        assert [(i["name"], i["status"]) for i in report["items"]][:1] == [("a", "computed")]
-        assert "a" in (out / "report.md").read_text()
+        assert [(i["name"], i["status"]) for i in report["items"]][:1] == [("a.tif", "computed")]
+        assert "a.tif" in (out / "report.md").read_text()
         print(f"scheduled run completed {waited:.0f} s after segflow serve started")
     finally:
         serve.send_signal(signal.SIGTERM)
