@@ -79,10 +79,10 @@ def make_package(root: Path, kind: str = "unet") -> Path:
     return root
 
 
-def scene(size: int) -> Path:
-    path = WORK / f"scene-{size}.tif"
+def scene(size: int, bands: tuple[str, ...] = ("red", "green", "blue")) -> Path:
+    path = WORK / (f"scene-{size}.tif" if len(bands) == 3 else f"scene-{size}-{len(bands)}band.tif")
     if not path.exists():
-        write_synthetic_scene(path, width=size, height=size, seed=7, bands=("red", "green", "blue"))
+        write_synthetic_scene(path, width=size, height=size, seed=7, bands=bands)
     return path
 
 
@@ -243,7 +243,8 @@ def main() -> None:
     else:
         pkg = WORK / f"{args.model}-pkg"
         in_fresh_process("package", str(pkg), args.model)
-    small, large = scene(args.small), scene(args.large)
+    bands = ("blue", "green", "red", "nir") if args.model == "default" else ("red", "green", "blue")
+    small, large = scene(args.small, bands), scene(args.large, bands)
 
     # The small-scene measurements are interleaved and repeated; each keeps its fastest time (the least
     # disturbed by anything else on the machine) and the largest peak RSS.
