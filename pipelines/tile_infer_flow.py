@@ -41,7 +41,8 @@ def tile_infer_flow(input_path: str, output_dir: str, model: str | None = None, 
                     dask_address: str | None = None, series: str | None = None,
                     pacs: str | None = None, meshes: bool = False, vectorize: str | None = None,
                     min_area: float = 0.0, simplify: float = 0.0, postgis: str | None = None,
-                    panoptic: bool = False, precision: str = "auto", tta: str = "none") -> dict[str, Any]:
+                    panoptic: bool = False, precision: str = "auto", tta: str = "none",
+                    compile: bool = False) -> dict[str, Any]:
     """Segment one scene or volume into mask.zarr, its exports and run.json under ``output_dir``.
 
     ``workers`` runs the chunk tasks on a local cluster of that many processes, ``dask_address``
@@ -51,7 +52,8 @@ def tile_infer_flow(input_path: str, output_dir: str, model: str | None = None, 
     Rasters: ``vectorize`` (gpkg, parquet, fgb, geojson) writes the objects as polygons, filtered by
     ``min_area`` and simplified by ``simplify`` (map units); ``postgis`` also writes them into that table
     (the password from a Prefect Secret block, ``&secret=NAME``, or PGPASSWORD); ``panoptic`` adds panoptic.tif.
-    ``precision`` (auto, fp32, bf16, fp16) and ``tta`` (none, flips) as the CLI's --precision and --tta.
+    ``precision`` (auto, fp32, bf16, fp16), ``tta`` (none, flips) and ``compile`` as the CLI's --precision,
+    --tta and --compile.
     """
     from segflow.batch.settings import check_targets
     from segflow.features import VectorOptions
@@ -60,7 +62,8 @@ def tile_infer_flow(input_path: str, output_dir: str, model: str | None = None, 
     params = TileInferParams(model=model, tile=tile, overlap=overlap, blend=blend, chunk=chunk, batch=batch,
                              device=device, save_scores=save_scores, bands=bands or {}, pacs=pacs, meshes=meshes,
                              vectorize=vectorize, vector_options=VectorOptions(min_area=min_area, simplify=simplify),
-                             postgis=postgis, panoptic=panoptic, precision=precision, tta=tta)
+                             postgis=postgis, panoptic=panoptic, precision=precision, tta=tta,
+                             compile=compile)
     source = dicom_series_name(input_path, series) if series else input_path
     result = tile_infer_task(source, output_dir, params, Execution(workers=workers, address=dask_address))
     get_run_logger().info(result["summary"])

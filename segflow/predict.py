@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .compiled import can_compile, compile_on, run_padded
 from .errors import ConfigError, DeviceError, ModelError
 from .models.package import ModelSpec, Normalization
 from .precision import autocast_dtype, outputs_agree, precision_for
@@ -205,13 +206,16 @@ class Predictor:
         the default order (benchmarks/results). Under bf16 the trace is taken under autocast,
         so freezing stores the weights in bf16. The optimised network is checked against the
         original on one window (to the precision's tolerance) and dropped if they disagree.
+    compile:
+        ``torch.compile`` the network on its first batch instead (eager networks; :mod:`segflow.compiled`).
     warn:
         Warn when ``precision`` names one the package was not validated for (the engine's
         workers pass False: the run warned once when it was planned).
     """
 
     def __init__(self, module: nn.Module, spec: ModelSpec, *, device: str = "auto", batch_size: int = 16,
-                 precision: str = "auto", tta: str = "none", optimize: bool = True, warn: bool = True):
+                 precision: str = "auto", tta: str = "none", optimize: bool = True, warn: bool = True,
+                 compile: bool = False):
         if tta not in TTA_MODES:
             raise ConfigError(f"unknown test-time augmentation {tta!r}; use one of {', '.join(TTA_MODES)}")
         self.device = resolve_device(device)
@@ -225,6 +229,8 @@ class Predictor:
         self.normalize = _Normalize(spec.input.normalization, channels, spec.spatial_dims).to(self.device)
         self.cuda = self.device.type == "cuda"
         self.optimize_pending = optimize and not self.cuda
+        self.compile_pending = compile and can_compile(self.module)  # segflow.compiled: instead of freezing
+        self.pad_to = 0  # a compiled network gets every batch padded to one shape
         self.memory_format: torch.memory_format | None = None  # set when the optimised network wants it
         self._pinned: list[tuple[torch.Tensor, torch.cuda.Event | None] | None] = [None, None]
         self._turn = 0
@@ -345,6 +351,14 @@ class Predictor:
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """The network's raw output for ``x`` (optimising it first, on the first call)."""
+        if self.compile_pending:
+            self.compile_pending = False
+            out = compile_on(self, x)
+            if out is not None:
+                self.optimize_pending = False
+                return out
+        if self.pad_to and len(x) < self.pad_to:
+            return run_padded(self, x)
         if self.optimize_pending:
             self.optimize_pending = False
             return self._optimize_on(x)

@@ -40,6 +40,7 @@ class TileInferParams:
     amp: bool = True  # False: the same as precision="fp32" (the CLI's --no-amp)
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (segflow.precision.resolve_precision)
     tta: str = "none"  # none | flips: test-time mirroring over the spatial axes, averaged before blending
+    compile: bool = False  # torch.compile the network (eager networks only; segflow.compiled)
     pacs: str | None = None  # deliver seg.dcm there (see segflow.io.pacs.parse_pacs)
     meshes: bool = False  # volumes: a surface mesh per instance in meshes/ (segflow.io.meshes)
     vectorize: str | None = None  # rasters: objects as polygons in this format (segflow.io.vector_sink)

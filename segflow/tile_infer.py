@@ -124,7 +124,8 @@ def _pixel_parameters(params: TileInferParams, grid: WindowGrid, chunks: ChunkGr
     """
     return {"tile": grid.tile, "stride": grid.stride, "blend": params.blend, "chunk": chunks.chunk,
             "bands": dict(params.bands), "band_names": bands, "save_scores": params.save_scores,
-            "device": device, "precision": precision, "tta": params.tta, "crf": crf_fingerprint(params.crf),
+            "device": device, "precision": precision, "tta": params.tta, "compile": params.compile,
+            "crf": crf_fingerprint(params.crf),
             "smooth": [params.closing, params.opening]}
 
 
@@ -229,7 +230,8 @@ def _prepare(input_path: InputPaths, params: TileInferParams, execution: Executi
                 input_path=inputs[spec.sources[0]], scene=scene, grid=grid, chunks=chunks, work=work,
                 grid_map=grid_map,
                 out_chunks=chunks if grid_map is None else ChunkGrid.create(scene.spatial_shape, chunk),
-                factory=PredictorFactory(package, params.device, params.batch, precision, params.tta, threads),
+                factory=PredictorFactory(package, params.device, params.batch, precision, params.tta, threads,
+                                         params.compile),
                 device=device, precision=precision,
                 fingerprint=fingerprint, sinks=sinks,
                 needed_bytes=estimate_bytes(scene.spatial_shape, len(spec.classes), params.save_scores)
@@ -367,7 +369,7 @@ def _compute(job: _Job, store: MaskStore, staging: Staging, progress: Progress |
     verify_store(store)
     write_sinks(job.sinks, store, staging.path, needed=job.needed_bytes)
     record = _provenance(job.input_path, job.scene.meta, job.package, params, grid, job.device, job.started)
-    record["effective"].update(precision=job.precision, tta=params.tta)
+    record["effective"].update(precision=job.precision, tta=params.tta, compile=params.compile)
     if job.grid_map is not None:
         record["effective"]["model_grid"] = {"shape": list(job.grid_map.shape),
                                              "spacing": list(job.grid_map.geometry.spacing),

@@ -43,6 +43,7 @@ class PredictorFactory:
     precision: str = "auto"
     tta: str = "none"
     torch_threads: int | None = None
+    compile: bool = False  # torch.compile the network (segflow.compiled)
 
     def build(self) -> Predictor:
         """Load the model on this worker (checking the weights are the run's) and set the process up for a run."""
@@ -60,7 +61,7 @@ class PredictorFactory:
             torch.set_num_threads(self.torch_threads)
         return Predictor(load_module(self.package), self.package.spec, device=self.device,
                          batch_size=self.batch_size, precision=self.precision, tta=self.tta,
-                         warn=False)  # the run warned once when it was planned
+                         compile=self.compile, warn=False)  # the run warned once when it was planned
 
 
 class _Serialized:
