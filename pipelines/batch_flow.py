@@ -47,7 +47,7 @@ from segflow.engine import Execution
 from segflow.io.lock import OutputLock
 
 
-def _transient(task: Any, task_run: Any, state: Any) -> bool:
+def _transient(task: Any, run: Any, state: Any) -> bool:
     """Prefect's retry condition: retry only a transient failure (segflow.batch.is_transient)."""
     data = state.data
     if not isinstance(data, BaseException):
