@@ -264,3 +264,69 @@ def test_an_item_whose_run_was_killed_resumes_the_next_night(scene: Path, tmp_pa
     assert killed.returncode == -9 and not (tmp_path / "s" / "run.json").exists()
     run = infer_item(Item("s", str(scene), "raster"), tmp_path, BatchSettings(tile=32, chunk=32))
     assert run.status == "resumed" and run.chunks_reused == 3 and run.chunks_computed == 12 - 3
+
+
+@pytest.mark.parametrize(("relative", "name"), [
+    ("a\\b.tif", "a__b.tif"), ("./a//b.tif", "a__b.tif"), ("/data/x/b.nii", "data__x__b.nii"), ("", "item")])
+def test_item_names_of_odd_paths(relative: str, name: str) -> None:
+    assert item_name(relative) == name
+
+
+def test_a_hidden_or_lossy_name_gets_a_hash_and_no_leading_dot() -> None:
+    hidden = item_name(".x.tif")
+    assert hidden.startswith("x.tif-") and len(hidden) == len("x.tif-") + 8
+    assert item_name("..") == item_name("..")  # stable
+    assert item_name("..").startswith("item-")
+
+
+def test_the_kind_of_an_item_follows_its_suffix(tmp_path: Path) -> None:
+    for name in ("a.nii", "b.NII.GZ", "c.tif"):
+        _touch(tmp_path / name)
+    _dicom(tmp_path / "d" / "1.dcm")
+    kinds = {i.name: i.kind for i in discover(tmp_path, ["*.nii", "*.nii.gz", "*.tif"])}
+    assert kinds == {"a.nii": "nifti", "b.NII.GZ": "nifti", "c.tif": "raster", "d": "dicom"}
+
+
+def test_only_real_outputs_are_skipped_and_the_search_goes_on_after_them(tmp_path: Path) -> None:
+    _touch(tmp_path / "a_old" / "report.json")  # a batch's output, searched first (sorted)...
+    _touch(tmp_path / "a_old" / "x" / "labels.tif")
+    _touch(tmp_path / "b" / "x.tif")  # ... and the folders after it are still searched
+    _touch(tmp_path / "c" / "run.json")  # a run.json without mask.zarr is not a segflow output
+    _touch(tmp_path / "c" / "y.tif")
+    _touch(tmp_path / "d.zarr" / "z.tif")  # zarr stores are not searched
+    assert [i.name for i in discover(tmp_path)] == ["b__x.tif", "c__y.tif"]
+
+
+def test_a_dicom_series_still_arriving_waits(tmp_path: Path) -> None:
+    old = _dicom(tmp_path / "s" / "1.dcm")
+    an_hour_ago = time.time() - 3600
+    os.utime(old, (an_hour_ago, an_hour_ago))
+    os.utime(tmp_path / "s", (an_hour_ago, an_hour_ago))
+    _dicom(tmp_path / "s" / "2.dcm")  # a new slice: the series is not complete yet
+    assert discover(tmp_path, min_age=600) == [] and [i.name for i in waiting(tmp_path, min_age=600)] == ["s"]
+
+
+def test_a_list_that_is_not_text_is_refused(tmp_path: Path) -> None:
+    listing = _touch(tmp_path / "list.txt", b"\xff\xfe\x00bad")
+    with pytest.raises(InputError, match=r"cannot read .*list\.txt as an inbox list .*one path per line"):
+        discover(listing)
+
+
+def test_backoff_refuses_negative_values_and_allows_no_pause() -> None:
+    assert backoff(2, 0) == [0, 0]
+    for args in ((-1, 1.0), (1, -1.0)):
+        with pytest.raises(ValueError, match="must be >= 0"):
+            backoff(*args)
+
+
+def test_a_failure_during_the_handling_of_a_transient_one_is_transient_and_cycles_end() -> None:
+    try:
+        try:
+            raise TimeoutError("slow")
+        except TimeoutError:
+            raise RuntimeError("while handling it")  # noqa: B904 - implicit chaining is the point
+    except RuntimeError as outer:
+        assert is_transient(outer)
+    a, b = ValueError("a"), ValueError("b")
+    a.__context__, b.__context__ = b, a
+    assert not is_transient(a)  # a cycle of contexts ends

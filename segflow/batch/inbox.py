@@ -137,12 +137,11 @@ def _listed(listing: Path) -> list[tuple[str, Path]]:
         text = line.strip()
         if not text or text.startswith("#"):
             continue
-        path = Path(text) if Path(text).is_absolute() else listing.parent / text
-        path = Path(os.path.normpath(path))
+        path = Path(os.path.normpath(listing.parent / text))  # an absolute path stays itself
         try:
             relative = str(path.relative_to(Path(os.path.normpath(listing.parent))))
         except ValueError:
-            relative = str(path).lstrip("/")
+            relative = str(path)  # outside the list's folder: the whole path names it
         found.append((relative, path))
     return found
 
