@@ -303,7 +303,21 @@ def test_a_dicom_series_still_arriving_waits(tmp_path: Path) -> None:
     os.utime(old, (an_hour_ago, an_hour_ago))
     os.utime(tmp_path / "s", (an_hour_ago, an_hour_ago))
     _dicom(tmp_path / "s" / "2.dcm")  # a new slice: the series is not complete yet
+    os.utime(tmp_path / "s", (an_hour_ago, an_hour_ago))  # the folder's own time says nothing: its files do
     assert discover(tmp_path, min_age=600) == [] and [i.name for i in waiting(tmp_path, min_age=600)] == ["s"]
+
+
+def test_a_short_min_age_still_holds_back_a_file_written_just_now(tmp_path: Path) -> None:
+    _touch(tmp_path / "now.tif")
+    assert [i.name for i in waiting(tmp_path, min_age=1.0)] == ["now.tif"]
+    assert waiting(tmp_path) == [] and [i.name for i in discover(tmp_path)] == ["now.tif"]  # no min-age: ready
+
+
+def test_every_dicom_series_folder_is_found(tmp_path: Path) -> None:
+    for patient in ("p1", "p2"):
+        _dicom(tmp_path / patient / "ct" / "1.dcm")
+    _touch(tmp_path / "z" / "scene.tif")
+    assert [i.name for i in discover(tmp_path)] == ["p1__ct", "p2__ct", "z__scene.tif"]
 
 
 def test_a_list_that_is_not_text_is_refused(tmp_path: Path) -> None:

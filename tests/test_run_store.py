@@ -79,4 +79,4 @@ def test_a_reused_store_is_final_and_stays_final_for_a_later_attempt(tmp_path: P
     _, final = reuse_or_create(tmp_path / "other.zarr", "fp", lambda: _store(fresh, "fp", 0))
     assert not final and not (tmp_path / "other.zarr").exists()  # another run's store is cleared first
     writable, _ = reuse_or_create(staged, "fp", _never)
-    writable.mark_done((0, 0), {"again": True})  # opened for writing
+    writable.write(Box((0, 0), (4, 4)), np.ones((4, 4), "uint8"))  # opened for writing
