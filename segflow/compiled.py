@@ -27,9 +27,19 @@ from .precision import outputs_agree
 if TYPE_CHECKING:
     from .predict import Predictor
 
-__all__ = ["can_compile", "compile_on", "padded", "run_padded"]
+__all__ = ["can_compile", "channels_last_copy", "compile_on", "padded", "run_padded"]
 
 _CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+def channels_last_copy(module: Any, x: torch.Tensor) -> tuple[Any, torch.Tensor, torch.memory_format | None]:
+    """A copy of ``module`` and ``x`` in channels-last order (2D and 3D batches), and that order (None: other
+    ranks, copied as they are). The CPU path freezes and the compiled path compiles networks in this order."""
+    candidate = copy.deepcopy(module)
+    fmt = _CHANNELS_LAST.get(x.ndim)
+    if fmt is None:
+        return candidate, x, None
+    return candidate.to(memory_format=fmt), x.contiguous(memory_format=fmt), fmt
 
 
 def can_compile(module: torch.nn.Module) -> bool:
@@ -53,13 +63,8 @@ def compile_on(predictor: Predictor, x: torch.Tensor) -> torch.Tensor | None:
     """Compile ``predictor``'s network on its first batch ``x`` and return that batch's raw output, or None
     (the network stays as it was) when compiling fails or the compiled network disagrees with it."""
     module = predictor.module
-    fmt = _CHANNELS_LAST.get(x.ndim)
     try:
-        candidate = copy.deepcopy(module)
-        xin = x
-        if fmt is not None:
-            candidate = candidate.to(memory_format=fmt)  # type: ignore[call-overload]  # not in the stubs
-            xin = x.contiguous(memory_format=fmt)
+        candidate, xin, fmt = channels_last_copy(module, x)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             compiled: Any = torch.compile(candidate, dynamic=False)

@@ -10,7 +10,6 @@ all copies, flipped back, are averaged.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 import os
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .compiled import can_compile, compile_on, run_padded
+from .compiled import can_compile, channels_last_copy, compile_on, run_padded
 from .errors import ConfigError, DeviceError, ModelError
 from .models.package import ModelSpec, Normalization
 from .precision import autocast_dtype, outputs_agree, precision_for
@@ -33,8 +32,6 @@ __all__ = ["TTA_MODES", "BatchedFunction", "Predictor", "WindowPredictor", "chec
 TTA_MODES = ("none", "flips")  # test-time augmentation: none, or mirroring over every spatial axis
 
 Window = tuple[np.ndarray, "np.ndarray | None"]
-
-_CHANNELS_LAST = {4: torch.channels_last, 5: torch.channels_last_3d}
 
 
 def flip_axes(spatial_dims: int) -> list[tuple[int, ...]]:
@@ -260,13 +257,8 @@ class Predictor:
         slower (measured), so it is left out there.
         """
         module = self.module
-        fmt = _CHANNELS_LAST.get(x.ndim)
         try:
-            candidate = copy.deepcopy(module)
-            xin = x
-            if fmt is not None:
-                candidate = candidate.to(memory_format=fmt)  # type: ignore[call-overload]  # not in the stubs
-                xin = x.contiguous(memory_format=fmt)
+            candidate, xin, fmt = channels_last_copy(module, x)
             with warnings.catch_warnings(record=True) as caught, torch.autocast(
                     "cpu", dtype=self.amp_dtype or torch.bfloat16, enabled=self.amp_dtype is not None):
                 warnings.simplefilter("always")
