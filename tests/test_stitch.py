@@ -170,3 +170,24 @@ def test_labels_are_the_first_maximum_like_argmax() -> None:
     expected[5, 7] = LABEL_NODATA
     np.testing.assert_array_equal(argmax_labels(scores, valid), expected)
     assert (expected[:10][valid[:10]] == 1).all()
+
+
+def test_a_window_larger_than_the_scene_is_padded_by_mirroring_with_its_validity() -> None:
+    """A scene smaller than one tile: the window is the scene mirrored out to the tile, and so is its nodata
+    mask, so a nodata pixel of the scene stays nodata in every mirrored copy the network sees."""
+    from segflow.stitch import _window_input
+    from segflow.tiling import Box
+
+    data = random_image((2, 5, 7), seed=3).astype(np.float32)
+    valid = np.ones((5, 7), dtype=bool)
+    valid[4, :2] = False  # on the last row: mirrored into the padding below
+    region = Box((0, 0), (5, 7))
+    x, v = _window_input(data, valid, region, region, (8, 12))
+    np.testing.assert_array_equal(x, np.pad(data, [(0, 0), (0, 3), (0, 5)], mode="symmetric"))
+    assert v is not None and v.shape == (8, 12)
+    np.testing.assert_array_equal(v, np.pad(valid, [(0, 3), (0, 5)], mode="symmetric"))
+    assert (~v).sum() == 4 and not v[5, :2].any()  # the 2 nodata pixels and their mirror image below
+    x2, v2 = _window_input(data, None, region, region, (8, 12))
+    assert v2 is None and x2.shape == (2, 8, 12)
+    same, same_valid = _window_input(data, valid, region, Box((0, 0), (5, 7)), (5, 7))  # a full tile: no padding
+    assert same.shape == (2, 5, 7) and same_valid is not None and same_valid.shape == (5, 7)
