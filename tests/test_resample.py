@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from nibabel.orientations import aff2axcodes
 from scipy.ndimage import map_coordinates
@@ -52,6 +52,8 @@ orientations = st.tuples(st.permutations([0, 1, 2]), st.tuples(*[st.sampled_from
 
 @settings(max_examples=25, deadline=None)
 @given(orientations)
+@example(([0, 2, 1], (1, -1, -1), (1.0, 1.0, 1.0), 0.2, "PIR", 1.0))  # already on the grid, oblique
+@example(([0, 2, 1], (1, -1, -1), (1.0, 1.0, 1.0), 0.0, "PIR", 1.0))  # already on the grid, array axes permuted
 def test_model_grid_voxels_sit_at_their_world_positions(case: tuple) -> None:  # type: ignore[type-arg]
     perm, signs, spacing, angle, codes, target = case
     affine = _affine(tuple(perm), signs, spacing, angle)  # type: ignore[arg-type]
@@ -59,9 +61,10 @@ def test_model_grid_voxels_sit_at_their_world_positions(case: tuple) -> None:  #
     volume = _smooth(_world(affine, shape)).reshape(shape)[None].astype(np.float32)
     geometry = VolumeGeometry.from_matrix(affine.tolist(), spacing)
     grid = model_grid(geometry, shape, (target,) * 3, codes)
-    if grid is None:  # only when the volume is already on the model grid
-        assert aff2axcodes(affine[:, [2, 1, 0, 3]]) == tuple(codes) and angle == 0.0 and set(spacing) == {target}
-        assert tuple(perm) == (2, 1, 0)  # array z, y, x along world S/I, A/P, R/L: no axis to swap
+    if grid is None:  # only when the volume is already on the model grid: its voxel axes already grow toward
+        # the asked axis codes (the closest ones when oblique: the model grid keeps a rotation, it does not
+        # resample it away) at the asked spacing
+        assert aff2axcodes(affine[:, [2, 1, 0, 3]]) == tuple(codes) and set(spacing) == {target}
         return
     model_affine = np.array(grid.geometry.affine)
     # the model grid's voxel axes grow toward the asked axis codes (closest ones when oblique)
