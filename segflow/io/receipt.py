@@ -9,7 +9,6 @@ to users (passwords hidden).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -22,17 +21,10 @@ __all__ = ["file_digests", "read_receipt", "write_receipt"]
 
 
 def file_digests(paths: Sequence[Path]) -> dict[str, str]:
-    """SHA-256 (hex) of each file by name; a folder's files are digested in sorted order as one."""
-    out = {}
-    for path in paths:
-        digest = hashlib.sha256()
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for file in files:
-            with open(file, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-        out[path.name] = digest.hexdigest()
-    return out
+    """SHA-256 (hex) of each file, by name."""
+    from ..models.archive import sha256_file
+
+    return {path.name: sha256_file(path) for path in paths}
 
 
 def read_receipt(receipt: Path, target: str, files: dict[str, str]) -> dict[str, Any] | None:
