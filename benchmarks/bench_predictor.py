@@ -1,7 +1,7 @@
 """Predictor benchmark: reduced precision and test-time augmentation on the built-in demo models.
 
 For each trained demo model (``demo-unet-2d`` on synthetic scenes from :mod:`segflow.synthetic`,
-``demo-unet-3d`` on synthetic volumes from :mod:`segflow.synthetic_volume`; the seeds are the
+``demo-unet-3d`` on synthetic volumes from :mod:`segflow.synthetic.volume`; the seeds are the
 held-out test seeds of their model cards; ``spectral-landcover`` has no network, only rules on
 spectral indices, so it has nothing to measure) the inputs are cut into the model's windows
 (its tile and overlap), each configuration runs them through :class:`segflow.predict.Predictor`
@@ -49,7 +49,7 @@ from segflow.models import load_module, resolve_package
 from segflow.predict import Predictor
 from segflow.stitch import weights_tensor
 from segflow.synthetic import synthesize_block
-from segflow.synthetic_volume import synthesize_volume
+from segflow.synthetic.volume import synthesize_volume
 from segflow.tiling import WindowGrid
 
 HERE = Path(__file__).resolve().parent

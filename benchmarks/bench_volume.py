@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import yaml
 
-from segflow.synthetic_volume import synthesize_volume
+from segflow.synthetic.volume import synthesize_volume
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work"

@@ -2,7 +2,7 @@
 
 Real data: pydicom's own test files (a 5-slice CT series, a CT series with 161 slices
 missing, a scout series of two orientations, a folder of 13 series, a multi-frame RT dose).
-Synthetic series are written here from segflow.synthetic_volume as minimal CT Image IODs
+Synthetic series are written here from segflow.synthetic.volume as minimal CT Image IODs
 with chosen positions, orientations and rescale; SimpleITK (GDCM) is the independent
 reference for the voxel values and geometry of a series.
 """
@@ -33,7 +33,7 @@ from segflow.io.dicom_seg import DicomSegSink, segment_codes
 from segflow.io.mask_store import MaskStore
 from segflow.io.readers import open_scene
 from segflow.models.package import ModelSpec
-from segflow.synthetic_volume import synthesize_volume
+from segflow.synthetic.volume import synthesize_volume
 from segflow.tile_infer import TileInferParams, tile_infer
 from segflow.tiling import Box
 

@@ -29,7 +29,7 @@ from segflow.models.hounsfield import HounsfieldModel, build_hounsfield
 from segflow.models.loading import load_module
 from segflow.models.package import ModelSpec
 from segflow.scene import Scene
-from segflow.synthetic_volume import synthesize_volume
+from segflow.synthetic.volume import synthesize_volume
 from segflow.tile_infer import DEFAULT_MODELS, TileInferParams, tile_infer
 
 BACKGROUND, AIR, FAT, SOFT, BONE = range(5)

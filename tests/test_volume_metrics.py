@@ -20,7 +20,7 @@ from segflow.cli import main
 from segflow.cli.evaluate import eval_cmd
 from segflow.errors import ConfigError, InputError
 from segflow.evaluate import evaluate_prediction
-from segflow.synthetic_volume import CLASSES, synthesize_volume
+from segflow.synthetic.volume import CLASSES, synthesize_volume
 from segflow.tile_infer import TileInferParams, tile_infer
 from segflow.volume_eval import VolumeEvalReport, evaluate_volume, is_label_volume
 from segflow.volume_metrics import DirectedDistances, _edges, volume_scores

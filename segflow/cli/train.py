@@ -1,7 +1,7 @@
-"""``segflow train``: parse options into a :class:`~segflow.train_config.TrainConfig` and call
-:func:`segflow.train.train`.
+"""``segflow train``: parse options into a :class:`~segflow.training.config.TrainConfig` and call
+:func:`segflow.training.loop.train`.
 
-Either ``--config FILE`` (see :mod:`segflow.train_config` for the YAML layout) or one or more
+Either ``--config FILE`` (see :mod:`segflow.training.config` for the YAML layout) or one or more
 ``--image A.tif --labels A_labels.tif`` pairs (a 2D U-Net with default settings; bands and
 classes are read from the files), plus overrides ``--epochs``, ``--chip``, ``--batch-size``,
 ``--chips-per-epoch``, ``--output``, ``--device`` and ``--resume``.
@@ -69,7 +69,7 @@ def _image_bands(image: Path) -> list[dict[str, Any]]:
 def _raw_config(config: Path | None, images: tuple[Path, ...], labels: tuple[Path, ...],
                 classes: str | None) -> dict[str, Any]:
     from ..errors import ConfigError
-    from ..train_config import load_train_config
+    from ..training.config import load_train_config
 
     if len(images) != len(labels):
         raise ConfigError(f"got {len(images)} --image and {len(labels)} --labels: expected one --labels per --image, "
@@ -157,8 +157,8 @@ def train_cmd(config: Path | None, images: tuple[Path, ...], labels: tuple[Path,
               epochs: int | None, chip: int | None, batch_size: int | None, chips_per_epoch: int | None,
               output_dir: Path | None, device: str | None, resume: bool, quiet: bool) -> None:
     """Train a segmentation model on labelled chips and write a model package."""
-    from ..train import train
-    from ..train_config import train_config_from_dict
+    from ..training.config import train_config_from_dict
+    from ..training.loop import train
 
     raw = _raw_config(config, images, labels, classes)
     overrides = {"epochs": epochs, "batch_size": batch_size, "chips_per_epoch": chips_per_epoch, "output": output_dir,

@@ -9,22 +9,23 @@ Hounsfield-unit model ``hounsfield`` of ``ct-tissue``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import ConfigError, ModelError
 from .formats import SUPPORTED_SUFFIXES, apply_state_dict, load_onnx, load_state_dict_file, load_torchscript
 from .hounsfield import build_hounsfield
-from .package import ModelPackage
+from .package import ModelPackage, ModelSpec
 from .spectral import build_spectral_index
 
-__all__ = ["load_module"]
+__all__ = ["build_network", "load_module"]
 
 
-def _build_architecture(package: ModelPackage) -> nn.Module:
-    spec = package.spec
+def _build_architecture(spec: ModelSpec) -> nn.Module:
     assert spec.architecture is not None
     args: dict[str, Any] = dict(spec.architecture.args)
     try:
@@ -45,14 +46,35 @@ def _build_architecture(package: ModelPackage) -> nn.Module:
         raise ModelError(f"model {spec.name!r}: cannot build architecture {spec.architecture.name!r}: {exc}") from None
 
 
-def _load_parameters(package: ModelPackage, weights: Path) -> nn.Module:
-    spec = package.spec
+def build_network(spec: ModelSpec, state: Mapping[str, torch.Tensor] | None = None, *,
+                  weights_name: str = "state dict") -> nn.Module:
+    """The network ``spec.architecture`` describes, in eval mode on the CPU, ``state`` loaded strictly.
+
+    The one builder of networks from a contract: :func:`load_module` uses it for packages whose
+    weights hold parameters (or that have none), and the package writer
+    (:mod:`segflow.models.writer`) to check a trained network before it is published. It maps
+    float32 ``(N, len(input.bands), *spatial)`` to ``(N, output_channels, *spatial)``.
+
+    Raises
+    ------
+    ModelError
+        If the architecture cannot be built from its args, or ``state`` does not fit it (the
+        message names ``weights_name``, missing / unexpected keys and shape mismatches).
+    """
     if spec.architecture is None:
         raise ModelError(
-            f"model {spec.name!r}: weights {weights.name} hold only parameters but model.yaml declares no "
+            f"model {spec.name!r}: weights {weights_name} hold only parameters but model.yaml declares no "
             "architecture; add architecture: {name: unet, args: {...}} (see segflow.models.arch)"
         )
-    module = _build_architecture(package)
+    module = _build_architecture(spec)
+    if state is not None:
+        apply_state_dict(module, state, spec, weights_name)
+    return module.eval()
+
+
+def _load_parameters(package: ModelPackage, weights: Path) -> nn.Module:
+    spec = package.spec
+    module = build_network(spec, weights_name=weights.name)
     apply_state_dict(module, load_state_dict_file(weights), spec, weights.name)
     return module
 
@@ -75,7 +97,7 @@ def load_module(package: ModelPackage) -> nn.Module:
     weights = package.weights_path
     suffix = "" if weights is None else weights.suffix.lower()
     if weights is None:
-        module = _build_architecture(package)
+        module = build_network(spec)
     elif suffix in (".safetensors", ".pt", ".pth"):
         module = _load_parameters(package, weights)
     elif suffix == ".ts":

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .chips import IGNORE, ChipSource, source_scene
-from .metrics import ConfusionMatrix, ObjectScore, instances_from_mask, object_f1
-from .models.package import ModelSpec
-from .predict import Predictor
-from .stitch import blend_chunks
-from .tiling import ChunkGrid, WindowGrid
+from ..metrics import ConfusionMatrix, ObjectScore, instances_from_mask, object_f1
+from ..models.package import ModelSpec
+from ..predict import Predictor
+from ..stitch import blend_chunks
+from ..tiling import ChunkGrid, WindowGrid
+from .sources import IGNORE, ChipSource, source_scene
 
 __all__ = ["Metrics", "MetricsAccumulator", "evaluate_chips", "evaluate_sliding_window"]
 
@@ -97,7 +97,7 @@ class Metrics:
 class MetricsAccumulator:
     """Adds up a confusion matrix and object matches over chunks of (prediction, truth).
 
-    Truth pixels equal to :data:`~segflow.chips.IGNORE` are left out; objects are matched
+    Truth pixels equal to :data:`~segflow.training.sources.IGNORE` are left out; objects are matched
     within each chunk (an object cut by a chunk border counts once in each part).
     """
 

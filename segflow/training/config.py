@@ -34,7 +34,7 @@ data source has a default)::
     test: {synthetic: {kind: scenes, count: 1, size: 2048, seed: 900}}  # optional, sliding window
     augment: {flips: true, rot90: true, gain: 0.1, offset: 0.1, noise: 0.03}
     sampling: {foreground: 0.33}          # fraction of chips centred on a foreground voxel (NIfTI pairs)
-    loss: ce                              # segflow.losses.build_loss spec: name or {name: ..., options}
+    loss: ce                              # segflow.training.losses.build_loss spec: name or {name: ..., options}
     class_weights: [1.0, 2.0]             # optional per-class pixel weights, for any loss
     optimizer: {lr: 0.001, weight_decay: 0.0001, schedule: cosine}
     epochs: 10
@@ -54,37 +54,29 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from .errors import ConfigError
-from .models.package import MAX_CLASSES, ClassSpec
-from .synthetic import BANDS as SCENE_BANDS
+from ..errors import ConfigError
+from ..models.package import MAX_CLASSES, ArchitectureSpec, BandSpec, ClassSpec, Normalization
+from ..synthetic import BANDS as SCENE_BANDS
+from .data_config import DataConfig, ValidationConfig, _Strict
 
 __all__ = [
+    "IGNORE_INDEX",
     "ArchitectureConfig",
     "AugmentConfig",
     "BandConfig",
-    "DataConfig",
     "ModelConfig",
-    "NiftiConfig",
     "NormalizationConfig",
     "OptimizerConfig",
-    "PairConfig",
     "SamplingConfig",
-    "SyntheticConfig",
     "TrainConfig",
-    "ValidationConfig",
-    "VectorConfig",
     "format_validation_error",
     "load_train_config",
     "train_config_from_dict",
 ]
 
 IGNORE_INDEX = 255
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _spatial(value: int | list[int], dims: int, what: str) -> tuple[int, ...]:
@@ -94,24 +86,35 @@ def _spatial(value: int | list[int], dims: int, what: str) -> tuple[int, ...]:
     return shape
 
 
-class BandConfig(_Strict):
-    """One model input: its role name and its 1-based band number in the training images."""
+class BandConfig(BandSpec):
+    """One model input: its role name and its 1-based band number in the training images.
 
-    name: str = Field(min_length=1)
-    index: int | None = Field(default=None, ge=1)
+    The package's :class:`~segflow.models.package.BandSpec`; training reads every band from the
+    one image of each pair, so ``source`` is always ``image``: the config does not take the key,
+    and dumps leave it out (the resolved configuration and the checkpoint's fingerprint list name
+    and index only).
+    """
+
+    source: Literal["image"] = Field(default="image", exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_source(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "source" in data:
+            raise ValueError("training reads every band from the one image of each pair: remove 'source'")
+        return data
 
 
-class NormalizationConfig(_Strict):
+class NormalizationConfig(Normalization):
     """``meanstd`` (mean/std computed from training chips when omitted), ``scale``,
-    ``ct_window`` (``center`` and ``width`` in HU) or ``none``."""
+    ``ct_window`` (``center`` and ``width`` in HU) or ``none``.
+
+    The package's :class:`~segflow.models.package.Normalization` with the training defaults:
+    ``meanstd`` by default, and its mean and std may be left out (they are then computed from
+    training chips), so this check replaces the package's.
+    """
 
     mode: Literal["meanstd", "scale", "ct_window", "none"] = "meanstd"
-    mean: list[float] | None = None
-    std: list[float] | None = None
-    scale: float = 1.0
-    offset: float = 0.0
-    center: float | None = None
-    width: float | None = None
 
     @model_validator(mode="after")
     def _check(self) -> NormalizationConfig:
@@ -124,11 +127,13 @@ class NormalizationConfig(_Strict):
         return self
 
 
-class ArchitectureConfig(_Strict):
-    """An architecture of :func:`segflow.models.arch.build_architecture` and its options."""
+class ArchitectureConfig(ArchitectureSpec):
+    """An architecture of :func:`segflow.models.arch.build_architecture` and its options.
+
+    The package's :class:`~segflow.models.package.ArchitectureSpec`, named ``unet`` by default.
+    """
 
     name: str = "unet"
-    args: dict[str, Any] = Field(default_factory=dict)
 
 
 class ModelConfig(_Strict):
@@ -198,80 +203,8 @@ def _check_model_grid(model: ModelConfig) -> None:
 _AXIS_OF = {"R": "LR", "L": "LR", "A": "PA", "P": "PA", "S": "SI", "I": "SI"}
 
 
-class PairConfig(_Strict):
-    """An image GeoTIFF and its ``uint8`` label raster on the same grid (255 = unlabelled)."""
-
-    image: Path
-    labels: Path
-
-
-class VectorConfig(_Strict):
-    """An image GeoTIFF and GeoJSON polygons whose ``property`` holds a class name or index."""
-
-    image: Path
-    labels: Path
-    property: str = "class"
-    crs: str | None = None
-    all_touched: bool = False
-
-
-class NiftiConfig(_Strict):
-    """A NIfTI image and its label volume on the same voxel grid (shape and affine); labels are
-    integer class ids, 255 = unlabelled. ``image`` may be a pattern with one ``*`` (e.g.
-    ``imagesTr/*_0000.nii.gz``); ``labels`` then has one ``*`` too, standing for the text the
-    image's ``*`` matched (``labelsTr/*.nii.gz``). No other character is a wildcard."""
-
-    image: str = Field(min_length=1)
-    labels: str = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _check(self) -> NiftiConfig:
-        if self.image.count("*") > 1 or self.labels.count("*") != self.image.count("*"):
-            raise ValueError(f"image {self.image!r} and labels {self.labels!r} must both be paths, or both patterns "
-                             "with one '*' (the labels' '*' stands for what the image's matched)")
-        return self
-
-
-class SyntheticConfig(_Strict):
-    """Data generated in code: ``scenes`` (2D, :mod:`segflow.synthetic`) or ``volumes`` (3D,
-    :mod:`segflow.synthetic_volume`); item ``k`` uses seed ``seed + k``."""
-
-    kind: Literal["scenes", "volumes"]
-    count: int = Field(default=1, ge=1, le=10_000)
-    size: int | list[int] = 1024
-    seed: int = Field(default=0, ge=0)
-
-    @field_validator("size")
-    @classmethod
-    def _size(cls, v: int | list[int]) -> int | list[int]:
-        values = [v] if isinstance(v, int) else v
-        if not 1 <= len(values) <= 3 or any(s < 16 for s in values):
-            raise ValueError(f"size {v!r} must be one int or one per spatial axis, each >= 16")
-        return v
-
-
-class DataConfig(_Strict):
-    """Sources of labelled chips: raster pairs, vector labels, NIfTI pairs and/or synthetic data."""
-
-    pairs: list[PairConfig] = Field(default_factory=list)
-    vectors: list[VectorConfig] = Field(default_factory=list)
-    nifti: list[NiftiConfig] = Field(default_factory=list)
-    synthetic: SyntheticConfig | None = None
-
-    @property
-    def empty(self) -> bool:
-        return not self.pairs and not self.vectors and not self.nifti and self.synthetic is None
-
-
-class ValidationConfig(DataConfig):
-    """Validation chips: held out from the training data (``fraction``) or separate sources."""
-
-    fraction: float = Field(default=0.1, ge=0.0, le=0.5)
-    chips: int = Field(default=64, ge=1, le=100_000)
-
-
 class AugmentConfig(_Strict):
-    """Training augmentations (see :mod:`segflow.augment`)."""
+    """Training augmentations (see :mod:`segflow.training.augment`)."""
 
     flips: bool = True
     rot90: bool = True
@@ -281,7 +214,7 @@ class AugmentConfig(_Strict):
 
 
 class SamplingConfig(_Strict):
-    """Where training chips are placed (see :mod:`segflow.chip_sampling`): ``foreground`` is the
+    """Where training chips are placed (see :mod:`segflow.training.sampling`): ``foreground`` is the
     fraction of chips centred on a voxel of a foreground class (class-balanced; nnU-Net uses
     0.33), for sources that record where their classes are (NIfTI pairs); the rest, and every
     chip of other sources, are placed uniformly."""
@@ -429,3 +362,4 @@ def load_train_config(path: str | Path) -> TrainConfig:
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"training config {p} is not valid YAML{where}; fix the syntax") from None
     return train_config_from_dict(raw, source=str(p))
+

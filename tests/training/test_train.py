@@ -14,24 +14,19 @@ import yaml
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from segflow.chips import (
-    IGNORE,
-    ChipSampler,
-    RasterPairSource,
-    SyntheticSceneSource,
-    VectorSource,
-    hold_out,
-)
 from segflow.cli.train import train_cmd
-from segflow.errors import ConfigError, InputError, OutputError
+from segflow.errors import ConfigError, InputError, ModelError, OutputError
 from segflow.models import load_module
 from segflow.models.arch import build_architecture
 from segflow.models.package import ModelSpec, resolve_package
+from segflow.models.writer import write_package
 from segflow.predict import Predictor
 from segflow.synthetic import CLASSES, synthesize_block, write_synthetic_scene
-from segflow.train import TrainProgress, train
-from segflow.train_config import TrainConfig, load_train_config, train_config_from_dict
-from segflow.train_package import write_package
+from segflow.training.chips import RasterPairSource, SyntheticSceneSource, VectorSource
+from segflow.training.config import TrainConfig, load_train_config, train_config_from_dict
+from segflow.training.loop import TrainProgress, train
+from segflow.training.sampling import ChipSampler, hold_out
+from segflow.training.sources import IGNORE
 from tests.helpers import CRS, TRANSFORM, write_geotiff
 
 BANDS: list[dict[str, Any]] = [{"name": n, "index": i + 1} for i, n in enumerate(("blue", "green", "red", "nir"))]
@@ -386,7 +381,7 @@ def test_package_never_replaces_a_foreign_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="tile"):
         write_package(tmp_path / "bad", {**contract, "tile": 0}, net.state_dict(), "")
     wrong = build_architecture("unet", spatial_dims=2, in_channels=1, out_channels=3, channels=[2, 4])
-    with pytest.raises(RuntimeError, match="size mismatch"):
+    with pytest.raises(ModelError, match="shape mismatch"):
         write_package(tmp_path / "wrong", contract, wrong.state_dict(), "")
     assert not (tmp_path / "wrong").exists()
     assert (target / "README.md").read_text() == "# y\n"
@@ -436,10 +431,10 @@ def test_cli_config_file_and_errors(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", ["demo-unet-2d", "demo-unet-3d"])
 def test_builtin_demo_packages_load_and_segment(name: str) -> None:
-    from segflow.chips import VolumeSource
     from segflow.models import builtin_names
-    from segflow.synthetic_volume import synthesize_volume
-    from segflow.train_eval import evaluate_sliding_window
+    from segflow.synthetic.volume import synthesize_volume
+    from segflow.training.chips import VolumeSource
+    from segflow.training.evaluation import evaluate_sliding_window
 
     assert name in builtin_names()
     package = resolve_package(name)

@@ -1,4 +1,4 @@
-"""Tests of segflow.augment: image and labels move together, determinism, in-plane 3D rotation."""
+"""Tests of segflow.training.augment: image and labels move together, determinism, in-plane 3D rotation."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from segflow.augment import AugmentParams, augment, flip, jitter_intensity, rotate90
 from segflow.errors import ConfigError, InputError
+from segflow.training.augment import AugmentParams, augment, flip, jitter_intensity, rotate90
 
 GEOMETRY = AugmentParams(flips=True, rot90=True)
 

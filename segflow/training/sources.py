@@ -3,7 +3,7 @@
 A source is a labelled image of ``spatial_shape`` (``(Y, X)`` or ``(Z, Y, X)``) with
 ``num_bands`` channels; ``source.read(start, shape)`` returns a :class:`Chip` padded with
 ignored pixels (:data:`IGNORE`) where the box leaves the source. The sources themselves are in
-:mod:`segflow.chips` (rasters, vectors, synthetic data) and :mod:`segflow.nifti_chips` (NIfTI
+:mod:`segflow.training.chips` (rasters, vectors, synthetic data) and :mod:`segflow.training.nifti` (NIfTI
 pairs on the model grid).
 """
 
@@ -15,8 +15,8 @@ import dask.array as da
 import numpy as np
 import numpy.typing as npt
 
-from .scene import Scene
-from .train_config import IGNORE_INDEX
+from ..scene import Scene
+from .config import IGNORE_INDEX
 
 __all__ = ["IGNORE", "Chip", "ChipSource", "Start", "source_scene"]
 

@@ -2,10 +2,10 @@
 
 The ``model.yaml`` follows :mod:`segflow.models.package` exactly (it is validated with
 ``ModelSpec.model_validate`` before anything is written); the weights are the network's state
-dict saved with ``safetensors.torch.save_file``, loadable strictly into
-``build_architecture(architecture.name, spatial_dims, in_channels=len(input.bands),
-out_channels=len(classes), **architecture.args)``. The directory is built next to its target
-and renamed into place, so a reader never sees a half-written package.
+dict saved with ``safetensors.torch.save_file``, loadable strictly into the network
+:func:`segflow.models.loading.build_network` builds from the contract (the one that
+:func:`~segflow.models.loading.load_module` reads packages with). The directory is built next to
+its target and renamed into place, so a reader never sees a half-written package.
 """
 
 from __future__ import annotations
@@ -14,25 +14,25 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import yaml
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
-from torch import nn
 
-from .errors import ConfigError, OutputError
-from .io.atomic import atomic_path
-from .models.arch import build_architecture
-from .models.package import ModelSpec, Normalization
-from .nifti_chips import VolumeTarget
-from .train_config import TrainConfig
-from .train_eval import Metrics
+from ..errors import ConfigError, OutputError
+from ..io.atomic import atomic_path
+from .loading import build_network
+from .package import ModelSpec, Normalization
+
+if TYPE_CHECKING:
+    from ..training.config import TrainConfig
+    from ..training.evaluation import Metrics
+    from ..training.nifti import VolumeTarget
 
 __all__ = [
     "WEIGHTS",
-    "build_network",
     "metrics_table",
     "package_contract",
     "plain",
@@ -51,17 +51,6 @@ def plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
     return value
-
-
-def build_network(spec: ModelSpec, state: Mapping[str, torch.Tensor] | None = None) -> nn.Module:
-    """The package's network, built from ``spec.architecture`` and loaded strictly with ``state``."""
-    assert spec.architecture is not None
-    module = build_architecture(spec.architecture.name, spatial_dims=spec.spatial_dims,
-                                in_channels=len(spec.input.bands), out_channels=spec.output_channels,
-                                **spec.architecture.args)
-    if state is not None:
-        module.load_state_dict(dict(state), strict=True)
-    return module.eval()
 
 
 def _tile(shape: Sequence[int]) -> int | list[int]:
@@ -166,7 +155,7 @@ def write_package(directory: str | os.PathLike[str], contract: Mapping[str, Any]
         for item in staging.iterdir():
             item.chmod(0o644)
         ModelSpec.model_validate(yaml.safe_load((staging / "model.yaml").read_text(encoding="utf-8")))
-        build_network(spec, load_file(str(staging / WEIGHTS)))
+        build_network(spec, load_file(str(staging / WEIGHTS)), weights_name=WEIGHTS)
     return target
 
 

@@ -15,20 +15,21 @@ import yaml
 from safetensors.torch import load_file
 from scipy.ndimage import map_coordinates
 
-from segflow.chip_sampling import ChipSampler, Holdout, grid_cells
 from segflow.errors import ConfigError, InputError
 from segflow.geometry import VolumeGeometry
 from segflow.models.arch import build_architecture
-from segflow.nifti_chips import NiftiSource, VolumeTarget, expand_pairs, open_pair, resolve_target
 from segflow.resample import model_grid, read_model_box
 from segflow.scene import Scene
-from segflow.synthetic_volume import synthesize_volume
+from segflow.synthetic.volume import synthesize_volume
 from segflow.tile_infer import TileInferParams, tile_infer
 from segflow.tiling import Box
-from segflow.train import train
-from segflow.train_config import NiftiConfig, load_train_config, train_config_from_dict
+from segflow.training.config import load_train_config, train_config_from_dict
+from segflow.training.data_config import NiftiConfig
+from segflow.training.loop import train
+from segflow.training.nifti import NiftiSource, VolumeTarget, expand_pairs, open_pair, resolve_target
+from segflow.training.sampling import ChipSampler, Holdout, grid_cells
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train-nifti-3d.yaml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "train-nifti-3d.yaml"
 BANDS = [("ct", 1)]
 
 

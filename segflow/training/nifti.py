@@ -26,7 +26,7 @@ each read decompresses the stream from its start to the box's last byte (on aver
 file): keep large training volumes as ``.nii``. Opening a ``.nii.gz`` checks its whole stream
 once (see :mod:`segflow.io.nifti`).
 
-Foreground locations. For foreground oversampling (:mod:`segflow.chip_sampling`) a training
+Foreground locations. For foreground oversampling (:mod:`segflow.training.sampling`) a training
 source scans its label file once, slab by slab as :func:`~segflow.io.nifti.open_nifti` chunks it
 (never the whole volume at once), keeping a uniform random sample of at most
 :data:`LOCATIONS_PER_CLASS` voxel positions per class (nnU-Net keeps 10 000 too), mapped onto
@@ -42,14 +42,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .chip_source import IGNORE, Chip, ChipSource, Start
-from .errors import ConfigError, InputError
-from .geometry import VolumeGeometry
-from .io.nifti import is_nifti_name, open_nifti
-from .resample import GridMap, model_grid, read_model_box
-from .scene import Scene
-from .tiling import Box
-from .train_config import ModelConfig, NiftiConfig
+from ..errors import ConfigError, InputError
+from ..geometry import VolumeGeometry
+from ..io.nifti import is_nifti_name, open_nifti
+from ..resample import GridMap, model_grid, read_model_box
+from ..scene import Scene
+from ..tiling import Box
+from .config import ModelConfig
+from .data_config import NiftiConfig
+from .sources import IGNORE, Chip, ChipSource, Start
 
 __all__ = ["LOCATIONS_PER_CLASS", "NiftiPair", "NiftiSource", "VolumeTarget", "expand_pairs", "model_axis_spacing",
            "nifti_sources", "open_pair", "resolve_target", "target_of"]

@@ -9,7 +9,7 @@ probability ``foreground`` a chip is centred on a voxel of a foreground class. T
 drawn uniformly among the foreground classes (every class but 0) that some source holds
 outside the held-out cells, so a rare class gets as many such chips as a common one; then a
 source holding it (in proportion to the sources' sizes), then one of the voxel positions the
-source recorded for that class (:meth:`~segflow.chips.ChipSource.class_locations`). The chip is
+source recorded for that class (:meth:`~segflow.training.sources.ChipSource.class_locations`). The chip is
 centred on that voxel and shifted, where needed, to lie inside the source. Sources that record
 no class locations (rasters, synthetic data) are sampled uniformly only; with no such source,
 or ``foreground`` 0, the sampler draws exactly what it did before oversampling existed.
@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from .chips import ChipSource
+    from .sources import ChipSource
 
 __all__ = ["ChipSampler", "Holdout", "grid_cells", "hold_out"]
 

@@ -3,15 +3,14 @@
 A :class:`ChipSource` is one labelled image: a GeoTIFF with a label raster, a GeoTIFF with
 GeoJSON polygons (rasterised per chip on the image grid), a synthetic scene generated block by
 block, a synthetic volume, or a NIfTI image/label pair seen on the model's voxel grid
-(:mod:`segflow.nifti_chips`). ``source.read(start, shape)`` returns a :class:`Chip`: image
+(:mod:`segflow.training.nifti`). ``source.read(start, shape)`` returns a :class:`Chip`: image
 ``(C, *shape)`` float32, labels ``shape`` uint8 (:data:`IGNORE` = unlabelled) and validity
 ``shape`` bool, padded with ignored pixels where the window leaves the source. A raster is never
 read whole: each chip is one windowed read.
 
-:class:`ChipSampler` draws chip positions from a ``numpy.random.Generator`` (deterministic
-under its seed), avoiding the grid cells held out for validation by :func:`hold_out`; both live
-in :mod:`segflow.chip_sampling`; :class:`Chip`, :class:`ChipSource` and :func:`source_scene` in
-:mod:`segflow.chip_source`; all are re-exported here.
+The base class :class:`~segflow.training.sources.ChipSource` and :class:`~segflow.training.sources.Chip`
+are in :mod:`segflow.training.sources`; where chips are taken (the validation hold-out, the random
+positions) in :mod:`segflow.training.sampling`.
 Spatial axes are ``(Y, X)`` for rasters and ``(Z, Y, X)`` for volumes; channels come first.
 """
 
@@ -34,28 +33,21 @@ from rasterio.transform import Affine
 from rasterio.warp import transform_geom
 from rasterio.windows import Window
 
-from . import georef, synthetic, synthetic_volume
-from .chip_sampling import ChipSampler, Holdout, grid_cells, hold_out
-from .chip_source import IGNORE, Chip, ChipSource, Start, source_scene
-from .errors import ConfigError, InputError
-from .georef import PixelGrid
-from .nifti_chips import VolumeTarget, nifti_sources
-from .train_config import DataConfig, ModelConfig
+from .. import georef, synthetic
+from ..errors import ConfigError, InputError
+from ..georef import PixelGrid
+from ..synthetic import volume as synthetic_volume
+from .config import ModelConfig
+from .data_config import DataConfig
+from .nifti import VolumeTarget, nifti_sources
+from .sources import IGNORE, Chip, ChipSource, Start
 
 __all__ = [
-    "IGNORE",
-    "Chip",
-    "ChipSampler",
-    "ChipSource",
-    "Holdout",
     "RasterPairSource",
     "SyntheticSceneSource",
     "VectorSource",
     "VolumeSource",
     "build_sources",
-    "grid_cells",
-    "hold_out",
-    "source_scene",
 ]
 
 def _class_table(source_names: Sequence[str], model_names: Sequence[str], what: str) -> npt.NDArray[np.uint8]:
@@ -372,7 +364,7 @@ def build_sources(data: DataConfig, model: ModelConfig, target: VolumeTarget | N
     """Every labelled source of ``data``, in config order: pairs, vectors, NIfTI pairs, then synthetic items.
 
     NIfTI pairs are seen on the model grid ``target`` (spacing and orientation; by default the
-    one :func:`segflow.nifti_chips.resolve_target` gives for these pairs): pass the training
+    one :func:`segflow.training.nifti.resolve_target` gives for these pairs): pass the training
     data's target when building validation or test sources. Synthetic volumes have no
     geometry: their voxels are taken as voxels of the model grid.
 

@@ -1,4 +1,4 @@
-"""Tests of segflow.synthetic_volume: determinism, anatomy, intensities and argument checks."""
+"""Tests of segflow.synthetic.volume: determinism, anatomy, intensities and argument checks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from scipy import ndimage
 
 from segflow.errors import ConfigError
-from segflow.synthetic_volume import CLASSES, HU, MIN_SIZE, synthesize_volume
+from segflow.synthetic.volume import CLASSES, HU, MIN_SIZE, synthesize_volume
 
 ORGAN = CLASSES.index("organ")
 LESION = CLASSES.index("lesion")

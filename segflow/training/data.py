@@ -1,0 +1,175 @@
+"""The data of a training run: chip sources, sampler, normalisation, validation chips and batches.
+
+:func:`_prepare_data` builds the training sources, holds out (or builds) the validation chips and
+fixes the normalisation (given, restored from a checkpoint, or the mean/std of a fixed sample of
+training chips). Chip ``i`` of epoch ``e`` is drawn and augmented with its own generator
+``numpy.random.default_rng([seed, 1, e, i])``, so the data needs no saved state. Images are
+``(C, *chip)`` float32 (normalised; invalid pixels 0), labels ``chip`` (``(Y, X)`` or ``(Z, Y,
+X)``), batches stack them along a first axis N.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, InputError
+from ..models.package import Normalization
+from ..normalize import normalize_array
+from .augment import AugmentParams, augment
+from .chips import build_sources
+from .config import TrainConfig
+from .nifti import VolumeTarget, target_of
+from .sampling import ChipSampler, grid_cells, hold_out
+from .sources import ChipSource
+
+_STATS_CHIPS = 32
+
+
+@dataclass
+class _Data:
+    """Training sources, sampler, normalisation and the pre-read validation chips."""
+
+    config: TrainConfig
+    sources: list[ChipSource]
+    sampler: ChipSampler
+    normalization: Normalization
+    val_images: torch.Tensor
+    val_labels: torch.Tensor
+    val_sources: list[ChipSource]
+    val_description: str
+    augment: AugmentParams = field(default_factory=AugmentParams)
+    target: VolumeTarget | None = None  # the model grid NIfTI pairs are seen on
+
+    def chip(self, epoch: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Training chip ``index`` of ``epoch``: normalised, augmented image and labels."""
+        rng = np.random.default_rng([self.config.seed, 1, epoch, index])
+        source, start = self.sampler.sample(rng)
+        chip = self.sources[source].read(start, self.config.model.chip_shape)
+        image = np.where(chip.valid, normalize_array(chip.image, self.normalization), np.float32(0))
+        return augment(image, chip.labels, rng, self.augment)
+
+    def batch(self, epoch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        size = self.config.batch_size
+        pairs = [self.chip(epoch, step * size + k) for k in range(size)]
+        images = torch.from_numpy(np.stack([p[0] for p in pairs]))
+        labels = torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.int64))
+        return images, labels
+
+    def close(self) -> None:
+        for source in [*self.sources, *self.val_sources]:
+            source.close()
+
+
+def _compute_stats(sources: list[ChipSource], sampler: ChipSampler, chip: tuple[int, ...], seed: int) -> Normalization:
+    """Per-band mean and std over the valid pixels of a fixed sample of training chips."""
+    total = count = squares = None
+    for i in range(_STATS_CHIPS):
+        source, start = sampler.sample(np.random.default_rng([seed, 3, i]))
+        sample = sources[source].read(start, chip)
+        values = sample.image[:, sample.valid].astype(np.float64)
+        total = values.sum(axis=1) if total is None else total + values.sum(axis=1)
+        squares = (values**2).sum(axis=1) if squares is None else squares + (values**2).sum(axis=1)
+        count = values.shape[1] if count is None else count + values.shape[1]
+    assert total is not None and squares is not None and count is not None
+    if count == 0:
+        raise InputError("the sampled training chips hold no valid pixel; check the images' nodata and masks")
+    mean = total / count
+    std = np.sqrt(np.maximum(squares / count - mean**2, 0.0))
+    return Normalization(mode="meanstd", mean=[round(float(m), 4) for m in mean],
+                         std=[round(max(float(s), 1e-3), 4) for s in std])
+
+
+def _configured_normalization(config: TrainConfig) -> Normalization | None:
+    norm = config.model.normalization
+    if norm.mode == "meanstd" and norm.mean is None:
+        return None
+    if norm.mode == "meanstd":
+        return Normalization(mode="meanstd", mean=norm.mean, std=norm.std)
+    if norm.mode == "scale":
+        return Normalization(mode="scale", scale=norm.scale, offset=norm.offset)
+    if norm.mode == "ct_window":
+        return Normalization(mode="ct_window", center=norm.center, width=norm.width)
+    return Normalization(mode="none")
+
+
+def _validation_cells(config: TrainConfig, sources: list[ChipSource], target: VolumeTarget | None
+                      ) -> tuple[list[ChipSource], Any, list[Any]]:
+    """Validation sources, the training hold-out (or None) and the validation cells ``(source, start)``."""
+    chip = config.model.chip_shape
+    rng = np.random.default_rng([config.seed, 2])
+    if config.validation.empty:
+        holdout = hold_out(sources, chip, config.validation.fraction, rng)
+        val_sources, cells = sources, holdout.cells()
+    else:
+        holdout = None
+        val_sources = build_sources(config.validation, config.model, target)
+        cells = []
+        for i, source in enumerate(val_sources):
+            for idx in np.ndindex(*grid_cells(source.spatial_shape, chip)):
+                cells.append((i, tuple(k * c for k, c in zip(idx, chip, strict=True))))
+    if len(cells) > config.validation.chips:
+        keep = np.sort(rng.choice(len(cells), size=config.validation.chips, replace=False))
+        cells = [cells[k] for k in keep]
+    return val_sources, holdout, cells
+
+
+def _describe(sources: list[ChipSource], limit: int = 6) -> str:
+    lines = [f"- {s.description}" for s in sources[:limit]]
+    if len(sources) > limit:
+        lines.append(f"- ... and {len(sources) - limit} more")
+    return "\n".join(lines)
+
+
+def _prepare_data(config: TrainConfig, normalization: Normalization | None) -> _Data:
+    sources = build_sources(config.data, config.model)
+    target = target_of(sources)
+    val_sources, holdout, cells = _validation_cells(config, sources, target)
+    target = target or target_of(val_sources)
+    try:
+        _check_rotations(config, target)
+        sampler = ChipSampler(sources, config.model.chip_shape, holdout, foreground=config.sampling.foreground)
+        norm = normalization or _configured_normalization(config)
+        if norm is None:
+            norm = _compute_stats(sources, sampler, config.model.chip_shape, config.seed)
+        images, labels = [], []
+        for i, start in cells:
+            chip = val_sources[i].read(start, config.model.chip_shape)
+            images.append(np.where(chip.valid, normalize_array(chip.image, norm), np.float32(0)))
+            labels.append(chip.labels)
+    except BaseException:
+        for source in [*sources, *val_sources]:
+            source.close()
+        raise
+    where = (f"{len(cells)} chips held out from the training data ({config.validation.fraction:.0%} of the "
+             "chip grid, never sampled for training)" if holdout is not None
+             else f"{len(cells)} chips from separate validation data:\n{_describe(val_sources)}")
+    a = config.augment
+    return _Data(config, sources, sampler, norm, torch.from_numpy(np.stack(images)),
+                 torch.from_numpy(np.stack(labels)), val_sources if holdout is None else [], where,
+                 AugmentParams(flips=a.flips, rot90=a.rot90, gain=a.gain, offset=a.offset, noise=a.noise), target)
+
+
+def _check_rotations(config: TrainConfig, target: VolumeTarget | None) -> None:
+    """Refuse 90° in-plane rotations on a model grid whose voxels are not square in (y, x): they would distort."""
+    if target is None or not config.augment.rot90:
+        return
+    dy, dx = target.spacing[1], target.spacing[2]
+    if abs(dy - dx) > 0.01 * max(dy, dx):
+        raise ConfigError(f"augment.rot90 would turn the model grid's {dy:g} x {dx:g} mm (y, x) voxels by 90 degrees "
+                          "and distort the anatomy; set augment.rot90: false or a model.spacing with dy == dx")
+
+
+def _batches(data: _Data, epoch: int, steps: int, pool: ThreadPoolExecutor) -> Iterator[tuple[torch.Tensor, ...]]:
+    """The epoch's batches, the next one prepared in ``pool`` while the current one trains."""
+    pending: Future[tuple[torch.Tensor, torch.Tensor]] = pool.submit(data.batch, epoch, 0)
+    for step in range(steps):
+        batch = pending.result()
+        if step + 1 < steps:
+            pending = pool.submit(data.batch, epoch, step + 1)
+        yield batch

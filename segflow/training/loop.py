@@ -1,0 +1,254 @@
+"""``segflow train``: train a segmentation network on chips and publish it as a model package.
+
+:func:`train` samples chips by windowed reads from the configured sources (deterministic
+under ``config.seed``), augments them, trains an architecture of
+:mod:`segflow.models.arch` with AdamW (mixed precision with a gradient scaler on CUDA, plain
+float32 on the CPU), validates every epoch (per-class IoU and Dice, mean IoU, pixel accuracy,
+object F1 of ``thing`` classes) and writes a checkpoint after each epoch. The result is a
+model package (``model.yaml`` + ``model.safetensors`` + ``README.md``) that ``tile-infer``
+runs; with a ``test`` section it is also scored on whole scenes by sliding windows.
+
+Reproducibility: chip ``i`` of epoch ``e`` is drawn and augmented with its own generator
+``numpy.random.default_rng([seed, 1, e, i])``, so the data needs no saved state; torch's RNG
+states (weight init, dropout) are saved in the checkpoint. Resuming from the checkpoint of
+epoch ``k`` therefore gives, on the CPU, bit-identical weights to an uninterrupted run.
+
+The run is split by concern: :mod:`~segflow.training.data` (sources, sampling, normalisation,
+batches), :mod:`~segflow.training.run` (network, loss, optimiser), this module (epochs and
+steps), :mod:`~segflow.training.checkpoint` and :mod:`~segflow.training.report` (README text);
+the package is written by :mod:`segflow.models.writer`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError, OutputError
+from ..models.loading import build_network
+from ..models.package import Normalization
+from ..models.writer import metrics_table, package_contract, readme_text, validate_contract, write_package
+from ..predict import resolve_device
+from .checkpoint import CHECKPOINT, _cpu_state, _load_checkpoint, _restore, _save_checkpoint
+from .chips import build_sources
+from .config import TrainConfig
+from .data import _batches, _Data, _describe, _prepare_data
+from .evaluation import Metrics, MetricsAccumulator, evaluate_chips, evaluate_sliding_window
+from .report import _quality_sentence, _test_text, _training_section
+from .run import EpochRecord, _build_run, _Run
+
+__all__ = ["CHECKPOINT", "EpochRecord", "TrainProgress", "TrainResult", "train"]
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """Where training stands; passed to the ``progress`` callback after every step and validation.
+
+    ``phase`` is ``"train"`` after a training step and ``"validate"`` after an epoch's
+    validation; ``loss`` is the running mean loss of the epoch; ``val_miou`` the latest
+    validation mean IoU (None before the first validation).
+    """
+
+    phase: Literal["train", "validate"]
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+    loss: float
+    val_miou: float | None
+    seconds: float = 0.0
+
+
+Progress = Callable[[TrainProgress], None]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` produced.
+
+    Attributes
+    ----------
+    package_dir : Path
+        The model package (``model.yaml``, ``model.safetensors``, ``README.md``).
+    checkpoint : Path
+        The last checkpoint (resume with ``config.resume``).
+    history : tuple of EpochRecord
+        Every epoch trained so far, resumed ones included.
+    exported_epoch : int
+        The epoch whose weights are in the package.
+    validation : Metrics
+        Validation metrics of the exported weights.
+    test : Metrics or None
+        Sliding-window metrics on the test sources, when configured.
+    device : str
+        The device trained on.
+    """
+
+    package_dir: Path
+    checkpoint: Path
+    history: tuple[EpochRecord, ...]
+    exported_epoch: int
+    validation: Metrics
+    test: Metrics | None
+    device: str
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        """Mean wall time of an epoch (training and validation)."""
+        return float(np.mean([r.seconds for r in self.history])) if self.history else math.nan
+
+    def summary(self) -> str:
+        test = f" | test {self.test.summary()}" if self.test is not None else ""
+        return (f"wrote {self.package_dir} | {len(self.history)} epochs, {self.seconds_per_epoch:.1f} s/epoch on "
+                f"{self.device} | validation (epoch {self.exported_epoch}) {self.validation.summary()}{test}")
+
+
+def _train_step(run: _Run, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    x = images.to(run.device, non_blocking=True)
+    y = labels.to(run.device, non_blocking=True)
+    weight = run.class_weights[y] if run.class_weights is not None else None
+    with torch.autocast(device_type=run.device.type, dtype=torch.float16, enabled=run.amp):
+        loss = run.loss(run.model(x), y, weight=weight)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    return loss.detach()
+
+
+def _train_epoch(run: _Run, data: _Data, epoch: int, progress: Progress | None, pool: ThreadPoolExecutor) -> float:
+    """One epoch of training; returns the mean loss."""
+    config = data.config
+    run.model.train()
+    total = 0.0
+    last = run.history[-1].validation.mean_iou if run.history else None
+    for step, (images, labels) in enumerate(_batches(data, epoch, run.steps, pool), start=1):
+        value = float(_train_step(run, images, labels))
+        if not math.isfinite(value) and not run.amp:
+            raise ConfigError(f"the loss became {value} at epoch {epoch} step {step}; lower optimizer.lr "
+                              f"(now {config.optimizer.lr}) or check the labels")
+        total += value
+        if progress is not None:
+            progress(TrainProgress("train", epoch, config.epochs, step, run.steps, total / step, last))
+    return total / run.steps
+
+
+def _validate(run: _Run, data: _Data) -> Metrics:
+    model = data.config.model
+    things = [k for k, c in enumerate(model.classes) if c.kind == "thing"]
+    accumulator = MetricsAccumulator(model.class_names, things)
+    return evaluate_chips(run.model, data.val_images, data.val_labels, accumulator, device=run.device,
+                          batch_size=data.config.batch_size, amp=run.amp)
+
+
+def _export(config: TrainConfig, run: _Run, data: _Data, command: str | None) -> TrainResult:
+    epoch = run.best_epoch if config.export == "best" and run.best_state is not None else run.epoch
+    state = run.best_state if epoch == run.best_epoch and run.best_state is not None else _cpu_state(run.model)
+    validation = next(r.validation for r in run.history if r.epoch == epoch)
+    spec = validate_contract(package_contract(config, data.normalization, config.model.description, data.target))
+    test, test_text = None, ""
+    if config.test is not None and not config.test.empty:
+        sources = build_sources(config.test, config.model, data.target)
+        try:
+            test_text = _test_text(config, sources)
+            test = evaluate_sliding_window(build_network(spec, state), spec, sources, device=config.device,
+                                           batch_size=config.batch_size,  # volumes: 256³ chunks, not whole
+                                           chunk=256 if config.model.spatial_dims == 3 else 2048)
+        finally:
+            for source in sources:
+                source.close()
+    quality = _quality_sentence(validation, epoch, test, test_text)
+    description = f"{config.model.description.strip()} {quality}".strip()
+    contract = package_contract(config, data.normalization, description, data.target)
+    spec = validate_contract(contract)
+    kinds = [c.kind for c in spec.classes]
+    sections = {
+        "Training data": f"Training chips from:\n{_describe(data.sources)}\n\nValidation: {data.val_description}."
+        + (f"\n\nModel grid: voxel spacing (dz, dy, dx) {list(data.target.spacing)} mm ({data.target.origin}), "
+           f"orientation {data.target.orientation}; every NIfTI volume is resampled to it (images linearly, labels "
+           "by nearest neighbour), as tile-infer does." if data.target is not None else ""),
+        "Training": _training_section(config, run, data, command),
+        "Measured quality": f"Validation chips, exported weights (epoch {epoch}):\n\n{metrics_table(validation, kinds)}"
+        + (f"\n\nSliding window (tile {spec.tile_shape}, overlap {spec.overlap}, gaussian blending, as tile-infer "
+           f"runs it) on {test_text}:\n\n{metrics_table(test, kinds)}" if test is not None else ""),
+    }
+    package = write_package(config.package_dir, contract, state, readme_text(spec, sections))
+    return TrainResult(package, config.output / CHECKPOINT, tuple(run.history), epoch, validation, test,
+                       str(run.device))
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _epoch(run: _Run, data: _Data, epoch: int, progress: Progress | None, pool: ThreadPoolExecutor) -> EpochRecord:
+    started = time.perf_counter()
+    loss = _train_epoch(run, data, epoch, progress, pool)
+    trained = time.perf_counter() - started
+    metrics = _validate(run, data)
+    record = EpochRecord(epoch, loss, float(run.scheduler.get_last_lr()[0]), metrics, trained,
+                         time.perf_counter() - started)
+    run.epoch = epoch
+    run.history.append(record)
+    score = -math.inf if math.isnan(metrics.mean_iou) else metrics.mean_iou
+    if score > run.best_metric or run.best_state is None:
+        run.best_metric, run.best_epoch, run.best_state = score, epoch, _cpu_state(run.model)
+    if progress is not None:
+        progress(TrainProgress("validate", epoch, data.config.epochs, run.steps, run.steps, loss, metrics.mean_iou,
+                               record.seconds))
+    return record
+
+
+def train(config: TrainConfig, *, progress: Progress | None = None, command: str | None = None) -> TrainResult:
+    """Train the configured model and write its model package.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The validated configuration (see :mod:`segflow.training.config`); with ``config.resume``
+        training continues from ``<config.output>/checkpoint.pt``.
+    progress : callable, optional
+        Called with a :class:`TrainProgress` after every training step and every validation.
+    command : str, optional
+        The command line that started the run, recorded in the package README.
+
+    Returns
+    -------
+    TrainResult
+        Package path, history (time per epoch included), validation and test metrics.
+
+    Raises
+    ------
+    ConfigError, InputError, OutputError, DeviceError
+        One-line messages naming the bad value and how to fix it.
+    """
+    device = resolve_device(config.device)
+    try:
+        config.output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output directory {config.output}: {exc.strerror or exc}") from None
+    state = _load_checkpoint(config) if config.resume else None
+    normalization = Normalization.model_validate(state["normalization"]) if state is not None else None
+    data = _prepare_data(config, normalization)
+    try:
+        run = _build_run(config, device, config.chips_per_epoch // config.batch_size)
+        if state is not None:
+            _restore(run, state)
+        checkpoint = config.output / CHECKPOINT
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segflow-chips") as pool:
+            for epoch in range(run.epoch + 1, config.epochs + 1):
+                _epoch(run, data, epoch, progress, pool)
+                _save_checkpoint(checkpoint, run, data)
+        if not run.history:
+            raise ConfigError(f"nothing to export: the checkpoint has 0 epochs and epochs={config.epochs}")
+        return _export(config, run, data, command)
+    finally:
+        data.close()

@@ -1,0 +1,112 @@
+"""Tests of segflow.training.losses.weights: the U-Net border weight map against the formula."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from segflow.errors import ConfigError, InputError
+from segflow.training.losses import bce, unet_weight_map
+from tests.training.loss_examples import close
+
+# --------------------------------------------------------------------------- U-Net weight map
+
+
+def _two_touching_squares() -> np.ndarray:
+    labels = np.zeros((20, 40), dtype=np.int32)
+    labels[5:15, 5:15] = 1
+    labels[5:15, 16:26] = 2  # column 15 is a 1-pixel gap
+    return labels
+
+
+def _reference_weight_map(
+    labels: np.ndarray, w0: float, sigma: float, class_weights: tuple[float, float] | None = None
+) -> np.ndarray:
+    """Direct transcription of the formula: full-image EDT per instance, no truncation."""
+    ids = [i for i in np.unique(labels) if i != 0]
+    fg = labels > 0
+    if class_weights is None:
+        n_fg, n = int(fg.sum()), labels.size
+        present = int(n_fg > 0) + int(n_fg < n)
+        class_weights = (n / (present * max(n - n_fg, 1)), n / (present * max(n_fg, 1)))
+    wc = np.where(fg, class_weights[1], class_weights[0])
+    if len(ids) < 2:
+        return wc
+    dists = np.sort(np.stack([ndimage.distance_transform_edt(labels != i) for i in ids]), axis=0)
+    border = w0 * np.exp(-((dists[0] + dists[1]) ** 2) / (2 * sigma**2))
+    return wc + np.where(fg, 0.0, border)
+
+
+class TestUNetWeightMap:
+    def test_gap_and_far_pixels(self) -> None:
+        labels = _two_touching_squares()
+        weights = unet_weight_map(labels, w0=10.0, sigma=5.0)
+        # 200 foreground / 600 background pixels: balanced w_c = 800 / (2 * n_class)
+        wc_fg, wc_bg = 800 / (2 * 200), 800 / (2 * 600)
+        gap = weights[10, 15]  # d1 = d2 = 1
+        assert math.isclose(gap, wc_bg + 10.0 * math.exp(-((1 + 1) ** 2) / (2 * 5.0**2)), rel_tol=1e-6)
+        assert gap > wc_bg + 0.9 * 10.0
+        assert math.isclose(weights[19, 39], wc_bg, rel_tol=1e-6)  # d1 + d2 ≈ 40 px away
+        assert np.allclose(weights[labels > 0], wc_fg)  # objects get w_c only
+        assert weights.dtype == np.float32 and weights.shape == labels.shape
+        assert math.isclose(float(weights[labels == 0].min()), wc_bg, rel_tol=1e-6)
+
+    def test_balanced_class_weights_average_to_one(self) -> None:
+        weights = unet_weight_map(_two_touching_squares(), w0=0.0)
+        assert math.isclose(float(weights.mean()), 1.0, rel_tol=1e-6)
+
+    def test_explicit_class_weights(self) -> None:
+        weights = unet_weight_map(_two_touching_squares(), w0=5.0, sigma=2.0, class_weights=(1.0, 1.0))
+        assert math.isclose(weights[10, 15], 1.0 + 5.0 * math.exp(-4 / 8), rel_tol=1e-6)
+        assert weights[10, 10] == 1.0
+
+    def test_3d_gap(self) -> None:
+        labels = np.zeros((9, 9, 12), dtype=np.int64)
+        labels[2:7, 2:7, 1:5] = 4
+        labels[2:7, 2:7, 6:11] = 9  # plane z=5 is a 1-voxel gap; ids need not be consecutive
+        weights = unet_weight_map(labels, w0=10.0, sigma=5.0, class_weights=(1.0, 1.0))
+        assert math.isclose(weights[4, 4, 5], 1.0 + 10.0 * math.exp(-4 / 50), rel_tol=1e-6)
+        assert np.allclose(weights, _reference_weight_map(labels, 10.0, 5.0, (1.0, 1.0)), atol=1e-5)
+
+    @pytest.mark.parametrize("shape", [(48, 64), (12, 20, 24)])
+    def test_matches_direct_formula_on_random_instances(self, shape: tuple[int, ...]) -> None:
+        rng = np.random.default_rng(sum(shape))
+        labels, _ = ndimage.label(ndimage.binary_opening(rng.random(shape) > 0.6))
+        expected = _reference_weight_map(labels, 10.0, 3.0)
+        assert np.allclose(unet_weight_map(labels, w0=10.0, sigma=3.0), expected, rtol=1e-5, atol=1e-5)
+
+    def test_single_object_has_no_border_term(self) -> None:
+        labels = np.zeros((10, 10), dtype=np.int32)
+        labels[3:6, 3:6] = 7
+        weights = unet_weight_map(labels, class_weights=(1.0, 2.0))
+        assert set(np.unique(weights).tolist()) == {1.0, 2.0}
+
+    def test_feeds_the_losses(self) -> None:
+        labels = _two_touching_squares()
+        weight = torch.from_numpy(unet_weight_map(labels)).unsqueeze(0)
+        logits = torch.zeros(1, 1, *labels.shape)
+        target = torch.from_numpy(labels > 0).float().unsqueeze(0)
+        assert close(bce(logits, target, weight=weight), math.log(2.0) * float(weight.mean()), tol=1e-6)
+
+    @pytest.mark.parametrize(
+        ("kwargs", "error", "match"),
+        [
+            ({"instance_labels": np.zeros((4, 4), np.float32)}, InputError, "dtype float32"),
+            ({"instance_labels": np.zeros(4, np.int32)}, InputError, "shape"),
+            ({"instance_labels": -np.ones((4, 4), np.int32)}, InputError, "contains -1"),
+            ({"instance_labels": np.zeros((4, 4), np.int32), "sigma": 0.0}, ConfigError, "sigma"),
+            ({"instance_labels": np.zeros((4, 4), np.int32), "w0": -1.0}, ConfigError, "w0"),
+            (
+                {"instance_labels": np.zeros((4, 4), np.int32), "class_weights": (1.0,)},
+                ConfigError,
+                "class_weights",
+            ),
+        ],
+    )
+    def test_bad_inputs(self, kwargs: dict, error: type[Exception], match: str) -> None:
+        with pytest.raises(error, match=match):
+            unet_weight_map(**kwargs)
