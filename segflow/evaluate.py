@@ -2,44 +2,51 @@
 
 ``evaluate`` reads both rasters in ``block x block`` windows (never whole), so memory stays
 bounded for rasters larger than memory, and accumulates one
-:class:`~segflow.metrics.ConfusionMatrix`. Pixels that are 255 (segflow's label nodata) or the
-raster's declared nodata in either input are skipped, as are truth values listed in ``ignore``.
+:class:`~segflow.metrics.ConfusionMatrix`. What counts:
+
+* the **truth** decides which pixels are scored: truth pixels that are 255 (segflow's label
+  nodata), the truth's declared nodata or an ``ignore`` value are left out, whatever the
+  prediction says there; an ignored class leaves the means and shows as ignored, and a
+  prediction of it on a scored pixel is an error (a false negative of the true class);
+* a scored truth pixel where the **prediction** is nodata (255 or its declared nodata) has no
+  prediction: it is a false negative of its class ("missed"), and the report's ``coverage`` is
+  the fraction of scored truth pixels that have a prediction (``segflow eval`` fails below
+  ``--min-coverage``, 100 % by default, after writing the report);
+* object precision, recall and F1 at IoU >= 0.5 for each thing class (the run's model's
+  ``kind: thing`` classes, as training reports them, or ``things``): connected regions of the
+  class in each raster, whole across block seams (:func:`~segflow.object_eval.raster_object_scores`).
 
 The prediction may be a tile-infer output directory (its ``labels.tif``), a label GeoTIFF or a
 ``mask.zarr`` group (its ``labels`` array; geometry from the group attributes ``crs`` and
 ``transform``). Both rasters must share one grid: CRS, shape ``(rows, cols)`` and affine
-transform. :func:`evaluate_prediction` (behind ``segflow eval``) sends a volume prediction (a 3D
+transform; the refusal names the command that fixes it (:func:`segflow.georef.fix_command`).
+:func:`evaluate_prediction` (behind ``segflow eval``) sends a volume prediction (a 3D
 ``mask.zarr``, a volume run folder, a label NIfTI) to :func:`segflow.volume_eval.evaluate_volume`
-(Dice, HD95 and surface Dice in mm) and a raster to :func:`evaluate`.
+(Dice, HD95 and surface Dice in mm), a vector truth to :func:`segflow.object_eval.evaluate_objects`
+and a raster to :func:`evaluate`.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
-from io import StringIO
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
-import rasterio
-from rasterio.crs import CRS
-from rasterio.errors import CRSError, RasterioError
-from rasterio.transform import Affine
-from rasterio.windows import Window
 
 from . import georef
-from .errors import ConfigError, InputError
+from ._eval_report import ClassScore, EvalReport
+from ._label_raster import LabelRaster, open_labels
+from .errors import ConfigError, SegflowError
 from .georef import PixelGrid
-from .io.atomic import atomic_write_text
-from .io.mask_store import MaskStore
 from .labels import LABEL_NODATA
 from .metrics import ConfusionMatrix
+from .object_eval import raster_object_scores
+from .tiling import ChunkGrid
 
 if TYPE_CHECKING:
     from .object_eval import ObjectEvalReport
@@ -51,269 +58,14 @@ NODATA = LABEL_NODATA
 _MAX_LABELS = 255  # labels are 0..254; 255 is nodata
 
 
-# --------------------------------------------------------------------------- label sources
-
-
-@dataclass
-class LabelRaster:
-    """A 2D label raster read by windows: a GeoTIFF band or a zarr ``labels`` array.
-
-    ``shape`` is ``(rows, cols)``; ``crs`` / ``transform`` are None when the source has none;
-    ``class_names`` come from the source's metadata (``class_names`` tag or attribute, or a
-    ``classes`` tag) when present.
-    """
-
-    path: Path
-    shape: tuple[int, int]
-    crs: CRS | None
-    transform: Affine | None
-    class_names: list[str] | None
-    nodata: int | None
-    reader: Any = field(repr=False)
-    kind: str = "geotiff"
-
-    def read(self, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
-        """Labels of the window ``rows = (r0, r1)``, ``cols = (c0, c1)`` as int32 ``(r1 - r0, c1 - c0)``.
-
-        Declared nodata becomes 255; values outside 0..255 raise :class:`InputError`.
-        """
-        (r0, r1), (c0, c1) = rows, cols
-        try:
-            if self.kind == "zarr":
-                block = np.asarray(self.reader[r0:r1, c0:c1])
-            else:
-                block = self.reader.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
-        except (RasterioError, OSError, ValueError) as exc:
-            raise InputError(
-                f"cannot read rows {r0}:{r1} cols {c0}:{c1} of {self.path}: the file is truncated or corrupt "
-                f"({str(exc).strip()[:200]}); re-create it"
-            ) from None
-        labels = block.astype(np.int32, copy=False)
-        if self.nodata is not None and self.nodata != NODATA:
-            labels = np.where(block == self.nodata, NODATA, labels)
-        if labels.size and (labels.min() < 0 or labels.max() > NODATA):
-            bad = int(labels[(labels < 0) | (labels > NODATA)][0])
-            raise InputError(
-                f"{self.path} holds label {bad} (rows {r0}:{r1}, cols {c0}:{c1}); expected class labels 0..254 "
-                "with 255 as nodata; remap the classes to that range"
-            )
-        return labels
-
-    def close(self) -> None:
-        if self.kind == "geotiff":
-            self.reader.close()
-
-
-def _split_names(value: object) -> list[str] | None:
-    if isinstance(value, str):
-        names = [n.strip() for n in value.split(",")]
-        return names if any(names) else None
-    if isinstance(value, list | tuple) and value:
-        return [str(n) for n in value]
-    return None
-
-
-def _int_nodata(path: Path, value: object) -> int | None:
-    if value is None:
-        return None
-    number = float(value)  # type: ignore[arg-type]
-    if math.isnan(number) or number != int(number):
-        raise InputError(f"{path} declares nodata {value!r}; expected an integer label value such as 255")
-    return int(number)
-
-
-def _open_geotiff(path: Path) -> LabelRaster:
-    try:
-        ds = rasterio.open(path)
-    except RasterioError as exc:
-        raise InputError(
-            f"cannot open {path} as a raster ({str(exc).strip()[:200]}); give a label GeoTIFF, a tile-infer "
-            "output folder or a mask.zarr"
-        ) from None
-    try:
-        if ds.count != 1:
-            raise InputError(f"{path} has {ds.count} bands; expected a single-band label raster")
-        if not np.issubdtype(np.dtype(ds.dtypes[0]), np.integer):
-            raise InputError(
-                f"{path} holds {ds.dtypes[0]} values; expected integer class labels (uint8), not scores"
-            )
-        tags = ds.tags()
-        names = _split_names(tags.get("class_names")) or _split_names(tags.get("classes"))
-        georef = ds.crs is not None or not ds.transform.is_identity
-        return LabelRaster(path=path, shape=(ds.height, ds.width), crs=ds.crs,
-                           transform=ds.transform if georef else None, class_names=names,
-                           nodata=_int_nodata(path, ds.nodata), reader=ds)
-    except BaseException:
-        ds.close()
-        raise
-
-
-def _open_zarr(path: Path) -> LabelRaster:
-    import zarr
-
-    try:
-        node = zarr.open(str(path), mode="r")
-    except Exception as exc:  # zarr raises many types for unreadable stores
-        raise InputError(f"cannot open {path} as a zarr group ({str(exc).strip()[:200]})") from None
-    if isinstance(node, zarr.Group):
-        if "labels" not in node:
-            raise InputError(f"zarr group {path} has no 'labels' array; give the mask.zarr written by tile-infer")
-        store = MaskStore.open(path)
-        array, attrs = store.labels, store.attrs
-    else:
-        array, attrs = node, dict(node.attrs)
-    if not isinstance(array, zarr.Array) or array.ndim != 2:
-        raise InputError(f"{path}: labels must be a 2D (rows, cols) array, got shape {getattr(array, 'shape', '?')}")
-    if not np.issubdtype(array.dtype, np.integer):
-        raise InputError(f"{path}: labels hold {array.dtype} values; expected integer class labels (uint8)")
-    crs = None
-    if attrs.get("crs"):
-        try:
-            crs = CRS.from_user_input(attrs["crs"])
-        except CRSError:
-            raise InputError(f"{path} has an unreadable crs attribute {str(attrs['crs'])[:60]!r}") from None
-    raw_transform: Any = attrs.get("transform")
-    transform = Affine(*raw_transform[:6]) if raw_transform else None
-    return LabelRaster(path=path, shape=(int(array.shape[0]), int(array.shape[1])), crs=crs, transform=transform,
-                       class_names=_split_names(attrs.get("class_names")),
-                       nodata=_int_nodata(path, attrs.get("nodata")), reader=array, kind="zarr")
-
-
-def _is_zarr(path: Path) -> bool:
-    return path.is_dir() and (path.suffix == ".zarr" or (path / "zarr.json").is_file()
-                              or (path / ".zgroup").is_file() or (path / ".zarray").is_file())
-
-
-def open_labels(path: str | os.PathLike[str], what: str = "prediction") -> LabelRaster:
-    """Open a label GeoTIFF, a ``mask.zarr`` group or a tile-infer output directory.
-
-    Parameters
-    ----------
-    path : str or PathLike
-        The raster. For a directory that is not a zarr store, its ``labels.tif`` (else its
-        ``mask.zarr``) is used.
-    what : str
-        ``"prediction"`` or ``"truth"``, for error messages.
-    """
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{what} {p} does not exist; give a label GeoTIFF, a tile-infer output folder or a mask.zarr")
-    if _is_zarr(p):
-        return _open_zarr(p)
-    if p.is_dir():
-        if (p / "labels.tif").is_file():
-            return _open_geotiff(p / "labels.tif")
-        if _is_zarr(p / "mask.zarr"):
-            return _open_zarr(p / "mask.zarr")
-        raise InputError(f"{what} folder {p} has no labels.tif or mask.zarr; give a tile-infer output folder")
-    return _open_geotiff(p)
-
-
-# --------------------------------------------------------------------------- grid check
-
-
 def check_same_grid(pred: LabelRaster, truth: LabelRaster) -> None:
-    """Refuse with one :class:`InputError` line naming every grid property that differs."""
+    """Refuse with one :class:`InputError` line naming every grid property that differs and the fix."""
     georef.check_same_grid(PixelGrid(pred.shape, pred.crs, pred.transform),
                            PixelGrid(truth.shape, truth.crs, truth.transform),
-                           names=("prediction", "truth"), paths=(pred.path, truth.path))
+                           names=("prediction", "truth"), paths=(pred.path, truth.path), nodata=NODATA)
 
 
-# --------------------------------------------------------------------------- report
-
-
-@dataclass(frozen=True)
-class ClassScore:
-    """Scores of one class; ratios are NaN where undefined (class absent from truth and prediction)."""
-
-    name: str
-    iou: float
-    dice: float
-    precision: float
-    recall: float
-    support: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"class": self.name, "iou": self.iou, "dice": self.dice, "precision": self.precision,
-                "recall": self.recall, "support": self.support}
-
-
-def _json_number(value: Any) -> Any:
-    return None if isinstance(value, float) and math.isnan(value) else value
-
-
-def _fmt(value: float) -> str:
-    return "-" if math.isnan(value) else f"{value:.4f}"
-
-
-def _write_text(path: Path, text: str) -> Path:
-    return atomic_write_text(path, text, hint="choose a writable location")
-
-
-@dataclass(frozen=True)
-class EvalReport:
-    """Per-class scores and summary of one evaluation.
-
-    ``rows`` has one :class:`ClassScore` per class in label order; ``confusion`` is the
-    ``(K, K)`` matrix with rows = truth, columns = prediction; ``pixels`` the counted pixels.
-    """
-
-    rows: list[ClassScore]
-    mean_iou: float
-    pixel_accuracy: float
-    pixels: int
-    confusion: list[list[int]]
-    pred: str
-    truth: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "prediction": self.pred, "truth": self.truth, "pixels": self.pixels,
-            "mean_iou": _json_number(self.mean_iou), "pixel_accuracy": _json_number(self.pixel_accuracy),
-            "classes": [{k: _json_number(v) for k, v in r.as_dict().items()} for r in self.rows],
-            "confusion_matrix": self.confusion,
-        }
-
-    def to_json(self, path: str | os.PathLike[str]) -> Path:
-        """Write the report as JSON (NaN as null); returns the path."""
-        return _write_text(Path(path), json.dumps(self.as_dict(), indent=2) + "\n")
-
-    def to_csv(self, path: str | os.PathLike[str]) -> Path:
-        """Write one row per class: ``class,iou,dice,precision,recall,support`` (NaN as empty)."""
-        lines: list[list[Any]] = [["class", "iou", "dice", "precision", "recall", "support"]]
-        for r in self.rows:
-            lines.append([r.name, *("" if math.isnan(v) else repr(v) for v in
-                                    (r.iou, r.dice, r.precision, r.recall)), r.support])
-        buffer = StringIO()
-        csv.writer(buffer, lineterminator="\n").writerows(lines)
-        return _write_text(Path(path), buffer.getvalue())
-
-    def format_table(self) -> str:
-        """An aligned text table of the per-class scores, then mean IoU and pixel accuracy."""
-        header = ["class", "IoU", "Dice", "precision", "recall", "support"]
-        body = [[r.name, _fmt(r.iou), _fmt(r.dice), _fmt(r.precision), _fmt(r.recall), str(r.support)]
-                for r in self.rows]
-        widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-
-        def line(cells: Sequence[str]) -> str:
-            return "  ".join([cells[0].ljust(widths[0]), *(c.rjust(w) for c, w in zip(cells[1:], widths[1:],
-                                                                                      strict=True))])
-
-        rule = "-" * len(line(header))
-        out = [line(header), rule, *(line(b) for b in body), rule]
-        out.append(f"mean IoU {_fmt(self.mean_iou)}   pixel accuracy {_fmt(self.pixel_accuracy)}   "
-                   f"pixels {self.pixels}")
-        return "\n".join(out)
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-def _windows(shape: tuple[int, int], block: int) -> Iterator[tuple[tuple[int, int], tuple[int, int]]]:
-    rows, cols = shape
-    for r0 in range(0, rows, block):
-        for c0 in range(0, cols, block):
-            yield (r0, min(rows, r0 + block)), (c0, min(cols, c0 + block))
+# --------------------------------------------------------------------------- thing classes
 
 
 def _names(k: int, explicit: Sequence[str] | None, pred: LabelRaster, truth: LabelRaster) -> list[str]:
@@ -323,6 +75,61 @@ def _names(k: int, explicit: Sequence[str] | None, pred: LabelRaster, truth: Lab
         found = next((s[i] for s in sources if s is not None and i < len(s) and s[i]), f"class_{i}")
         names.append(found)
     return names
+
+
+def _class_id(value: str | int, names: Sequence[str]) -> int:
+    if isinstance(value, str) and value in names:
+        return names.index(value)
+    text = str(value).strip()
+    if text.isdigit() and int(text) < _MAX_LABELS:
+        return int(text)
+    raise ConfigError(f"thing class {value!r} is not a class of the prediction ({', '.join(names)}); give a class "
+                      "name or a label 0..254, e.g. --things building")
+
+
+def _run_record(pred: Path, raster: LabelRaster) -> Path | None:
+    """The ``run.json`` of the tile-infer run whose output ``pred`` is (the folder, its labels.tif or mask.zarr)."""
+    if pred.is_dir() and (pred / "run.json").is_file():
+        return pred / "run.json"
+    record = raster.path.parent / "run.json"
+    return record if raster.path.name in ("labels.tif", "mask.zarr") and record.is_file() else None
+
+
+def _run_things(pred: Path, raster: LabelRaster) -> tuple[list[int], list[str]]:
+    """The thing classes of the model of the run that wrote ``pred`` (``kind: thing``, as training scores them)."""
+    from .models.package import resolve_package
+
+    ask = "; name them with --things (e.g. --things building) or --things none"
+    record = _run_record(pred, raster)
+    if record is None:
+        return [], [f"no object scores: {pred} is not a tile-infer run folder, so its thing classes are unknown{ask}"]
+    try:
+        model = json.loads(record.read_text(encoding="utf-8"))["model"]
+        source, classes = str(model["source"]), list(model["classes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return [], [f"no object scores: {record} names no model{ask}"]
+    try:
+        spec = resolve_package(source.removeprefix("builtin:")).spec
+    except (SegflowError, OSError) as exc:
+        return [], [f"no object scores: the run's model {source} cannot be read ({str(exc)[:150]}){ask}"]
+    if list(spec.class_names) != classes:
+        return [], [f"no object scores: the model at {source} now has classes {', '.join(spec.class_names)}, the "
+                    f"run's were {', '.join(classes)}{ask}"]
+    things = [k for k, c in enumerate(spec.classes) if c.kind == "thing"]
+    return things, [] if things else [f"no object scores: the run's model {spec.name} has no thing classes"]
+
+
+def _thing_classes(things: Sequence[str | int] | None, names: Sequence[str], pred: Path, raster: LabelRaster,
+                   ignored: Sequence[int]) -> tuple[list[int], list[str]]:
+    found, notes = (sorted({_class_id(v, names) for v in things}), []) if things is not None else \
+        _run_things(pred, raster)
+    skipped = [c for c in found if c in ignored]
+    if skipped:
+        notes.append(f"ignored classes have no object scores: {', '.join(names[c] for c in skipped)}")
+    return [c for c in found if c not in ignored], notes
+
+
+# --------------------------------------------------------------------------- evaluation
 
 
 def _check_ignore(ignore: Sequence[int]) -> list[int]:
@@ -335,8 +142,9 @@ def _check_ignore(ignore: Sequence[int]) -> list[int]:
 
 
 def evaluate(pred: str | os.PathLike[str], truth: str | os.PathLike[str], *,
-             class_names: Sequence[str] | None = None, block: int = 2048, ignore: Sequence[int] = ()) -> EvalReport:
-    """Per-class IoU, Dice, precision, recall and support of ``pred`` against ``truth``.
+             class_names: Sequence[str] | None = None, block: int = 2048, ignore: Sequence[int] = (),
+             things: Sequence[str | int] | None = None, iou: float = 0.5) -> EvalReport:
+    """Per-class IoU, Dice, precision, recall, support and misses, coverage, and object scores of ``pred``.
 
     Parameters
     ----------
@@ -351,60 +159,84 @@ def evaluate(pred: str | os.PathLike[str], truth: str | os.PathLike[str], *,
         Window side in pixels; both rasters are read ``block x block`` at a time, so memory is
         bounded by a few ``block**2`` int32 arrays. The result does not depend on it.
     ignore : sequence of int
-        Truth values to skip besides 255 / declared nodata (e.g. an "unlabelled" class).
+        Truth values to leave out besides 255 / declared nodata (e.g. an "unlabelled" class).
+    things : sequence of str or int, optional
+        Classes (names or labels) scored as objects; default the ``kind: thing`` classes of the model
+        of the run that wrote ``pred`` (from its ``run.json``), none (with a note) when unknown.
+    iou : float
+        Object match threshold in (0, 1]: a predicted and a true object match when ``IoU >= iou``.
 
     Returns
     -------
     EvalReport
-        ``K = max(len(names), highest label seen + 1)`` classes.
+        ``K = max(len(names), highest label seen + 1)`` classes. The module docstring says what counts.
     """
     if isinstance(block, bool) or not isinstance(block, int) or block < 1:
         raise ConfigError(f"block={block!r}; expected a positive number of pixels, e.g. 2048")
+    if isinstance(iou, bool) or not isinstance(iou, int | float) or not 0.0 < iou <= 1.0:
+        raise ConfigError(f"iou={iou!r}; expected a threshold in (0, 1], e.g. --iou 0.5")
     ignored = _check_ignore(ignore)
-    cm = ConfusionMatrix(_MAX_LABELS, ignore_index=NODATA)
+    cm = ConfusionMatrix(_MAX_LABELS, ignore_index=[NODATA, *ignored], no_prediction=NODATA)
     with ExitStack() as stack:
         p = open_labels(pred, "prediction")
         stack.callback(p.close)
         t = open_labels(truth, "truth")
         stack.callback(t.close)
         check_same_grid(p, t)
-        for rows, cols in _windows(p.shape, block):
-            pb, tb = p.read(rows, cols), t.read(rows, cols)
-            if ignored:
-                skip = np.isin(tb, ignored)
-                pb[skip] = NODATA
-                tb[skip] = NODATA
-            cm.update(pb, tb)
-        counts = cm.matrix
-        seen = np.flatnonzero(counts.sum(axis=0) + counts.sum(axis=1))
+        for _, box in ChunkGrid.create(p.shape, block):
+            rows, cols = (box.start[0], box.stop[0]), (box.start[1], box.stop[1])
+            cm.update(p.read(rows, cols), t.read(rows, cols))
+        counts, missed = cm.matrix, cm.missed
+        seen = np.flatnonzero(counts.sum(axis=0) + counts.sum(axis=1) + missed)
         named = max(len(class_names) if class_names is not None else 0, len(p.class_names or []),
                     0 if p.class_names else len(t.class_names or []))
         k = max(named, int(seen[-1]) + 1 if seen.size else 0, 1)
         names = _names(k, class_names, p, t)
-    iou, dice, precision, recall, support = cm.iou(), cm.dice(), cm.precision(), cm.recall(), cm.support()
-    scores = [ClassScore(name=names[i], iou=float(iou[i]), dice=float(dice[i]), precision=float(precision[i]),
-                         recall=float(recall[i]), support=int(support[i])) for i in range(k)]
+        thing_ids, notes = _thing_classes(things, names, Path(pred), p, ignored)
+        objects = raster_object_scores(p, t, thing_ids, names, ignore=ignored, block=block, iou=float(iou))
+    iou_, dice, precision, recall, support = cm.iou(), cm.dice(), cm.precision(), cm.recall(), cm.support()
+    scores = [ClassScore(name=names[i], iou=float(iou_[i]), dice=float(dice[i]), precision=float(precision[i]),
+                         recall=float(recall[i]), support=int(support[i]), missed=int(missed[i]),
+                         ignored=i in cm.ignored_classes) for i in range(k)]
     return EvalReport(rows=scores, mean_iou=cm.mean_iou(), pixel_accuracy=cm.pixel_accuracy(), pixels=cm.total,
-                      confusion=counts[:k, :k].tolist(), pred=str(p.path), truth=str(t.path))
+                      confusion=counts[:k, :k].tolist(), pred=str(p.path), truth=str(t.path), covered=cm.covered,
+                      mean_dice=cm.mean_dice(), ignored=tuple(sorted(set(ignored))), objects=objects,
+                      iou_threshold=float(iou), notes=notes)
+
+
+def _check_min_coverage(min_coverage: float | None) -> None:
+    if min_coverage is not None and (isinstance(min_coverage, bool) or not isinstance(min_coverage, int | float)
+                                     or not 0.0 <= min_coverage <= 100.0 or math.isnan(min_coverage)):
+        raise ConfigError(f"--min-coverage {min_coverage!r}; expected a percentage in 0..100, e.g. 100 (the "
+                          "default: every truth pixel needs a prediction)")
 
 
 def evaluate_prediction(pred: str | os.PathLike[str], truth: str | os.PathLike[str], *,
                         class_names: Sequence[str] | None = None, block: int | None = None,
                         ignore: Sequence[int] = (), tolerance: float | None = None, halo: float | None = None,
-                        iou: float | None = None, truth_class: str | None = None
+                        iou: float | None = None, truth_class: str | None = None,
+                        things: Sequence[str | int] | None = None, min_coverage: float | None = None
                         ) -> EvalReport | VolumeEvalReport | ObjectEvalReport:
     """Score ``pred`` against ``truth``: a volume prediction (3D) by
     :func:`~segflow.volume_eval.evaluate_volume` (``block`` = chunk side in voxels, default 128;
     ``tolerance``/``halo`` in mm), a raster against a truth vector file (by suffix, see
     :func:`~segflow.object_eval.is_vector_file`) by :func:`~segflow.object_eval.evaluate_objects`
     (``iou`` threshold, default 0.5; ``truth_class``; ``block`` default 1024), a raster against a
-    raster by :func:`evaluate` (``block`` default 2048). Options of another kind of evaluation are
-    refused."""
+    raster by :func:`evaluate` (``block`` default 2048; ``things``; ``iou``). Options of another kind
+    of evaluation are refused. ``min_coverage`` (percent, rasters against rasters) is only checked
+    here for its range: apply it with :meth:`EvalReport.require_coverage` once the report is kept."""
     from .object_eval import evaluate_objects, is_vector_file
     from .volume_eval import evaluate_volume, is_label_volume
 
     if isinstance(block, bool) or (block is not None and (not isinstance(block, int) or block < 1)):
         raise ConfigError(f"block={block!r}; expected a positive number of pixels or voxels, e.g. 2048 or 128")
+    _check_min_coverage(min_coverage)
+    raster_only = {"--things": things is not None, "--min-coverage": min_coverage is not None}
+    if is_vector_file(truth) or is_label_volume(pred):
+        given = [name for name, used in raster_only.items() if used]
+        if given:
+            raise ConfigError(f"{' and '.join(given)} apply to a raster prediction against a truth raster; leave "
+                              f"{'them' if len(given) > 1 else 'it'} out for {truth}")
     if is_vector_file(truth):
         if is_label_volume(pred):
             raise ConfigError(f"{pred} is a volume; a vector truth ({truth}) scores 2D raster predictions")
@@ -413,12 +245,15 @@ def evaluate_prediction(pred: str | os.PathLike[str], truth: str | os.PathLike[s
                               "them out")
         return evaluate_objects(pred, truth, iou=0.5 if iou is None else iou, truth_class=truth_class,
                                 class_names=class_names, block=1024 if block is None else block)
-    if iou is not None or truth_class is not None:
-        raise ConfigError(f"--iou and --truth-class apply to a vector truth (gpkg, fgb, geojson, shp, parquet); "
-                          f"{truth} is a raster: leave them out")
+    if truth_class is not None:
+        raise ConfigError(f"--truth-class applies to a vector truth (gpkg, fgb, geojson, shp, parquet); {truth} is a "
+                          "raster: leave it out")
     if is_label_volume(pred):
+        if iou is not None:
+            raise ConfigError(f"--iou applies to rasters; {pred} is a volume: leave it out")
         return evaluate_volume(pred, truth, class_names=class_names, tolerance=tolerance, halo=halo, chunk=block,
                                ignore=ignore)
     if tolerance is not None or halo is not None:
         raise ConfigError(f"a tolerance or halo (mm) applies to volume predictions; {pred} is a raster: leave them out")
-    return evaluate(pred, truth, class_names=class_names, block=2048 if block is None else block, ignore=ignore)
+    return evaluate(pred, truth, class_names=class_names, block=2048 if block is None else block, ignore=ignore,
+                    things=things, iou=0.5 if iou is None else iou)

@@ -2,12 +2,15 @@
 
 One check for every place that pairs rasters pixel by pixel (multi-input scenes, prediction
 against truth, training images against their labels), with one message format: every property
-that differs, then the ``gdalwarp`` command that resamples one raster onto the other's grid.
+that differs, then the command that fixes it: ``gdal_translate -a_srs`` where one raster's pixels are on
+the grid but its georeferencing is missing, ``gdalwarp`` that resamples one raster onto the other's grid
+otherwise (:func:`fix_command`).
 """
 
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +21,7 @@ from rasterio.transform import Affine
 
 from .errors import InputError
 
-__all__ = ["PixelGrid", "check_same_grid", "grid_differences", "same_transform", "warp_command"]
+__all__ = ["PixelGrid", "check_same_grid", "fix_command", "grid_differences", "same_transform", "warp_command"]
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ def _shape_text(shape: tuple[int, ...]) -> str:
 def _transform_text(t: Affine | None) -> str:
     if t is None:
         return "none"
-    return f"({t.a:g}, {t.b:g}, {t.c:.10g}, {t.d:g}, {t.e:g}, {t.f:.10g})"
+    return f"({', '.join(_num(v) for v in (t.a, t.b, t.c, t.d, t.e, t.f))})"
 
 
 def grid_differences(reference: PixelGrid, other: PixelGrid, names: tuple[str, str] = ("reference", "other")
@@ -96,32 +99,147 @@ def grid_differences(reference: PixelGrid, other: PixelGrid, names: tuple[str, s
     return diffs
 
 
-def warp_command(target: PixelGrid, source: Path) -> str | None:
-    """The ``gdalwarp`` call that resamples ``source`` onto ``target`` (None for a rotated or ungeoreferenced grid).
+def _num(value: float) -> str:
+    """The shortest text that reads back as exactly ``value`` (``500000``, ``0.000269494585236``)."""
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
 
-    Nearest neighbour, so labels stay labels; the output goes next to the source as ``*_on_grid.tif``.
+
+def _srs(crs: CRS) -> str:
+    return shlex.quote(crs.to_string())
+
+
+def _north_up(t: Affine | None) -> bool:
+    return t is not None and t.b == 0 and t.d == 0 and t.a > 0 and t.e < 0
+
+
+def _renamed(path: Path, suffix: str) -> Path:
+    return path.with_name(path.stem + suffix + ".tif")
+
+
+def warp_command(target: PixelGrid, source: Path, *, nodata: int | None = None, source_crs: CRS | None = None
+                 ) -> str | None:
+    """The ``gdalwarp`` call that resamples ``source`` onto ``target`` (None unless ``target`` is a north-up 2D grid).
+
+    Nearest neighbour, so labels stay labels; extents and pixel sizes written exactly (the
+    output's grid equals ``target``'s); the output goes next to the source as ``*_on_grid.tif``.
+    ``nodata``: the value of output pixels no source pixel covers (``-dstnodata``; else GDAL's
+    default, the source's nodata or 0). ``source_crs``: the CRS to read a source without one in
+    (``-s_srs``).
     """
     t = target.transform
-    if t is None or t.b != 0 or t.d != 0 or len(target.shape) != 2:
+    if t is None or not _north_up(t) or len(target.shape) != 2:
         return None
     rows, cols = target.shape
+    srs = (f"-s_srs {_srs(source_crs)} " if source_crs is not None else "") + (
+        f"-t_srs {_srs(target.crs)} " if target.crs is not None else "")
+    fill = f"-dstnodata {nodata} " if nodata is not None else ""
+    return (f"gdalwarp {srs}-te {_num(t.c)} {_num(t.f + rows * t.e)} {_num(t.c + cols * t.a)} {_num(t.f)} "
+            f"-tr {_num(t.a)} {_num(-t.e)} -r near {fill}{shlex.quote(str(source))} "
+            f"{shlex.quote(str(_renamed(source, '_on_grid')))}")
+
+
+def _assign_command(grid: PixelGrid, source: Path, *, transform: bool) -> str | None:
+    """The ``gdal_translate`` call that gives ``source`` (same pixels, georeferencing missing) ``grid``'s CRS and,
+    with ``transform``, its north-up transform; the output goes next to the source as ``*_georef.tif``."""
+    if source.is_dir():  # a zarr store: gdal_translate does not write one
+        return None
+    args = f"-a_srs {_srs(grid.crs)} " if grid.crs is not None else ""
+    t = grid.transform
+    if transform and t is not None:
+        rows, cols = grid.shape
+        args += f"-a_ullr {_num(t.c)} {_num(t.f)} {_num(t.c + cols * t.a)} {_num(t.f + rows * t.e)} "
+    return f"gdal_translate {args}{shlex.quote(str(source))} {shlex.quote(str(_renamed(source, '_georef')))}"
+
+
+def _bounds(grid: PixelGrid) -> tuple[float, float, float, float]:
+    t = grid.transform
+    assert t is not None
+    rows, cols = grid.shape
     xs, ys = (t.c, t.c + cols * t.a), (t.f, t.f + rows * t.e)
-    srs = f"-t_srs {target.crs.to_string()} " if target.crs is not None else ""
-    return (f"gdalwarp {srs}-te {min(xs):.10g} {min(ys):.10g} {max(xs):.10g} {max(ys):.10g} "
-            f"-tr {abs(t.a):g} {abs(t.e):g} -r near {source} {source.with_name(source.stem + '_on_grid.tif')}")
+    return min(xs), min(ys), max(xs), max(ys)
 
 
-def check_same_grid(reference: PixelGrid, other: PixelGrid, *, names: tuple[str, str], paths: tuple[Path, Path]
-                    ) -> None:
-    """Raise one :class:`InputError` line naming every difference and how to resample ``other`` onto ``reference``.
+def _apart(reference: PixelGrid, other: PixelGrid) -> bool:
+    """Whether two georeferenced 2D grids lie in different places on the ground (False when that cannot be told)."""
+    from rasterio.warp import transform_bounds
 
-    ``names`` label the two rasters in the message (e.g. ``("prediction", "truth")``).
+    try:
+        x0, y0, x1, y1 = transform_bounds(other.crs, reference.crs, *_bounds(other))
+    except Exception:  # PROJ refuses some pairs of CRSs or areas; then resampling is the only advice
+        return False
+    a0, b0, a1, b1 = _bounds(reference)
+    finite = all(math.isfinite(v) for v in (x0, y0, x1, y1))
+    return finite and (x1 <= a0 or x0 >= a1 or y1 <= b0 or y0 >= b1)
+
+
+def fix_command(reference: PixelGrid, other: PixelGrid, *, names: tuple[str, str], paths: tuple[Path, Path],
+                nodata: int | None = None) -> str | None:
+    """What to run so that the two rasters share one grid: an instruction with its commands (None if unknown).
+
+    * Same pixels, georeferencing missing on one side (no CRS on the same transform, or no CRS and no
+      transform on the same shape): give that raster the other's with ``gdal_translate -a_srs [-a_ullr]``;
+      ``gdalwarp`` cannot, as it has no CRS to reproject from.
+    * Same pixel grid numbers in two CRSs that put the rasters in different places: one CRS label is
+      wrong; both relabelling commands are given (which one is right is for the user to say).
+    * Otherwise resample ``other`` onto ``reference`` with ``gdalwarp`` (:func:`warp_command`); a raster
+      without a CRS is read in the other's CRS (``-s_srs``), or first given it (``-a_srs``) when it is the
+      reference, and the instruction says that this is assumed.
+    """
+    (first, second), (path1, path2) = names, paths
+    if reference.gcps or len(reference.shape) != 2:
+        return None
+    if reference.shape == other.shape and not other.gcps:
+        for lacking, having, name, path, whose in ((reference, other, first, path1, second),
+                                                   (other, reference, second, path2, first)):
+            crs_only = having.crs is not None and same_transform(lacking.transform, having.transform)
+            nothing = lacking.transform is None and _north_up(having.transform)
+            command = _assign_command(having, path, transform=not crs_only) if lacking.crs is None and (
+                crs_only or nothing) else None
+            if command:
+                missing = "CRS" if crs_only else "georeferencing"
+                return (f"the {name}'s pixels are on the {whose}'s grid but its {missing} is missing: give it the "
+                        f"{whose}'s: {command}; then use {_renamed(path, '_georef')} as the {name}")
+    if not (_north_up(reference.transform) and other.transform is not None):
+        return None
+    if (reference.crs is not None and other.crs is not None and reference.shape == other.shape
+            and same_transform(reference.transform, other.transform) and _apart(reference, other)):
+        to_first = _assign_command(other, path1, transform=False)
+        to_second = _assign_command(reference, path2, transform=False)
+        if to_first is None or to_second is None:
+            return None
+        return (f"the same pixel grid in two CRSs puts them in different places, so one CRS is wrong: if the "
+                f"{second}'s is right, {to_first} and use {_renamed(path1, '_georef')} as the {first}; if the "
+                f"{first}'s, {to_second} and use {_renamed(path2, '_georef')} as the {second}")
+    if reference.crs is None and other.crs is not None:
+        assign = _assign_command(other, path1, transform=False)
+        warp = warp_command(PixelGrid(reference.shape, other.crs, reference.transform), path2, nodata=nodata)
+        if assign is None or warp is None:
+            return None
+        return (f"assuming the {first}'s coordinates are in the {second}'s CRS, give it that CRS and resample the "
+                f"{second} onto its grid: {assign} && {warp}; then use {_renamed(path1, '_georef')} as the {first} "
+                f"and {_renamed(path2, '_on_grid')} as the {second}")
+    assumed = reference.crs if other.crs is None else None
+    warp = warp_command(reference, path2, nodata=nodata, source_crs=assumed)
+    if warp is None:
+        return None
+    assumption = f" (assuming its coordinates are in the {first}'s CRS)" if assumed is not None else ""
+    return f"resample the {second} onto the {first} grid{assumption}: {warp}; then use " \
+           f"{_renamed(path2, '_on_grid')} as the {second}"
+
+
+def check_same_grid(reference: PixelGrid, other: PixelGrid, *, names: tuple[str, str], paths: tuple[Path, Path],
+                    nodata: int | None = None) -> None:
+    """Raise one :class:`InputError` line naming every difference and the commands that fix it (:func:`fix_command`).
+
+    ``names`` label the two rasters in the message (e.g. ``("prediction", "truth")``); ``nodata``
+    is the value a resampled ``other`` gets where nothing covers it (e.g. 255 for labels).
     """
     diffs = grid_differences(reference, other, names)
     if not diffs:
         return
-    command = warp_command(reference, paths[1])
-    fix = f"resample the {names[1]} onto the {names[0]} grid" + (f": {command}" if command else
-                                                                  " (gdalwarp -t_srs/-te/-tr)")
+    fix = fix_command(reference, other, names=names, paths=paths, nodata=nodata)
+    if fix is None:
+        fix = f"resample the {names[1]} onto the {names[0]} grid (gdalwarp -t_srs/-te/-tr)"
     raise InputError(f"{names[0]} {paths[0]} and {names[1]} {paths[1]} are not on the same grid: "
                      f"{'; '.join(diffs)}; {fix}")

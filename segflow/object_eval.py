@@ -33,6 +33,10 @@ squares, 6 s and 180 MiB above the interpreter with the default block of 1024 (9
 
 Besides the object scores, each scored class gets its pixel IoU: predicted pixels of the class
 against pixels inside the truth polygons of the class.
+
+Against a truth *label raster* (``segflow eval --truth truth.tif``), :func:`raster_object_scores`
+scores the thing classes the same way: both rasters' objects labelled chunk by chunk with global ids,
+pair intersections summed over blocks and matched by :mod:`segflow._object_match`, which both paths share.
 """
 
 from __future__ import annotations
@@ -49,21 +53,22 @@ from typing import Any
 import numpy as np
 from affine import Affine
 
+from ._label_raster import LabelRaster, open_labels
+from ._object_match import PairCounts, match_pairs
 from .errors import ConfigError, InputError
-from .evaluate import LabelRaster, open_labels
 from .georef import PixelGrid
 from .instances import label_instances
+from .io.atomic import atomic_write_text
 from .io.vector_truth import TruthPolygons, members, read_truth
 from .labels import LABEL_NODATA
 from .metrics import ObjectScore
 from .tiling import Box, ChunkGrid
 
 __all__ = ["VECTOR_SUFFIXES", "Matches", "ObjectClassScore", "ObjectEvalReport", "evaluate_objects",
-           "is_vector_file"]
+           "is_vector_file", "raster_object_scores"]
 
 VECTOR_SUFFIXES = (".gpkg", ".fgb", ".geojson", ".json", ".shp", ".parquet", ".geoparquet", ".gml", ".kml",
                    ".sqlite")
-_BUFFER = 1 << 22  # pair counts held before they are merged
 
 
 def is_vector_file(path: str | os.PathLike[str]) -> bool:
@@ -75,35 +80,16 @@ def is_vector_file(path: str | os.PathLike[str]) -> bool:
 
 
 @dataclass
-class _Counts:
-    """Pair intersections and per-class pixel counts, summed block by block."""
+class _Counts(PairCounts):
+    """Pair intersections (:class:`~segflow._object_match.PairCounts`) and per-class pixel counts, summed
+    block by block."""
 
-    n_truth: int
-    codes: list[np.ndarray] = field(default_factory=list)  # pred id * (n_truth + 1) + truth id
-    counts: list[np.ndarray] = field(default_factory=list)
-    held: int = 0
     truth_area: np.ndarray = field(init=False)
     pixels: np.ndarray = field(default_factory=lambda: np.zeros((3, 256), np.int64))  # pred, truth, both per class
     shared: int = 0
 
     def __post_init__(self) -> None:
         self.truth_area = np.zeros(self.n_truth + 1, np.int64)
-
-    def add_pairs(self, codes: np.ndarray) -> None:
-        unique, counts = np.unique(codes, return_counts=True)
-        self.codes.append(unique)
-        self.counts.append(counts)
-        self.held += unique.size
-        if self.held > _BUFFER:
-            self.merge()
-
-    def merge(self) -> tuple[np.ndarray, np.ndarray]:
-        if not self.codes:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        unique, inverse = np.unique(np.concatenate(self.codes), return_inverse=True)
-        total = np.bincount(inverse.ravel(), weights=np.concatenate(self.counts), minlength=unique.size)
-        self.codes, self.counts, self.held = [unique], [total.astype(np.int64)], unique.size
-        return unique, self.counts[0]
 
 
 def _count_block(counts: _Counts, labels: np.ndarray, pred_ids: np.ndarray, truth: TruthPolygons, box: Box) -> None:
@@ -121,35 +107,6 @@ def _count_block(counts: _Counts, labels: np.ndarray, pred_ids: np.ndarray, trut
         index, cls = code // 256, code % 256
     counts.pixels[1] += np.bincount(cls, minlength=256)
     counts.pixels[2] += np.bincount(cls[flat[index] == cls], minlength=256)
-
-
-def _greedy(iou: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Indices of the pairs kept by a one-to-one assignment by descending IoU (ties: lower pred, then truth id).
-
-    Why the threshold 0.5 makes this unique. Prediction objects are pairwise disjoint pixel sets, and
-    so are truth objects when their polygons do not overlap. If ``IoU(p, t) > 1/2`` then
-    ``|p ∩ t| > |p ∪ t| / 2 >= |t| / 2``: ``p`` holds more than half of ``t``. Two disjoint
-    predictions cannot both hold more than half of ``t`` (``|p1 ∩ t| + |p2 ∩ t| <= |t|``), and by
-    symmetry two disjoint truths cannot both hold more than half of ``p``: pairs with IoU > 1/2 are
-    one-to-one, and any assignment keeps them all. At IoU >= 1/2 the only conflict is the equality
-    case ``|p1 ∩ t| = |p2 ∩ t| = |t| / 2`` with ``|pi ∪ t| = |t|``, i.e. ``t`` split exactly in two
-    halves ``p1, p2 ⊂ t`` (or a prediction split in two truths), every pair at IoU exactly 1/2; such a
-    ``pi`` lies inside ``t`` and so meets no other truth, so the conflict is a star of two pairs of
-    which exactly one is kept whatever the tie-break: the number of matches is unique for any
-    threshold >= 0.5. Below 0.5 (or with overlapping truth polygons) this is the usual greedy
-    best-IoU assignment (SpaceNet), not an optimal one.
-    """
-    order = np.lexsort((truth, pred, -iou))
-    used_pred: set[int] = set()
-    used_truth: set[int] = set()
-    kept = []
-    for k in order.tolist():
-        p, t = int(pred[k]), int(truth[k])
-        if p not in used_pred and t not in used_truth:
-            used_pred.add(p)
-            used_truth.add(t)
-            kept.append(k)
-    return np.asarray(kept, dtype=np.int64)
 
 
 # --------------------------------------------------------------------------- report
@@ -199,6 +156,10 @@ def _num(value: Any) -> Any:
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
+def _write_text(path: Path, text: str) -> Path:
+    return atomic_write_text(path, text, hint="choose a writable location")
+
+
 def _fmt(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.4f}"
 
@@ -225,16 +186,12 @@ class ObjectEvalReport:
 
     def to_json(self, path: str | os.PathLike[str]) -> Path:
         """Write the report as JSON (NaN as null); returns the path."""
-        from .evaluate import _write_text
-
         return _write_text(Path(path), json.dumps(self.as_dict(), indent=2) + "\n")
 
     def to_csv(self, path: str | os.PathLike[str]) -> Path:
         """One row per class, then ``all`` (NaN as empty)."""
         import csv
         from io import StringIO
-
-        from .evaluate import _write_text
 
         keys = list(self.overall.as_dict())
         buffer = StringIO()
@@ -297,7 +254,7 @@ def evaluate_objects(pred: str | os.PathLike[str], truth: str | os.PathLike[str]
         A vector file of (Multi)Polygons with a ``class_name``, ``class`` or ``class_id`` column;
         any CRS (reprojected to the prediction's).
     iou : float
-        Match threshold in (0, 1]: a pair matches when IoU >= ``iou`` (see :func:`_greedy`).
+        Match threshold in (0, 1]: a pair matches when IoU >= ``iou`` (see :func:`~segflow._object_match.greedy_pairs`).
     truth_class : str, optional
         The class of every truth feature (a name of the prediction's classes, or an id).
     class_names : sequence of str, optional
@@ -336,13 +293,8 @@ def evaluate_objects(pred: str | os.PathLike[str], truth: str | os.PathLike[str]
     if counts.shared:
         notes.append(f"{counts.shared} pixels lie in more than one truth polygon (each counted in every one); "
                      "matching there is greedy")
-    codes, inter = counts.merge()
-    p, q = codes // (counts.n_truth + 1), codes % (counts.n_truth + 1)
-    same = objects.class_id[p - 1] == t.class_id[q - 1]
-    ious = inter / (objects.voxels[p - 1] + counts.truth_area[q] - inter)
-    candidate = np.flatnonzero(same & (ious >= threshold))
-    chosen = candidate[_greedy(ious[candidate], p[candidate], q[candidate])]
-    matches = Matches(objects.first[p[chosen] - 1] + 1, q[chosen] - 1, t.class_id[q[chosen] - 1], ious[chosen])
+    p, q, ious = match_pairs(counts, objects.class_id, objects.voxels, t.class_id, counts.truth_area[1:], threshold)
+    matches = Matches(objects.first[p - 1] + 1, q - 1, t.class_id[q - 1], ious)
     rows = []
     kept_class = objects.class_id[keep[1:]]
     for c in np.unique(t.class_id[scored]).tolist():
@@ -351,7 +303,7 @@ def evaluate_objects(pred: str | os.PathLike[str], truth: str | os.PathLike[str]
         rows.append(_row(name, int((t.class_id[scored] == c).sum()), int((kept_class == c).sum()),
                          int((matches.class_id == c).sum()), matches.iou[matches.class_id == c],
                          float(both / (pred_px + truth_px - both))))
-    overall = _row("all", sum(r.truth for r in rows), sum(r.pred for r in rows), len(chosen), matches.iou, math.nan)
+    overall = _row("all", sum(r.truth for r in rows), sum(r.pred for r in rows), len(p), matches.iou, math.nan)
     matching = ("unique: at IoU >= 0.5 the match count does not depend on the order" if threshold >= 0.5
                 else "greedy one-to-one assignment by descending IoU")
     return ObjectEvalReport(rows, overall, threshold, matching, notes, str(raster.path), str(truth), matches)
@@ -381,3 +333,50 @@ def _count(raster: LabelRaster, truth: TruthPolygons, block: int, min_area: floa
     for _, box in grid:
         _count_block(counts, read(box), lookup[np.asarray(ids[box.slices])], truth, box)
     return counts, objects, keep
+
+
+# --------------------------------------------------------------------------- against a truth label raster
+
+
+def raster_object_scores(pred: LabelRaster, truth: LabelRaster, things: Sequence[int], names: Sequence[str], *,
+                         ignore: Sequence[int] = (), block: int = 2048, iou: float = 0.5) -> list[ObjectClassScore]:
+    """Object precision, recall and F1 per thing class of a label raster against a truth label raster.
+
+    Objects are the connected components (face connectivity, as training's ``instances_from_mask``)
+    of each class of ``things`` in each raster, labelled block by block with ids global across block
+    seams (:func:`~segflow.instances.label_instances`, into temporary zarr stores under ``TMPDIR``):
+    an object cut by a seam is one object. Only truth pixels that count are looked at: where the
+    truth is nodata (255) or an ``ignore`` value, neither raster has an object (the prediction there
+    is not scored, as for the pixel scores); a prediction's nodata is no object, so truth objects
+    there are missed. Pairs of one class match at pixel ``IoU >= iou`` (:mod:`segflow._object_match`).
+    Both rasters must share one grid (``(rows, cols)``). Memory: a few ``block x block`` arrays and
+    the per-object and per-pair tables, never the scene.
+    """
+    import zarr
+
+    if not things:
+        return []
+    grid = ChunkGrid.create(pred.shape, block)
+    skip = np.asarray(sorted({LABEL_NODATA, *(int(v) for v in ignore)}))
+
+    def masked(box: Box, which: int) -> np.ndarray:
+        rows, cols = (box.start[0], box.stop[0]), (box.start[1], box.stop[1])
+        t = truth.read(rows, cols)
+        out = t if which else pred.read(rows, cols)
+        return np.where(np.isin(t, skip), LABEL_NODATA, out)
+
+    thing_ids = sorted({int(c) for c in things})
+    with tempfile.TemporaryDirectory(prefix="segflow-objects-") as tmp:
+        ids = [zarr.create_array(store=str(Path(tmp) / f"{name}.zarr"), shape=pred.shape, dtype="uint32",
+                                 chunks=grid.chunk, fill_value=0) for name in ("pred", "truth")]
+        found = [label_instances(lambda box, w=w: masked(box, w), ids[w], grid.chunk, thing_ids, connectivity=1)
+                 for w in (0, 1)]
+        counts = PairCounts(len(found[1]))
+        for _, box in grid:
+            counts.add_ids(np.asarray(ids[0][box.slices]), np.asarray(ids[1][box.slices]))
+        p, _, ious = match_pairs(counts, found[0].class_id, found[0].voxels, found[1].class_id, found[1].voxels,
+                                 iou)
+    matched_class = found[0].class_id[p - 1]
+    return [_row(names[c] if c < len(names) else f"class_{c}", int((found[1].class_id == c).sum()),
+                 int((found[0].class_id == c).sum()), int((matched_class == c).sum()), ious[matched_class == c],
+                 math.nan) for c in thing_ids]

@@ -193,16 +193,17 @@ class VolumeEvalReport:
     voxels: int
     pred: str
     truth: str
+    ignored: tuple[int, ...] = ()  # ignored truth labels: left out of the means, shown as ignored
 
     @property
     def mean_dice(self) -> float:
-        """Mean Dice over the classes present in the truth or the prediction (NaN if none)."""
-        values = [r.dice for r in self.rows if not math.isnan(r.dice)]
+        """Mean Dice over the classes present in the truth or the prediction, ignored ones left out (NaN if none)."""
+        values = [r.dice for r in self.rows if not math.isnan(r.dice) and r.label not in self.ignored]
         return float(np.mean(values)) if values else math.nan
 
     @property
     def mean_surface_dice(self) -> float:
-        values = [r.surface_dice for r in self.rows if not math.isnan(r.surface_dice)]
+        values = [r.surface_dice for r in self.rows if not math.isnan(r.surface_dice) and r.label not in self.ignored]
         return float(np.mean(values)) if values else math.nan
 
     def _class_dict(self, r: ClassVolumeScore) -> dict[str, Any]:
@@ -210,7 +211,8 @@ class VolumeEvalReport:
                 "hd95_state": r.hd95_state, "surface_dice": _num(r.surface_dice),
                 "truth_voxels": r.truth_voxels, "pred_voxels": r.pred_voxels,
                 "truth_ml": r.truth_voxels * self.voxel_ml, "pred_ml": r.pred_voxels * self.voxel_ml,
-                "truth_surface_voxels": r.truth_surface, "pred_surface_voxels": r.pred_surface}
+                "truth_surface_voxels": r.truth_surface, "pred_surface_voxels": r.pred_surface,
+                "ignored": r.label in self.ignored}
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: NaN and inf are null; ``hd95_state`` says which (``undefined`` / ``infinite``), or
@@ -243,6 +245,9 @@ class VolumeEvalReport:
         body = []
         for r in self.rows:
             hd = _fmt(r.hd95, 2)
+            if r.label in self.ignored:
+                body.append([self.names[r.label], "ignored", "-", "-", "-", f"{r.pred_voxels * self.voxel_ml:.2f}"])
+                continue
             body.append([self.names[r.label], _fmt(r.dice), f"> {hd}" if r.hd95_state == "lower" else hd,
                          _fmt(r.surface_dice), f"{r.truth_voxels * self.voxel_ml:.2f}",
                          f"{r.pred_voxels * self.voxel_ml:.2f}"])
@@ -302,4 +307,5 @@ def evaluate_volume(pred: str | os.PathLike[str], truth: str | os.PathLike[str],
     return VolumeEvalReport(rows=rows, names=names, spacing=spacing, tolerance=float(tau),
                             halo=resolve_halo(tau, halo),
                             voxel_ml=abs(float(np.linalg.det(p.affine[:3, :3]))) / 1000.0,
-                            voxels=math.prod(p.shape), pred=str(p.path), truth=str(t.path))
+                            voxels=math.prod(p.shape), pred=str(p.path), truth=str(t.path),
+                            ignored=tuple(sorted({int(v) for v in ignore})))

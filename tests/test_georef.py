@@ -78,15 +78,20 @@ def test_every_difference_is_named_on_one_line() -> None:
                               "labels EPSG:4326); different shape (image 100x200, labels 100x201 rows x cols); "
                               "different transform (image (10, 0, 500000, 0, -10, 4000000), labels (10, 0, 500010")
     assert message.endswith("resample the labels onto the image grid: gdalwarp -t_srs EPSG:32633 -te 500000 3999000 "
-                            "502000 4000000 -tr 10 10 -r near b.tif b_on_grid.tif")
+                            "502000 4000000 -tr 10 10 -r near b.tif b_on_grid.tif; then use b_on_grid.tif as the "
+                            "labels")
 
 
 def test_one_georeferenced_raster_and_one_not() -> None:
     a = PixelGrid.of((4, 4), None, None)
     b = PixelGrid.of((4, 4), None, from_origin(0, 4, 1, 1))
     assert grid_differences(a, b, ("a", "b")) == ["different transform (a none, b (1, 0, 0, 0, -1, 4))"]
-    with pytest.raises(InputError, match=r"resample the b onto the a grid \(gdalwarp -t_srs/-te/-tr\)$"):
+    with pytest.raises(InputError, match=r"the a's pixels are on the b's grid but its georeferencing is missing: "
+                       r"give it the b's: gdal_translate -a_ullr 0 4 4 0 a.tif a_georef.tif; then use a_georef.tif "
+                       r"as the a$"):
         check_same_grid(a, b, names=("a", "b"), paths=(Path("a.tif"), Path("b.tif")))
+    with pytest.raises(InputError, match=r"resample the b onto the a grid \(gdalwarp -t_srs/-te/-tr\)$"):
+        check_same_grid(PixelGrid.of((4, 5), None, None), b, names=("a", "b"), paths=(Path("a.tif"), Path("b.tif")))
     check_same_grid(a, a, names=("a", "b"), paths=(Path("a.tif"), Path("b.tif")))
 
 

@@ -59,6 +59,8 @@ class TestConfusionMatrix:
             "precision": pytest.approx(2 / 3),
             "recall": 1.0,
             "support": 2,
+            "missed": 0,
+            "ignored": False,
         }
         assert [r["class"] for r in ConfusionMatrix(2).table()] == ["0", "1"]
 
@@ -83,16 +85,69 @@ class TestConfusionMatrix:
             assert math.isnan(cm.pixel_accuracy())
             assert np.isnan(cm.dice()).all()
 
-    def test_ignore_index_in_truth_or_pred_is_skipped(self) -> None:
+    def test_only_ignored_truth_pixels_are_skipped(self) -> None:
         truth = np.array([0, 1, 255, 1], dtype=np.uint8)
-        pred = np.array([0, 255, 1, 1], dtype=np.uint8)
+        pred = np.array([0, 1, 1, 1], dtype=np.uint8)
         cm = ConfusionMatrix(2, ignore_index=255).update(pred, truth)
-        np.testing.assert_array_equal(cm.matrix, [[1, 0], [0, 1]])
+        np.testing.assert_array_equal(cm.matrix, [[1, 0], [0, 2]])
+        with pytest.raises(InputError, match="pred contains label 255; expected values in \\[0, 2\\); fix the "
+                                             "mask or set no_prediction"):
+            ConfusionMatrix(2, ignore_index=255).update(np.array([0, 255]), np.array([0, 1]))
 
-    def test_ignore_index_inside_range_drops_that_class(self) -> None:
+    def test_no_prediction_is_a_miss_of_the_true_class(self) -> None:
+        truth = np.array([0, 1, 1, 1, 2, 255], dtype=np.uint8)
+        pred = np.array([0, 255, 1, 255, 255, 255], dtype=np.uint8)
+        cm = ConfusionMatrix(3, ignore_index=255, no_prediction=255).update(pred, truth)
+        np.testing.assert_array_equal(cm.matrix, [[1, 0, 0], [0, 1, 0], [0, 0, 0]])
+        np.testing.assert_array_equal(cm.missed, [0, 2, 1])
+        assert (cm.covered, cm.total) == (2, 5) and cm.coverage() == pytest.approx(2 / 5)
+        np.testing.assert_array_equal(cm.support(), [1, 3, 1])
+        # class 1: tp 1, fp 0, fn 2 (missed); class 2: tp 0, fn 1
+        assert nan_equal(cm.iou(), [1.0, 1 / 3, 0.0])
+        assert nan_equal(cm.recall(), [1.0, 1 / 3, 0.0])
+        assert nan_equal(cm.precision(), [1.0, 1.0, math.nan])
+        assert cm.mean_iou() == pytest.approx((1 + 1 / 3 + 0) / 3)
+        assert cm.pixel_accuracy() == pytest.approx(2 / 5)
+        assert cm.table()[1]["missed"] == 2
+        empty = ConfusionMatrix(3, ignore_index=255, no_prediction=255).update(np.array([255]), np.array([255]))
+        assert empty.total == 0 and math.isnan(empty.coverage())
+
+    def test_ignore_index_inside_range_drops_those_truth_pixels_and_the_class_from_the_means(self) -> None:
         cm = ConfusionMatrix(3, ignore_index=0).update(PRED, TRUTH)
-        np.testing.assert_array_equal(cm.matrix, [[0, 0, 0], [0, 2, 0], [0, 0, 1]])
-        assert math.isnan(cm.iou()[0]) and cm.mean_iou() == 1.0
+        # truth 0 pixels are left out; pred 0 on the truth-2 pixel stays an error of class 2
+        np.testing.assert_array_equal(cm.matrix, [[0, 0, 0], [0, 2, 0], [1, 0, 1]])
+        assert nan_equal(cm.iou(), [math.nan, 1.0, 1 / 2])
+        assert cm.mean_iou() == pytest.approx(0.75) and cm.mean_dice() == pytest.approx((1 + 2 / 3) / 2)
+        assert cm.ignored_classes == (0,) and cm.table()[0]["ignored"] is True
+
+    def test_the_reported_ignore_zero_case(self) -> None:
+        """Issue 13: 36 foreground pixels, one predicted; ignoring truth 0 must not skip the 35 predicted 0."""
+        truth = np.zeros(1000, np.uint8)
+        truth[:36] = 1
+        pred = np.zeros(1000, np.uint8)
+        pred[0] = 1
+        cm = ConfusionMatrix(2, ignore_index=0).update(pred, truth)
+        assert cm.iou()[1] == pytest.approx(1 / 36)  # 0.028, was reported as 1.0
+        assert cm.mean_iou() == pytest.approx(1 / 36), "the ignored background leaves the mean"
+
+    def test_scores_equal_sklearn_on_the_kept_pixels(self) -> None:
+        sklearn_metrics = pytest.importorskip("sklearn.metrics")
+        rng = np.random.default_rng(3)
+        truth = rng.choice([0, 1, 2, 3, 255], size=4000)
+        pred = np.where(rng.random(4000) < 0.6, truth, rng.choice([0, 1, 2, 3, 255], size=4000))
+        cm = ConfusionMatrix(4, ignore_index=[255, 0], no_prediction=255).update(pred, truth)
+        keep = ~np.isin(truth, [255, 0])
+        reference = sklearn_metrics.confusion_matrix(truth[keep], pred[keep], labels=[0, 1, 2, 3, 255])
+        np.testing.assert_array_equal(cm.matrix, reference[:4, :4])
+        np.testing.assert_array_equal(cm.missed, reference[:4, 4])
+        for name in ("jaccard_score", "f1_score", "precision_score", "recall_score"):
+            ours = {"jaccard_score": cm.iou, "f1_score": cm.dice, "precision_score": cm.precision,
+                    "recall_score": cm.recall}[name]()
+            theirs = getattr(sklearn_metrics, name)(truth[keep], pred[keep], labels=[1, 2, 3], average=None)
+            np.testing.assert_allclose(ours[1:], theirs)
+            assert math.isnan(ours[0])
+        macro = sklearn_metrics.jaccard_score(truth[keep], pred[keep], labels=[1, 2, 3], average="macro")
+        assert cm.mean_iou() == pytest.approx(macro)
 
     def test_dtypes_and_shapes(self) -> None:
         cm = ConfusionMatrix(2).update(np.array([[[True, False]]]), np.array([[[1, 1]]], dtype=np.uint64))
@@ -122,7 +177,12 @@ class TestConfusionMatrix:
             (
                 np.array([0, 254]),
                 np.array([0, 1]),
-                "label 254; expected values in \\[0, 3\\) or ignore_index=255",
+                "pred contains label 254; expected values in \\[0, 3\\); fix the mask or set no_prediction",
+            ),
+            (
+                np.array([0, 1]),
+                np.array([0, 254]),
+                "truth contains label 254; expected values in \\[0, 3\\) or ignore_index=255",
             ),
             (np.array([0.0, 1.0]), np.array([0, 1]), "dtype float64"),
             (np.array([0, 1, 2]), np.array([0, 1]), "shape"),
@@ -139,6 +199,12 @@ class TestConfusionMatrix:
             ConfusionMatrix(0)
         with pytest.raises(ConfigError, match="ignore_index"):
             ConfusionMatrix(2, ignore_index=1.5)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match="ignore_index"):
+            ConfusionMatrix(2, ignore_index=[255, True])
+        with pytest.raises(ConfigError, match="no_prediction=1; expected an int outside the classes"):
+            ConfusionMatrix(2, no_prediction=1)
+        with pytest.raises(ConfigError, match="no_prediction=None"):
+            ConfusionMatrix(2, ignore_index=255).merge(ConfusionMatrix(2, ignore_index=255, no_prediction=255))
         with pytest.raises(ConfigError, match="num_classes=3"):
             ConfusionMatrix(2).merge(ConfusionMatrix(3))
         with pytest.raises(ConfigError, match="class_names"):
@@ -157,10 +223,11 @@ def label_pairs(draw: st.DrawFn) -> tuple[int, np.ndarray, np.ndarray, list[int]
 
 
 def reference_matrix(k: int, pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    out = np.zeros((k, k), dtype=np.int64)
+    """Pixel loop: truth 255 left out; pred 255 (no prediction) in an extra last column."""
+    out = np.zeros((k, k + 1), dtype=np.int64)
     for p, t in zip(pred.ravel().tolist(), truth.ravel().tolist(), strict=True):
-        if p != 255 and t != 255:
-            out[t, p] += 1
+        if t != 255:
+            out[t, k if p == 255 else p] += 1
     return out
 
 
@@ -168,16 +235,19 @@ def reference_matrix(k: int, pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
 @given(label_pairs())
 def test_chunked_accumulation_equals_whole(case: tuple[int, np.ndarray, np.ndarray, list[int]]) -> None:
     k, pred, truth, cuts = case
-    whole = ConfusionMatrix(k, ignore_index=255).update(pred, truth)
-    np.testing.assert_array_equal(whole.matrix, reference_matrix(k, pred, truth))
+    whole = ConfusionMatrix(k, ignore_index=255, no_prediction=255).update(pred, truth)
+    reference = reference_matrix(k, pred, truth)
+    np.testing.assert_array_equal(whole.matrix, reference[:, :k])
+    np.testing.assert_array_equal(whole.missed, reference[:, k])
     bounds = [0, *cuts, pred.shape[0]]
-    chunked = ConfusionMatrix(k, ignore_index=255)
-    merged = ConfusionMatrix(k, ignore_index=255)
+    chunked = ConfusionMatrix(k, ignore_index=255, no_prediction=255)
+    merged = ConfusionMatrix(k, ignore_index=255, no_prediction=255)
     for lo, hi in itertools.pairwise(bounds):
         chunked.update(pred[lo:hi], truth[lo:hi])
-        merged.merge(ConfusionMatrix(k, ignore_index=255).update(pred[lo:hi], truth[lo:hi]))
+        merged.merge(ConfusionMatrix(k, ignore_index=255, no_prediction=255).update(pred[lo:hi], truth[lo:hi]))
     np.testing.assert_array_equal(chunked.matrix, whole.matrix)
     np.testing.assert_array_equal(merged.matrix, whole.matrix)
+    np.testing.assert_array_equal(merged.missed, whole.missed)
     np.testing.assert_array_equal(chunked.iou(), whole.iou())
 
 

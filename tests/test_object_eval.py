@@ -271,8 +271,10 @@ def test_single_class_truth_and_refusals(tmp_path: Path) -> None:
         no_crs = write_truth(tmp_path / "nocrs.gpkg", truth, ["water"] * 8, crs=None)
     with pytest.raises(InputError, match="declares no CRS"):
         evaluate_objects(run, no_crs)
-    with pytest.raises(ConfigError, match="vector truth"):
-        evaluate_prediction(run, tmp_path / "truth.tif", iou=0.5)
+    with pytest.raises(ConfigError, match="--truth-class applies to a vector truth"):
+        evaluate_prediction(run, tmp_path / "truth.tif", truth_class="water")
+    with pytest.raises(ConfigError, match="--things apply to a raster prediction against a truth raster"):
+        evaluate_prediction(run, bare, things=["water"])
     with pytest.raises(ConfigError, match="--ignore"):
         evaluate_prediction(run, bare, ignore=[3])
 

@@ -1,6 +1,7 @@
 """``segflow eval``: per-class scores of a prediction against truth.
 
-Rasters: IoU, Dice, precision, recall; against a truth vector file: object precision, recall and
+Rasters: IoU, Dice, precision, recall, coverage (failing below ``--min-coverage`` after the report is
+written) and object scores of thing classes; against a truth vector file: object precision, recall and
 F1; volumes: Dice, HD95 and surface Dice in mm.
 """
 
@@ -37,23 +38,37 @@ __all__ = ["eval_cmd"]
               help="Volumes: surface distances up to this are exact (default 50 mm); HD95 beyond it is shown "
                    "as a lower bound '> d'.")
 @click.option("--iou", type=float, default=None,
-              help="Vector truth: a predicted and a true object match when their IoU is at least this (default 0.5; "
-                   "below 0.5 objects are paired greedily by best IoU).")
+              help="Objects (vector truth, or thing classes against a raster truth): a predicted and a true object "
+                   "match when their IoU is at least this (default 0.5; below 0.5 objects are paired greedily by "
+                   "best IoU).")
+@click.option("--things", "things", multiple=True, metavar="NAME[,NAME]",
+              help="Raster truth: classes (names or labels) scored as objects at IoU >= --iou; default the thing "
+                   "classes of the run's model; 'none' for no object scores. Repeatable.")
+@click.option("--min-coverage", "min_coverage", type=float, default=None, metavar="PERCENT",
+              help="Raster truth: fail (exit 2, after writing the report) when the prediction covers less than this "
+                   "percentage of the scored truth pixels (default 100; uncovered truth counts as missed).")
 @click.option("--truth-class", "truth_class", default=None, metavar="NAME",
               help="Vector truth: the class of every feature (for a truth without a class_name, class or class_id "
                    "column).")
 def eval_cmd(pred: Path, truth: Path, json_path: Path | None, csv_path: Path | None, ignore: tuple[int, ...],
              block: int | None, tolerance: float | None, halo: float | None, iou: float | None,
-             truth_class: str | None) -> None:
-    """Score a prediction against truth: per-class IoU, Dice, precision, recall and mean IoU for rasters;
-    object precision, recall and F1 at IoU >= 0.5 against truth polygons; per-class Dice, HD95 and
-    surface Dice in mm for volumes."""
-    from ..evaluate import evaluate_prediction
+             truth_class: str | None, things: tuple[str, ...], min_coverage: float | None) -> None:
+    """Score a prediction against truth: per-class IoU, Dice, precision, recall, mean IoU, coverage and
+    object F1 of thing classes for rasters; object precision, recall and F1 at IoU >= 0.5 against truth
+    polygons; per-class Dice, HD95 and surface Dice in mm for volumes."""
+    from ..evaluate import EvalReport, evaluate_prediction
 
+    names = [n.strip() for t in things for n in t.split(",") if n.strip()]
     report = evaluate_prediction(pred, truth, block=block, ignore=ignore, tolerance=tolerance, halo=halo, iou=iou,
-                                 truth_class=truth_class)
+                                 truth_class=truth_class, things=None if not things else
+                                 [] if names == ["none"] else names, min_coverage=min_coverage)
     click.echo(report.format_table())
+    written = []
     if json_path is not None:
-        click.echo(f"wrote {report.to_json(json_path)}")
+        written.append(report.to_json(json_path))
     if csv_path is not None:
-        click.echo(f"wrote {report.to_csv(csv_path)}")
+        written.append(report.to_csv(csv_path))
+    for path in written:
+        click.echo(f"wrote {path}")
+    if isinstance(report, EvalReport):
+        report.require_coverage(100.0 if min_coverage is None else min_coverage, written=written)
