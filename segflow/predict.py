@@ -307,6 +307,11 @@ class Predictor:
         return tensor, True
 
     def _activate(self, out: torch.Tensor, tile: Sequence[int]) -> torch.Tensor:
+        """Probabilities ``(N, K, *tile)`` float32 from the network's output ``(N, C_out, *tile)``.
+
+        softmax over the classes; binary sigmoid: ``[1 - p, p]`` from one channel; multi-label
+        sigmoid: each of the K channels on its own; none: as they are.
+        """
         expected = (self.spec.output_channels, *tile)
         if out.ndim != len(expected) + 1 or tuple(out.shape[1:]) != expected:
             raise ModelError(
@@ -320,7 +325,7 @@ class Predictor:
             return torch.softmax(out, dim=1)
         if activation == "sigmoid":
             p = torch.sigmoid(out)
-            return torch.cat([1.0 - p, p], dim=1)
+            return p if self.spec.multilabel else torch.cat([1.0 - p, p], dim=1)
         return out
 
     @torch.inference_mode()

@@ -218,12 +218,14 @@ def read_model_box(scene: Scene, grid: GridMap, box: Box, *, labels: bool = Fals
 
 
 def scores_to_source(grid: GridMap, read_scores: Callable[[Box], np.ndarray], box: Box,
-                     valid: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+                     valid: np.ndarray | None, thresholds: Sequence[float] | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """Labels and scores on the input grid for the input ``box``, from the model grid's scores.
 
     ``read_scores(model_box)`` returns ``(K, *model_box.shape)`` scores (NaN where the model grid
     had no data). Scores are interpolated linearly at the input voxels' model-grid coordinates;
-    labels are their arg-max, :data:`LABEL_NODATA` where ``valid`` is False.
+    labels are their arg-max, :data:`LABEL_NODATA` where ``valid`` is False; with ``thresholds`` (a
+    multi-label model) the ``(K, *box.shape)`` planes of :func:`segflow.stitch.threshold_labels` instead.
     """
     # model-grid coordinates of the input voxels, per model axis t (input axis grid.axis[t])
     coords = [grid.to_model(np.arange(box.start[grid.axis[t]], box.stop[grid.axis[t]], dtype=float), t)
@@ -237,6 +239,16 @@ def scores_to_source(grid: GridMap, read_scores: Callable[[Box], np.ndarray], bo
     # output axis s is input axis s, along which model axis inverse[s] runs
     inverse = [grid.axis.index(s) for s in range(3)]
     out = np.stack([_sample(k, model_box, inverse, [coords[t] for t in inverse], order=1) for k in scores])
+    if thresholds is not None:
+        import torch
+
+        from .stitch import threshold_labels
+
+        every = np.ones(box.shape, dtype=bool) if valid is None else valid
+        planes = threshold_labels(torch.from_numpy(out), every, thresholds)
+        if valid is not None:
+            out[:, ~valid] = np.nan
+        return planes, out
     labels = np.argmax(out, axis=0).astype(np.uint8)
     if valid is not None:
         labels[~valid] = LABEL_NODATA
@@ -245,11 +257,13 @@ def scores_to_source(grid: GridMap, read_scores: Callable[[Box], np.ndarray], bo
 
 
 def to_input_grid(grid: GridMap, work: MaskStore, store: MaskStore, scene: Scene, chunks: ChunkGrid, *,
-                  save_scores: bool, on_chunk: Callable[[], None] | None = None) -> int:
+                  save_scores: bool, on_chunk: Callable[[], None] | None = None,
+                  thresholds: Sequence[float] | None = None) -> int:
     """Fill ``store`` (the input grid) from ``work`` (the model grid, with scores), chunk by chunk.
 
     Each input chunk reads only the model-grid scores around it; chunks that already have a
     completion record (an earlier attempt) are skipped. Returns the number of chunks written.
+    ``thresholds``: a multi-label model's, per class (see :func:`scores_to_source`).
     """
     scores = work.scores
     if scores is None:
@@ -264,10 +278,10 @@ def to_input_grid(grid: GridMap, work: MaskStore, store: MaskStore, scene: Scene
             continue
         t0 = time.perf_counter()
         valid = None if scene.valid is None else np.asarray(scene.valid[box.slices].compute(scheduler="threads"))
-        labels, back = scores_to_source(grid, read, box, valid)
+        labels, back = scores_to_source(grid, read, box, valid, thresholds)
         store.write(box, labels, back if save_scores else None, valid)
         store.mark_done(index, {"index": list(index), "box": [list(box.start), list(box.stop)],
-                                "valid_pixels": int(labels.size if valid is None else np.count_nonzero(valid)),
+                                "valid_pixels": int(box.size if valid is None else np.count_nonzero(valid)),
                                 "seconds": round(time.perf_counter() - t0, 4), "from": "model grid"})
         written += 1
         if on_chunk is not None:

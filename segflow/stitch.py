@@ -36,6 +36,7 @@ __all__ = [
     "blend_chunks",
     "evaluate_windows",
     "merge_chunk",
+    "threshold_labels",
     "weights_tensor",
 ]
 
@@ -47,7 +48,9 @@ PredictFn = Callable[[np.ndarray, "np.ndarray | None"], "np.ndarray | torch.Tens
 class BlendedChunk:
     """One finished chunk.
 
-    ``labels`` ``box.shape`` uint8: arg-max class, :data:`LABEL_NODATA` where not ``valid``;
+    ``labels`` ``box.shape`` uint8: arg-max class, :data:`LABEL_NODATA` where not ``valid``; for a
+    multi-label model (merged with thresholds) ``(K, *box.shape)`` uint8: 1 where class k is present,
+    0 where absent, :data:`LABEL_NODATA` where not ``valid`` (:func:`threshold_labels`);
     ``valid`` ``box.shape`` bool: the input holds data and some window covers the pixel;
     ``scores`` ``(K, *box.shape)`` float32 blended probabilities, only when asked for.
     """
@@ -194,14 +197,27 @@ def argmax_labels(acc: torch.Tensor, valid: np.ndarray) -> np.ndarray:
     return out
 
 
+def threshold_labels(acc: torch.Tensor, valid: np.ndarray, thresholds: Sequence[float]) -> np.ndarray:
+    """Multi-label planes ``(K, *shape)`` uint8 from blended probabilities ``acc`` ``(K, *shape)``.
+
+    1 where ``acc[k] >= thresholds[k]`` (both as float32), 0 elsewhere, :data:`LABEL_NODATA` where
+    not ``valid`` (``shape`` bool), in every plane.
+    """
+    if len(thresholds) != acc.shape[0]:
+        raise ValueError(f"{len(thresholds)} thresholds for {acc.shape[0]} classes")
+    limit = torch.tensor(list(thresholds), dtype=torch.float32, device=acc.device).reshape(-1, *(1,) * (acc.ndim - 1))
+    out = (acc >= limit).to(torch.uint8).cpu().numpy()
+    out[:, ~valid] = LABEL_NODATA
+    return out
 
 
 def merge_chunk(index: Index, box: Box, parts: Sequence[Part], weights: torch.Tensor, num_classes: int, *,
-                keep_scores: bool = False) -> BlendedChunk:
+                keep_scores: bool = False, thresholds: Sequence[float] | None = None) -> BlendedChunk:
     """Sum the pieces of every window touching the chunk ``box`` in global window order, normalise, label.
 
-    Exactly one part must carry the chunk's validity (``has_valid``). The accumulators live on
-    ``weights``' device.
+    Labels are the arg-max class, or with ``thresholds`` (a multi-label model: one per class) the
+    per-class planes of :func:`threshold_labels`. Exactly one part must carry the chunk's validity
+    (``has_valid``). The accumulators live on ``weights``' device.
     """
     device = weights.device
     pieces = sorted((p for part in parts for p in part.pieces), key=lambda p: p.window)
@@ -222,7 +238,7 @@ def merge_chunk(index: Index, box: Box, parts: Sequence[Part], weights: torch.Te
     valid = covered.cpu().numpy()
     if given[0].valid is not None:
         valid &= given[0].valid
-    labels = argmax_labels(acc, valid)
+    labels = argmax_labels(acc, valid) if thresholds is None else threshold_labels(acc, valid, thresholds)
     scores = acc.cpu().numpy() if keep_scores else None
     return BlendedChunk(index, box, labels, valid, scores)
 
@@ -230,7 +246,8 @@ def merge_chunk(index: Index, box: Box, parts: Sequence[Part], weights: torch.Te
 def blend_chunks(scene: Scene, grid: WindowGrid, chunks: ChunkGrid, predict: PredictFn | WindowPredictor,
                  weights: np.ndarray | str, num_classes: int, *, batch_size: int = 16,
                  stats: BlendStats | None = None, keep_scores: bool = False,
-                 device: torch.device | str | None = None) -> Iterator[BlendedChunk]:
+                 device: torch.device | str | None = None,
+                 thresholds: Sequence[float] | None = None) -> Iterator[BlendedChunk]:
     """Yield blended chunks in raster order, computed in this process by the engine's own task functions.
 
     ``predict`` is a :class:`~segflow.predict.Predictor` (anything with ``predict_windows``)
@@ -238,6 +255,7 @@ def blend_chunks(scene: Scene, grid: WindowGrid, chunks: ChunkGrid, predict: Pre
     None) to probabilities ``(N, K, *tile)``, run ``batch_size`` windows at a time.
     ``weights`` is a blend mode name or the weights array of shape ``tile``. An evaluation is
     kept only until the last chunk it feeds is merged. Counters go to ``stats`` when given.
+    ``thresholds`` (one per class): multi-label planes instead of arg-max labels (:func:`merge_chunk`).
     """
     from .engine.plan import make_plan
 
@@ -268,7 +286,8 @@ def blend_chunks(scene: Scene, grid: WindowGrid, chunks: ChunkGrid, predict: Pre
             for source in task.sources:
                 if not results[source].parts:
                     del results[source]
-            chunk = merge_chunk(task.index, task.box, parts, w, num_classes, keep_scores=keep_scores)
+            chunk = merge_chunk(task.index, task.box, parts, w, num_classes, keep_scores=keep_scores,
+                                thresholds=thresholds)
             del parts
             stats.chunks += 1
             yield chunk

@@ -41,6 +41,7 @@ from .io.sinks import Sink, sinks_for, write_sinks
 from .io.space import check_space, estimate_bytes, guard_writes, tree_bytes
 from .models import ModelPackage, resolve_package
 from .models.expects import check_expected_input
+from .multilabel import check_run as check_multilabel_run
 from .precision import precision_for
 from .predict import check_window_memory, resolve_device
 from .resample import GridMap, model_grid, model_scene, to_input_grid
@@ -168,7 +169,7 @@ def _store(path: Path, job: _Job, published: Path | None) -> tuple[MaskStore, bo
              "run_fingerprint": job.fingerprint}
     return reuse_or_create(path, job.fingerprint, lambda: MaskStore.create(
         path, job.scene.spatial_shape, job.out_chunks.chunk, spec.class_names,
-        save_scores=job.params.save_scores, attrs=attrs), published)
+        save_scores=job.params.save_scores, attrs=attrs, thresholds=spec.thresholds), published)
 
 
 def _work_store(path: Path, job: _Job) -> MaskStore:
@@ -176,7 +177,7 @@ def _work_store(path: Path, job: _Job) -> MaskStore:
     attrs = {**job.work.geometry.attrs(), "run_fingerprint": job.fingerprint}
     return reuse_or_create(path, job.fingerprint, lambda: MaskStore.create(
         path, job.work.spatial_shape, job.chunks.chunk, job.package.spec.class_names, save_scores=True,
-        attrs=attrs))[0]
+        attrs=attrs, thresholds=job.package.spec.thresholds))[0]
 
 
 def _prepare(input_path: InputPaths, params: TileInferParams, execution: Execution) -> _Job:
@@ -196,6 +197,7 @@ def _prepare(input_path: InputPaths, params: TileInferParams, execution: Executi
                              f"{opened.spatial_dims}D raster; choose a {opened.spatial_dims}D model")
     scene = assemble_scene(spec, scenes, params.bands)
     check_expected_input(spec, scene)  # e.g. an MR volume given to a CT model: refused, asking for --model
+    check_multilabel_run(spec, params)  # options that need one class per pixel, for a model whose classes overlap
     if params.crf is not None and scene.spatial_dims != 2:
         raise ConfigError("--crf refines 2D rasters; leave it out for volumes")
     for name in ("opening", "closing"):
@@ -234,7 +236,8 @@ def _prepare(input_path: InputPaths, params: TileInferParams, execution: Executi
                                          params.compile),
                 device=device, precision=precision,
                 fingerprint=fingerprint, sinks=sinks,
-                needed_bytes=estimate_bytes(scene.spatial_shape, len(spec.classes), params.save_scores)
+                needed_bytes=estimate_bytes(scene.spatial_shape, len(spec.classes), params.save_scores,
+                                            label_planes=len(spec.classes) if spec.multilabel else 1)
                 + (0 if execution.distributed else spill_bytes(grid, chunks, len(spec.classes))),
                 pacs=_pacs_target(params.pacs, sinks, inputs[spec.sources[0]]), postgis=postgis,
                 started=started, t0=t0)
@@ -322,7 +325,7 @@ def _masks(job: _Job, store: MaskStore, staging: Staging, progress: Progress | N
     run = RunSpec(grid=grid, chunks=chunks, blend=params.blend, num_classes=len(job.package.spec.classes),
                   factory=job.factory, store=engine_store.path, fingerprint=job.fingerprint,
                   save_scores=params.save_scores or job.grid_map is not None, to_host=job.execution.distributed,
-                  spill=parts)
+                  spill=parts, thresholds=job.package.spec.thresholds)
     finished, total = len(reused), len(chunks) + (0 if job.grid_map is None else len(job.out_chunks))
 
     def on_chunk(record: dict[str, Any] | None = None) -> None:
@@ -340,7 +343,7 @@ def _masks(job: _Job, store: MaskStore, staging: Staging, progress: Progress | N
         if job.grid_map is not None:  # the model grid's scores back onto the input grid
             finished += len(store.done())
             to_input_grid(job.grid_map, engine_store, store, job.scene, job.out_chunks,
-                          save_scores=params.save_scores, on_chunk=on_chunk)
+                          save_scores=params.save_scores, on_chunk=on_chunk, thresholds=job.package.spec.thresholds)
     finally:
         close_datasets()  # the input's cached blocks are not needed by the sinks
         if parts is not None:

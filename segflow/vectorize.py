@@ -5,6 +5,12 @@ than class 0 (background) and the label nodata: an instance of a "thing" class, 
 of a "stuff" class. Its ``instance_id`` is 1 + the flat index (``row * width + col``) of its first
 pixel in raster order: unique, the same for every chunking, and it locates the object.
 
+A multi-label store (classes that may overlap: per-class ``present`` planes, :mod:`segflow.multilabel`)
+is traced class by class, every class included (there is no background class): an object is a connected
+region of pixels where its class is present, so objects of different classes overlap. Its
+``instance_id`` is ``1 + class_id * rows * cols + row * cols + col``: unique across classes, and still
+locating the object (modulo ``rows * cols``).
+
 How (one pass over the store; memory bounded by a line of chunks and the objects crossing it):
 
 1. Each chunk (:func:`tracing_chunk`) is traced by ``rasterio.features.shapes`` (GDAL's polygonizer,
@@ -55,7 +61,7 @@ def tracing_chunk(store: MaskStore, limit: tuple[int, int] = (2048, 4096)) -> tu
     Larger chunks mean fewer seams to join, and GDAL's polygonizer is fastest on a few million pixels
     at a time: on a 16384² mask with 75 902 objects, 2048 × 4096 took 9.6 s at a peak of 224 MiB,
     2048² 10.3 s / 191 MiB, 4096² 9.5 s / 279 MiB, 1024 × 16384 11.4 s / 288 MiB."""
-    shards = getattr(store.labels, "shards", None) or store.labels.chunks
+    shards = store.spatial_chunk
     return tuple(min(int(c) * max(1, most // int(c)), most) for c, most in zip(shards, limit, strict=True))
 
 
@@ -225,8 +231,22 @@ def _class_values(box: Box, labels: np.ndarray) -> np.ndarray:
     return np.where(nodata, 0, labels).astype(np.uint8) if nodata.any() else labels
 
 
-def trace_objects(store: MaskStore, chunk: Sequence[int], values: Values = _class_values) -> Iterator[TracedObject]:
-    """Every object of the store's 2D labels, each exactly once, as soon as it is complete."""
+def _present_values(box: Box, labels: np.ndarray) -> np.ndarray:
+    return (labels != LABEL_NODATA).astype(np.uint8)
+
+
+def _plane_labels(store: MaskStore, box: Box, plane: int) -> np.ndarray:
+    """Class ``plane``'s pixels of a multi-label store as labels: ``plane`` where present, else nodata."""
+    return np.where(store.read_present(box, plane) == 1, plane, LABEL_NODATA).astype(np.uint8)
+
+
+def trace_objects(store: MaskStore, chunk: Sequence[int], values: Values = _class_values, *,
+                  plane: int | None = None) -> Iterator[TracedObject]:
+    """Every object of the store's 2D labels, each exactly once, as soon as it is complete.
+
+    ``plane``: of a multi-label store, the objects of that class (its ``present`` plane; ``values``
+    is then ignored).
+    """
     if len(store.shape) != 2:
         raise ConfigError(f"the mask store is {len(store.shape)}-D; polygons need a 2D raster run")
     width = store.shape[1]
@@ -240,9 +260,12 @@ def trace_objects(store: MaskStore, chunk: Sequence[int], values: Values = _clas
         below: set[int] = set()  # pieces on this line's lower edge: their objects may go on
         for col in range(grid.counts[1]):
             box = grid.box((row, col))
-            score = None if scores is None else np.asarray(scores[(slice(None), *box.slices)], dtype=np.float32)
-            labels = store.read_labels(box)
-            pieces, edges, traced = _chunk_pieces(labels, values(box, labels), score, box, width, state.count + 1)
+            # a class plane's pieces take their own class's score: the one plane given (labels = plane there)
+            classes = slice(None) if plane is None else slice(plane, plane + 1)
+            score = None if scores is None else np.asarray(scores[(classes, *box.slices)], dtype=np.float32)
+            labels = store.read_labels(box) if plane is None else _plane_labels(store, box, plane)
+            image = values(box, labels) if plane is None else _present_values(box, labels)
+            pieces, edges, traced = _chunk_pieces(labels, image, score, box, width, state.count + 1)
             for k, (piece, value) in enumerate(zip(pieces, traced, strict=True), start=state.count + 1):
                 state.pieces[k] = piece
                 state.parent[k] = k
@@ -326,20 +349,41 @@ def _separated(store: MaskStore, chunk: Sequence[int], kinds: Sequence[str], opt
     return values
 
 
+def _objects(store: MaskStore, chunk: Sequence[int], values: Values, num_classes: int) -> Iterator[TracedObject]:
+    """The objects of a single-label store; of a multi-label one, class after class, their first pixel offset
+    by ``class_id * rows * cols`` so that their ids differ across classes."""
+    if not store.multilabel:
+        yield from trace_objects(store, chunk, values)
+        return
+    planes = int(store.present.shape[0])
+    if planes != num_classes:
+        raise InputError(f"the mask holds {planes} class planes but the model has {num_classes} classes; "
+                         "vectorize with the model the run used (--model)")
+    pixels = math.prod(store.shape)
+    for k in range(planes):
+        for obj in trace_objects(store, chunk, plane=k):
+            obj.first += k * pixels
+            yield obj
+
+
 def vectorize(store: MaskStore, chunk: Sequence[int], transform: Affine, class_names: Sequence[str],
               kinds: Sequence[str], options: VectorOptions, *, scene_id: str, model: str, model_version: str,
               run_id: str, work: Any = None) -> Iterator[FeatureBatch]:
     """Batches of features for every object of the store that passes ``options``.
 
     ``work``: a writable zarr group for the arrays of ``--separate watershed`` (default: the store's).
+    A multi-label store gives each class's objects in turn (module docstring).
     """
     pixel_area = abs(transform.a * transform.e - transform.b * transform.d)
     constants = {"scene_id": scene_id, "model": model, "model_version": model_version, "run_id": run_id}
     values: Values = _class_values
+    if store.multilabel and options.separate != "none":
+        raise ConfigError(f"--separate {options.separate} splits objects of one label map, but this run is "
+                          "multi-label (its classes may overlap); use --separate none")
     if options.separate == "watershed":
         values = _separated(store, chunk, kinds, options, store.group if work is None else work)
     pending: list[TracedObject] = []
-    for obj in trace_objects(store, chunk, values):
+    for obj in _objects(store, chunk, values, len(class_names)):
         if obj.class_id >= len(class_names):
             raise InputError(f"the mask holds label {obj.class_id} but the model has {len(class_names)} classes; "
                              "vectorize with the model the run used (--model)")

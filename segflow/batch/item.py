@@ -14,6 +14,7 @@ night without computing the masks again (:mod:`segflow.io.deliver`, receipts bes
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 from collections import Counter, defaultdict
@@ -124,6 +125,13 @@ def _histogram(folder: Path, classes: int) -> np.ndarray:
     from ..io.mask_store import MaskStore
 
     store = MaskStore.open(folder / "mask.zarr")
+    if store.multilabel:  # classes may overlap: each class's own pixels, plane by plane, chunk by chunk
+        from ..tiling import ChunkGrid
+
+        per_class = np.zeros(classes, dtype=np.int64)
+        for k, (_, region) in itertools.product(range(classes), ChunkGrid.create(store.shape, store.spatial_chunk)):
+            per_class[k] += np.count_nonzero(store.read_present(region, k) == 1)
+        return per_class
     counts = np.zeros(256, dtype=np.int64)
     for index in np.ndindex(*store.labels.cdata_shape):
         box = tuple(slice(i * c, (i + 1) * c) for i, c in zip(index, store.labels.chunks, strict=True))

@@ -60,7 +60,8 @@ __all__ = ["tile_infer_cmd"]
                    "(RAS), as binary PLY in meshes/ with meshes/index.csv.")
 @click.option("--vectorize", is_flag=True,
               help="Rasters: also every object as a polygon in the scene's CRS (things one per instance, stuff "
-                   "classes as merged regions; class 0 left out) in instances.gpkg (or --vector-format).")
+                   "classes as merged regions; class 0 left out; a multi-label model's every class, overlapping) in "
+                   "instances.gpkg (or --vector-format).")
 @click.option("--vector-format", type=click.Choice(["gpkg", "parquet", "fgb", "geojson"]), default="gpkg",
               show_default=True, help="With --vectorize: GeoPackage, GeoParquet, FlatGeobuf or GeoJSON (RFC 7946, "
                                       "WGS 84).")

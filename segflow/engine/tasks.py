@@ -43,6 +43,7 @@ class RunSpec:
     save_scores: bool
     to_host: bool  # ship pieces through host memory (worker processes, clusters)
     spill: Path | None = None  # threads: where parts that wait for a later plane of chunks go (engine.spill)
+    thresholds: tuple[float, ...] | None = None  # a multi-label model: per-class planes, not arg-max labels
 
     @property
     def hand_over(self) -> bool:
@@ -117,7 +118,8 @@ def merge_and_store(task: ChunkTask, deliveries: list[Delivery], run: RunSpec, a
                   torch.device("cpu"))
     with torch.inference_mode():
         weights = weights_tensor(run.grid.tile, run.blend, device)
-        chunk = merge_chunk(task.index, task.box, parts, weights, run.num_classes, keep_scores=run.save_scores)
+        chunk = merge_chunk(task.index, task.box, parts, weights, run.num_classes, keep_scores=run.save_scores,
+                            thresholds=run.thresholds)
     del parts
     store = _store(run.store, run.fingerprint)
     store.write(task.box, chunk.labels, chunk.scores, chunk.valid)

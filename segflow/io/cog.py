@@ -6,6 +6,11 @@ and a thematic raster attribute table (Value, Class, Red, Green, Blue, Alpha). T
 of GDAL before 3.12 cannot store either inside the TIFF, so the sidecar is part of the output and
 is published together with ``labels.tif``; GDAL-based software (QGIS, ``gdalinfo``) reads it. The
 class names are also kept in the TIFF itself as metadata (``class_names``, ``class_<i>``).
+
+A multi-label store (classes that may overlap, :mod:`segflow.multilabel`) gives one band per class
+instead: band ``k+1`` is class ``k``'s plane (0 absent, 1 present, 255 nodata), its description the
+class name, grey colour interpretation (no colour table, no RGB), the sidecar's categories per band
+``absent``/``present``, and the TIFF tag ``label_kind=multilabel``.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import numpy as np
 import rasterio
 from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
+from rasterio.enums import ColorInterp
 from rasterio.rpc import RPC
 from rasterio.shutil import copy as gdal_copy
 from rasterio.transform import Affine
@@ -32,8 +38,8 @@ from .atomic import atomic_write_text
 from .geotiff import gdal_cache_limit
 from .mask_store import MaskStore
 
-__all__ = ["PAM_SUFFIX", "LabelRasterWriter", "class_table_xml", "palette", "pam_sidecar", "write_class_table",
-           "write_label_cog"]
+__all__ = ["PAM_SUFFIX", "LabelRasterWriter", "class_table_xml", "palette", "pam_sidecar", "presence_table_xml",
+           "write_class_table", "write_label_cog"]
 
 Colors = Sequence[tuple[int, int, int] | None]
 
@@ -95,6 +101,20 @@ def class_table_xml(class_names: Sequence[str], colors: Colors | None, nodata: i
     return ET.tostring(root, encoding="unicode") + "\n"
 
 
+def presence_table_xml(class_names: Sequence[str]) -> str:
+    """PAM XML for a multi-label raster: per band (class ``k`` in band ``k+1``) its description and the
+    category names ``absent`` (0) and ``present`` (1)."""
+    root = ET.Element("PAMDataset")
+    for k, name in enumerate(class_names):
+        band = ET.SubElement(root, "PAMRasterBand", band=str(k + 1))
+        ET.SubElement(band, "Description").text = name
+        categories = ET.SubElement(band, "CategoryNames")
+        for category in ("absent", "present"):
+            ET.SubElement(categories, "Category").text = category
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
 def write_class_table(path: Path, class_names: Sequence[str], colors: Colors | None, nodata: int) -> Path:
     """Write the category names and attribute table of the label raster ``path`` into its PAM sidecar."""
     return atomic_write_text(pam_sidecar(path), class_table_xml(class_names, colors, nodata))
@@ -106,20 +126,24 @@ class LabelRasterWriter:
     ``crs`` is WKT (or None) and ``transform`` the 6 affine coefficients of the input. A
     scene georeferenced by ground control points (``gcps`` ``(row, col, x, y, z)`` in
     ``gcp_crs``) or by an RPC camera model (``rpcs``, GDAL metadata strings) gets the same.
+    ``multilabel``: one band per class (written as ``(K, rows, cols)`` planes), grey, named by class.
     """
 
     def __init__(self, path: Path, *, width: int, height: int, crs: str | None,
                  transform: Sequence[float] | None, nodata: int, class_names: Sequence[str],
                  colors: Colors | None = None,
                  gcps: Sequence[Sequence[float]] = (), gcp_crs: str | None = None,
-                 rpcs: Mapping[str, str] | None = None):
+                 rpcs: Mapping[str, str] | None = None, multilabel: bool = False):
         self.path = path
         self.raw = path.with_name(path.stem + ".raw.tif")
+        count = len(class_names) if multilabel else 1
         profile: dict[str, Any] = {
-            "driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "uint8",
+            "driver": "GTiff", "width": width, "height": height, "count": count, "dtype": "uint8",
             "nodata": nodata, "tiled": True, "blockxsize": 512, "blockysize": 512,
             "compress": "deflate", "zlevel": 1, "BIGTIFF": "IF_SAFER",  # a temporary file: fastest deflate
         }
+        if multilabel:
+            profile["photometric"] = "MINISBLACK"  # 3 or 4 uint8 bands are not RGB(A)
         if crs is not None:
             profile["crs"] = crs
         if transform is not None:
@@ -130,16 +154,28 @@ class LabelRasterWriter:
             self.dataset.gcps = (points, CRS.from_wkt(gcp_crs) if gcp_crs else None)
         if rpcs:
             self.dataset.rpcs = RPC.from_gdal(dict(rpcs))
-        self.dataset.set_band_description(1, "labels")
         self.dataset.update_tags(class_names=",".join(class_names))
+        if multilabel:
+            self.dataset.update_tags(label_kind="multilabel")
+            self.dataset.colorinterp = [ColorInterp.gray] + [ColorInterp.undefined] * (count - 1)
+            for k, name in enumerate(class_names):
+                self.dataset.set_band_description(k + 1, name)
+                self.dataset.update_tags(k + 1, class_id=str(k), class_name=name)
+            return
+        self.dataset.set_band_description(1, "labels")
         self.dataset.update_tags(1, **{f"class_{i}": n for i, n in enumerate(class_names)})
         cmap = palette(colors, nodata)
         if cmap is not None:
             self.dataset.write_colormap(1, cmap)
 
     def write(self, box: Box, labels: np.ndarray) -> None:
+        """Write ``labels`` over ``box``: ``box.shape`` into band 1, or ``(K, *box.shape)`` into the K bands."""
         (r0, c0), (r1, c1) = box.start, box.stop
-        self.dataset.write(labels, 1, window=Window(c0, r0, c1 - c0, r1 - r0))
+        window = Window(c0, r0, c1 - c0, r1 - r0)
+        if labels.ndim == 3:
+            self.dataset.write(labels, window=window)
+        else:
+            self.dataset.write(labels, 1, window=window)
 
     def finish(self) -> Path:
         """Close the raw file and convert it to a COG at ``path`` (tiled, deflate, overviews).
@@ -167,7 +203,8 @@ def write_label_cog(store: MaskStore, path: Path, geometry: RasterGeometry, clas
     """Build ``labels.tif`` (COG) at ``path`` from the store's labels, ``rows`` rows at a time.
 
     Its class table goes to the PAM sidecar ``path.aux.xml`` (:func:`write_class_table`), which
-    must be published with it.
+    must be published with it. A multi-label store gives one band per class (module docstring), read
+    ``rows // K`` rows at a time so that memory stays that of single labels.
 
     GDAL's block cache is held at 64 MiB meanwhile: each block is written once and read once
     for the overviews, and a larger cache only raised the peak (65536²: 608 → 474 MB, 75 → 72 s).
@@ -179,18 +216,23 @@ def write_label_cog(store: MaskStore, path: Path, geometry: RasterGeometry, clas
 def _write_label_cog(store: MaskStore, path: Path, geometry: RasterGeometry, class_names: Sequence[str],
                      colors: Colors | None, rows: int) -> Path:
     height, width = store.shape
+    multilabel = store.multilabel
     writer = LabelRasterWriter(path, width=width, height=height, crs=geometry.crs, transform=geometry.transform,
                                nodata=LABEL_NODATA, class_names=class_names, colors=colors, gcps=geometry.gcps,
-                               gcp_crs=geometry.gcp_crs, rpcs=geometry.rpcs)
+                               gcp_crs=geometry.gcp_crs, rpcs=geometry.rpcs, multilabel=multilabel)
+    step = max(1, rows // len(class_names)) if multilabel else rows
     try:
-        for r0 in range(0, height, rows):
-            box = Box((r0, 0), (min(r0 + rows, height), width))
-            writer.write(box, store.read_labels(box))
+        for r0 in range(0, height, step):
+            box = Box((r0, 0), (min(r0 + step, height), width))
+            writer.write(box, store.read_present(box) if multilabel else store.read_labels(box))
             failpoint("cog")
     except BaseException:
         writer.abort()
         writer.raw.unlink(missing_ok=True)
         raise
     cog = writer.finish()
-    write_class_table(cog, class_names, colors, LABEL_NODATA)
+    if multilabel:
+        atomic_write_text(pam_sidecar(cog), presence_table_xml(class_names))
+    else:
+        write_class_table(cog, class_names, colors, LABEL_NODATA)
     return cog

@@ -10,6 +10,9 @@ What goes in:
   read only BINARY/FRACTIONAL SEG; bit-packed BINARY frames are small, and frames with no
   voxel of a segment are left out (``omit_empty_frames``). Nodata voxels (255 in the store,
   which a DICOM series does not produce) are written as no segment.
+- A multi-label model (classes that may overlap, :mod:`segflow.multilabel`) gets one segment per
+  class, the first included (segment number = class index + 1), from the store's ``present`` planes;
+  BINARY segments may overlap, so a voxel may be in several.
 - Frames reference the source images by SOPInstanceUID: frame ``z`` of the label volume is
   the ``z``-th file of ``Scene.meta["files"]`` (the reader's slice order along the normal),
   and highdicom copies that image's plane position. Patient, study and frame of reference
@@ -29,7 +32,8 @@ Memory: highdicom takes the whole label volume, so it is assembled here from the
 slabs of slices (uint8, ``Z·Y·X`` bytes, plus one slab); the build adds about 1.5× that, and
 the read-back compares slab by slab (bounded). Measured on 300 × 512 × 512 labels (75 MiB, 3
 classes): peak RSS +251 MiB over the whole write (about 3.4× the label volume; labels +140,
-build +110, read-back +0), 6.1 s, a 19 MiB seg.dcm.
+build +110, read-back +0), 6.1 s, a 19 MiB seg.dcm. A multi-label volume is K times that (one byte per
+voxel and class).
 
 After writing (atomically), the file is read back with ``highdicom.seg.segread``: its
 label volume per source SOPInstanceUID must equal the store's exactly, and its segment
@@ -129,6 +133,7 @@ class DicomSegSink:
     model_name: str
     model_version: str
     name: str = "seg.dcm"
+    multilabel: bool = False  # one (possibly overlapping) segment per class, class 0 included
 
     @classmethod
     def for_scene(cls, scene: Scene, spec: ModelSpec) -> DicomSegSink:
@@ -136,7 +141,8 @@ class DicomSegSink:
         meta = scene.meta
         return cls(files=tuple(meta["files"]), sop_instance_uids=tuple(meta["sop_instance_uids"]),
                    series_uid=str(meta["series_uid"]), class_names=tuple(spec.class_names),
-                   colors=tuple(c.color for c in spec.classes), model_name=spec.name, model_version=spec.version)
+                   colors=tuple(c.color for c in spec.classes), model_name=spec.name, model_version=spec.version,
+                   multilabel=spec.multilabel)
 
     @property
     def entries(self) -> tuple[str, ...]:
@@ -178,8 +184,32 @@ class DicomSegSink:
     def _slab(self, store: MaskStore) -> int:
         return max(1, _SLAB_BYTES // max(1, math.prod(store.shape[1:])))
 
+    def _first_segment(self) -> int:
+        """The class of segment 1: class 1 (class 0 is the background), or class 0 for a multi-label model."""
+        return 0 if self.multilabel else 1
+
+    def _want(self, store: MaskStore, box: Box) -> np.ndarray:
+        """What the SEG holds over ``box``: segment numbers ``box.shape`` (nodata 0), or for a multi-label
+        store the per-segment masks ``(*box.shape, K)`` (0/1; nodata 0)."""
+        if not store.multilabel:
+            labels = store.read_labels(box)
+            return np.where(labels == LABEL_NODATA, 0, labels)
+        return np.moveaxis(store.read_present(box) == 1, 0, -1).astype(np.uint8)
+
     def _labels(self, store: MaskStore) -> np.ndarray:
-        """The label volume ``(Z, Y, X)`` uint8 as segment numbers (class index; background and nodata 0)."""
+        """The label volume ``(Z, Y, X)`` uint8 as segment numbers (class index; background and nodata 0);
+        for a multi-label store ``(Z, Y, X, K)`` 0/1, one mask per segment."""
+        if self.multilabel != store.multilabel:
+            raise RuntimeError(f"the sink is for {'multi' if self.multilabel else 'single'}-label masks but "
+                               f"{store.path} is not")
+        if store.multilabel:
+            depth, height, width = store.shape
+            planes = np.empty((*store.shape, len(self.class_names)), dtype=np.uint8)
+            step = max(1, self._slab(store) // len(self.class_names))
+            for z0 in range(0, depth, step):
+                z1 = min(depth, z0 + step)
+                planes[z0:z1] = self._want(store, Box((z0, 0, 0), (z1, height, width)))
+            return planes
         depth, height, width = store.shape
         labels = np.empty(store.shape, dtype=np.uint8)
         step = self._slab(store)
@@ -199,12 +229,13 @@ class DicomSegSink:
             name=self.model_name[:64], version=self.model_version[:64],
             family=codes.cid7162.ArtificialIntelligence, source=f"segflow {__version__}")
         out = []
-        for number, (name, color) in enumerate(zip(self.class_names, self.colors, strict=True)):
-            if number == 0:
+        first = self._first_segment()
+        for index, (name, color) in enumerate(zip(self.class_names, self.colors, strict=True)):
+            if index < first:
                 continue  # the background: voxels in no segment
             category, kind = segment_codes(name)
             out.append(hd.seg.SegmentDescription(
-                segment_number=number, segment_label=name[:64], segmented_property_category=category,
+                segment_number=index + 1 - first, segment_label=name[:64], segmented_property_category=category,
                 segmented_property_type=kind, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
                 algorithm_identification=algorithm,
                 display_color=hd.color.CIELabColor.from_rgb(*color) if color is not None else None))
@@ -236,14 +267,13 @@ class DicomSegSink:
             names = [seg.get_segment_description(n).segment_label for n in numbers]
             referenced = [s.SeriesInstanceUID for s in seg.ReferencedSeriesSequence]
             depth, height, width = store.shape
-            step = self._slab(store)
+            step = max(1, self._slab(store) // (len(self.class_names) if self.multilabel else 1))
             for z0 in range(0, depth, step):
                 z1 = min(depth, z0 + step)
                 got = seg.get_pixels_by_source_instance(
-                    source_sop_instance_uids=list(self.sop_instance_uids[z0:z1]), combine_segments=True,
-                    dtype=np.uint8)
-                want = store.read_labels(Box((z0, 0, 0), (z1, height, width)))
-                want = np.where(want == LABEL_NODATA, 0, want)
+                    source_sop_instance_uids=list(self.sop_instance_uids[z0:z1]),
+                    combine_segments=not self.multilabel, dtype=np.uint8)
+                want = self._want(store, Box((z0, 0, 0), (z1, height, width)))
                 if not np.array_equal(got, want):
                     bad = int(np.count_nonzero(got != want))
                     raise _damaged(path, f"{bad} voxels differ from mask.zarr in slices {z0}:{z1}")
@@ -253,7 +283,8 @@ class DicomSegSink:
             raise _damaged(path, f"{type(exc).__name__}: {' '.join(str(exc).split())[:160]}") from None
         if seg.SOPClassUID != _SEG_SOP_CLASS or referenced != [self.series_uid]:
             raise _damaged(path, f"SOP class {seg.SOPClassUID}, referenced series {referenced}")
-        if numbers != list(range(1, len(self.class_names))) or names != [n[:64] for n in self.class_names[1:]]:
+        classes = self.class_names[self._first_segment():]
+        if numbers != list(range(1, len(classes) + 1)) or names != [n[:64] for n in classes]:
             raise _damaged(path, f"segments {list(zip(numbers, names, strict=True))}")
 
 

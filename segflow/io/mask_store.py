@@ -4,13 +4,21 @@ Layout of ``mask.zarr`` (zarr v3 group), written and read by this module alone (
 
 - ``labels``: uint8 over the spatial axes, :data:`~segflow.labels.LABEL_NODATA` where no
   prediction; sharded so that one processing chunk is one shard (inner chunks of 512).
+- ``present`` instead of ``labels`` for a multi-label model (classes that may overlap, attribute
+  ``label_kind`` = ``multilabel``): uint8 ``(K, *spatial)``, 1 where class k is present (its blended
+  probability >= ``thresholds[k]``), 0 where absent, :data:`~segflow.labels.LABEL_NODATA` where no
+  prediction (in every plane); chunked like ``scores`` (one class plane of one processing chunk per
+  shard), so a chunk costs K bytes per pixel. Such a store has no ``labels`` array: a reader that
+  needs one label per pixel gets a :class:`~segflow.errors.ConfigError` from :attr:`MaskStore.labels`.
 - ``scores`` (optional): float16 ``(K, *spatial)``, NaN exactly where labels are nodata.
 - ``instances`` (when the model has "thing" classes; added after the chunks, in the staging
   folder, by :class:`~segflow.io.instances_sink.InstancesSink`): uint32 over the spatial axes,
   0 = no instance, else the ``id`` of a row of ``instances.csv``; its own chunking (the
   labelling chunk), attributes ``things``, ``connectivity``, ``count``, ``table``.
 - group attributes: geometry (``crs`` WKT, ``transform``; ``gcps``/``gcp_crs``/``rpcs``),
-  ``nodata``, ``class_names``, ``axes``, ``chunk`` (processing chunk) and ``run_fingerprint``.
+  ``nodata``, ``class_names``, ``axes``, ``chunk`` (processing chunk), ``run_fingerprint`` and
+  ``label_kind`` (``single``: ``labels``; ``multilabel``: ``present`` and ``thresholds``; stores
+  written before this attribute existed are ``single``).
 - ``.segflow-done/<i>_<j>.json``: a completion record per finished processing chunk, written
   atomically after the chunk's arrays. A chunk without a record is recomputed on resume.
 
@@ -29,15 +37,16 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..labels import LABEL_NODATA
 from ..tiling import Box
 from .atomic import atomic_write_text
 
-__all__ = ["DONE_DIR", "MaskStore"]
+__all__ = ["DONE_DIR", "MULTILABEL", "MaskStore"]
 
 _INNER = 512  # inner chunk of a shard, for readers that want small tiles
 DONE_DIR = ".segflow-done"
+MULTILABEL = "multilabel"  # the ``label_kind`` attribute of a store with per-class ``present`` planes
 Index = tuple[int, ...]
 
 
@@ -67,9 +76,16 @@ class MaskStore:
 
     @classmethod
     def create(cls, path: Path, shape: Sequence[int], chunk: Sequence[int], class_names: Sequence[str], *,
-               save_scores: bool, attrs: dict[str, Any]) -> MaskStore:
-        """A new, empty store (anything at ``path`` is replaced)."""
+               save_scores: bool, attrs: dict[str, Any], thresholds: Sequence[float] | None = None) -> MaskStore:
+        """A new, empty store (anything at ``path`` is replaced).
+
+        ``thresholds`` (one per class) makes a multi-label store: ``present`` planes instead of ``labels``.
+        """
         spatial_names = ["z", "y", "x"][-len(shape):]
+        if thresholds is not None and len(thresholds) != len(class_names):
+            raise ValueError(f"{len(thresholds)} thresholds for {len(class_names)} classes")
+        kind = {"label_kind": "single"} if thresholds is None else {
+            "label_kind": MULTILABEL, "thresholds": [float(t) for t in thresholds]}
         group = zarr.open_group(str(path), mode="w", zarr_format=3)
         group.attrs.update(json.loads(json.dumps({
             **attrs,
@@ -77,9 +93,14 @@ class MaskStore:
             "class_names": list(class_names),
             "axes": "".join(spatial_names).upper(),
             "chunk": [int(c) for c in chunk],
+            **kind,
         })))
-        group.create_array("labels", shape=tuple(shape), dtype="uint8", fill_value=LABEL_NODATA,
-                           dimension_names=spatial_names, **_chunking(chunk))
+        if thresholds is None:
+            group.create_array("labels", shape=tuple(shape), dtype="uint8", fill_value=LABEL_NODATA,
+                               dimension_names=spatial_names, **_chunking(chunk))
+        else:
+            group.create_array("present", shape=(len(class_names), *shape), dtype="uint8", fill_value=LABEL_NODATA,
+                               dimension_names=["class", *spatial_names], **_chunking(chunk, (1,)))
         if save_scores:
             group.create_array("scores", shape=(len(class_names), *shape), dtype="float16", fill_value=np.nan,
                                dimension_names=["class", *spatial_names], **_chunking(chunk, (1,)))
@@ -91,7 +112,7 @@ class MaskStore:
         """An existing store; ``mode`` ``"r"`` or ``"r+"`` (to add chunks)."""
         try:
             group = zarr.open_group(str(path), mode=mode)  # type: ignore[arg-type]
-            group["labels"]
+            group["present" if group.attrs.get("label_kind") == MULTILABEL else "labels"]
         except Exception as exc:  # zarr raises many types for unreadable stores
             raise InputError(f"{path} is not a segflow mask store ({str(exc).strip()[:200]})") from None
         return cls(Path(path), group)
@@ -103,8 +124,35 @@ class MaskStore:
         return dict(self.group.attrs)
 
     @cached_property
+    def multilabel(self) -> bool:
+        """Whether the store holds per-class ``present`` planes (a multi-label model) instead of ``labels``."""
+        return self.group.attrs.get("label_kind") == MULTILABEL
+
+    @property
+    def thresholds(self) -> tuple[float, ...] | None:
+        """The per-class thresholds of a multi-label store; None for a single-label one."""
+        given: Any = self.group.attrs.get("thresholds") if self.multilabel else None
+        return None if given is None else tuple(float(t) for t in given)
+
+    @cached_property
     def labels(self) -> zarr.Array:
+        """The ``labels`` array; a multi-label store has none (:class:`ConfigError`, naming what to use instead)."""
+        if self.multilabel:
+            raise ConfigError(f"{self.path} holds multi-label masks (classes may overlap: one 0/1 plane per class in "
+                              "its 'present' array), which this step cannot show as one label per pixel; use the "
+                              "per-class bands of labels.tif or the per-class polygons of --vectorize")
         return self.group["labels"]  # type: ignore[return-value]
+
+    @cached_property
+    def present(self) -> zarr.Array:
+        """The ``(K, *spatial)`` ``present`` planes of a multi-label store (0 absent, 1 present, 255 nodata)."""
+        if not self.multilabel:
+            raise ConfigError(f"{self.path} holds single labels (one class per pixel), not multi-label planes")
+        return self.group["present"]  # type: ignore[return-value]
+
+    @property
+    def _mask(self) -> zarr.Array:
+        return self.present if self.multilabel else self.labels
 
     @cached_property
     def scores(self) -> zarr.Array | None:
@@ -112,7 +160,16 @@ class MaskStore:
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(int(s) for s in self.labels.shape)
+        """The spatial shape (``(Y, X)`` or ``(Z, Y, X)``), whichever the kind of store."""
+        mask = self._mask
+        return tuple(int(s) for s in mask.shape[1:]) if self.multilabel else tuple(int(s) for s in mask.shape)
+
+    @property
+    def spatial_chunk(self) -> tuple[int, ...]:
+        """The spatial shape of one shard (one processing chunk), or of one chunk when not sharded."""
+        mask = self._mask
+        blocks = getattr(mask, "shards", None) or mask.chunks
+        return tuple(int(c) for c in blocks[-len(self.shape):])
 
     @property
     def fingerprint(self) -> str | None:
@@ -124,9 +181,16 @@ class MaskStore:
               valid: np.ndarray | None = None) -> None:
         """Write one chunk of labels and, when the store keeps them, scores ``(K, *box.shape)``.
 
-        Scores are stored as float16 and set to NaN where ``valid`` is False.
+        ``labels`` are ``box.shape`` class ids, or for a multi-label store its ``(K, *box.shape)``
+        planes. Scores are stored as float16 and set to NaN where ``valid`` is False.
         """
-        self.labels[box.slices] = labels
+        if self.multilabel:
+            if labels.shape != (self.present.shape[0], *box.shape):  # never broadcast one label map to every plane
+                raise ValueError(f"a multi-label store takes planes of shape {(self.present.shape[0], *box.shape)} "
+                                 f"for {box}, got {labels.shape}")
+            self.present[(slice(None), *box.slices)] = labels
+        else:
+            self.labels[box.slices] = labels
         if self.scores is not None and scores is not None:
             out = scores.astype(np.float16)
             if valid is not None:
@@ -152,4 +216,9 @@ class MaskStore:
         return out
 
     def read_labels(self, box: Box) -> np.ndarray:
+        """Class ids ``box.shape`` uint8 (a multi-label store refuses: see :attr:`labels`)."""
         return np.asarray(self.labels[box.slices])
+
+    def read_present(self, box: Box, k: int | None = None) -> np.ndarray:
+        """A multi-label store's planes ``(K, *box.shape)`` over ``box``, or class ``k``'s plane ``box.shape``."""
+        return np.asarray(self.present[(slice(None) if k is None else k, *box.slices)])

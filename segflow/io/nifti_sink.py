@@ -17,6 +17,13 @@ code 6 (comment) holds the whole table as JSON: ``{"segflow": {"labels": {"0": {
 "color": [r, g, b] or null}, ...}, "nodata": 255, "model": ...}}``. NIfTI has no standard
 place for class names; viewers show the numbers.
 
+A multi-label model (classes that may overlap, :mod:`segflow.multilabel`) gives a 4D one-hot image
+instead: dimensions ``(i, j, k, K)``, volume ``t = c`` being class ``c``'s plane (1 present, 0
+absent, 255 no prediction), ``pixdim[4]`` 1 and no time unit; ``descrip`` reads ``segflow MODEL
+multi-label: t0 NAME; t1 ...`` and the JSON extension has ``"multilabel": true``. On disk NIfTI's
+``(i, j, k, t)`` Fortran order is the store's ``(K, z, y, x)`` C order, so it is streamed in the
+same way, class after class.
+
 A volume that did not come from a NIfTI file (a DICOM series) gets a header made from its
 :class:`~segflow.geometry.VolumeGeometry`: the affine as sform and as qform (shears, which a
 qform cannot hold, are dropped from the qform only, as nibabel's ``set_qform`` does), both
@@ -40,7 +47,7 @@ import io
 import json
 import os
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -87,15 +94,21 @@ def _number(value: float | None) -> float:
     return 0.0 if value is None else float(value)
 
 
-def _class_table(class_names: Sequence[str], colors: Sequence[tuple[int, int, int] | None], model: str
-                 ) -> tuple[bytes, nib.nifti1.Nifti1Extension]:
+def _class_table(class_names: Sequence[str], colors: Sequence[tuple[int, int, int] | None], model: str,
+                 multilabel: bool = False) -> tuple[bytes, nib.nifti1.Nifti1Extension]:
     """``descrip`` (at most 79 ASCII bytes) and the JSON comment extension holding the whole class table."""
-    listed = "; ".join(f"{i} {n}" for i, n in enumerate(class_names)) + f"; {LABEL_NODATA} none"
-    text = f"segflow {model}: {listed}".encode("ascii", "replace")
-    descrip = text if len(text) <= 79 else text[:76] + b"..."
-    table = {"segflow": {"labels": {str(i): {"name": n, "color": list(c) if c else None}
-                                    for i, (n, c) in enumerate(zip(class_names, colors, strict=True))},
-                         "nodata": LABEL_NODATA, "model": model}}
+    if multilabel:
+        text = f"segflow {model} multi-label: " + "; ".join(f"t{i} {n}" for i, n in enumerate(class_names))
+    else:
+        listed = "; ".join(f"{i} {n}" for i, n in enumerate(class_names)) + f"; {LABEL_NODATA} none"
+        text = f"segflow {model}: {listed}"
+    raw = text.encode("ascii", "replace")
+    descrip = raw if len(raw) <= 79 else raw[:76] + b"..."
+    table: dict[str, Any] = {"segflow": {"labels": {str(i): {"name": n, "color": list(c) if c else None}
+                                                    for i, (n, c) in enumerate(zip(class_names, colors, strict=True))},
+                                         "nodata": LABEL_NODATA, "model": model}}
+    if multilabel:  # "labels" keys are then the index along the 4th dimension
+        table["segflow"].update(multilabel=True, values={"0": "absent", "1": "present"})
     content = json.dumps(table, ensure_ascii=False).encode("utf-8")
     content += b" " * (-(len(content) + 8) % 16)  # esize is a multiple of 16: pad with JSON whitespace
     return descrip, nib.nifti1.Nifti1Extension("comment", content)
@@ -109,16 +122,23 @@ def _fits_nifti1(fields: Mapping[str, Any]) -> bool:
 
 
 def build_header(fields: Mapping[str, Any], shape_zyx: Sequence[int], class_names: Sequence[str],
-                 colors: Sequence[tuple[int, int, int] | None], model: str) -> nib.Nifti1Header:
-    """The label map's header: the input's geometry fields, uint8, intent label, the class table."""
+                 colors: Sequence[tuple[int, int, int] | None], model: str, *, multilabel: bool = False
+                 ) -> nib.Nifti1Header:
+    """The label map's header: the input's geometry fields, uint8, intent label, the class table.
+
+    ``multilabel``: 4D ``(i, j, k, K)``, one volume per class (module docstring).
+    """
     ijk = tuple(int(s) for s in reversed(shape_zyx))
     if list(ijk) != list(fields["shape"][:3]):
         raise RuntimeError(f"mask store (z, y, x) {tuple(shape_zyx)} does not match the NIfTI input's (i, j, k) "
                            f"{tuple(fields['shape'][:3])}")
     hdr = nib.Nifti2Header() if fields["version"] == 2 and not _fits_nifti1(fields) else nib.Nifti1Header()
-    hdr.set_data_shape(ijk)
+    hdr.set_data_shape((*ijk, len(class_names)) if multilabel else ijk)
     hdr.set_data_dtype(np.uint8)
-    hdr["pixdim"] = [_number(v) for v in fields["pixdim"]]
+    pixdim = [_number(v) for v in fields["pixdim"]]
+    if multilabel:
+        pixdim[4] = 1.0  # the class axis: a step of one class, no unit
+    hdr["pixdim"] = pixdim
     for axis, value in zip("bcd", fields["quatern"], strict=True):
         hdr[f"quatern_{axis}"] = _number(value)
     for axis, value in zip("xyz", fields["qoffset"], strict=True):
@@ -127,10 +147,12 @@ def build_header(fields: Mapping[str, Any], shape_zyx: Sequence[int], class_name
         hdr[f"srow_{axis}"] = [_number(v) for v in row]
     for key in ("qform_code", "sform_code", "xyzt_units", "dim_info"):
         hdr[key] = int(fields[key])
+    if multilabel:
+        hdr["xyzt_units"] = int(fields["xyzt_units"]) & 0x07  # the spatial unit; the 4th axis is no time
     hdr["intent_code"] = NIFTI_INTENT_LABEL
     hdr["intent_name"] = b"labels"
     hdr["scl_slope"], hdr["scl_inter"] = 1.0, 0.0
-    descrip, extension = _class_table(class_names, colors, model)
+    descrip, extension = _class_table(class_names, colors, model, multilabel)
     hdr["descrip"] = descrip
     hdr.extensions.append(extension)
     return hdr
@@ -156,16 +178,25 @@ def _damaged(path: Path, detail: str) -> OutputError:
                        "check the filesystem and run again (nothing was published)")
 
 
+def _voxels(store: MaskStore, boxes: Sequence[Box]) -> Iterator[tuple[Box, np.ndarray]]:
+    """The store's voxels in NIfTI's on-disk order, slab by slab: labels; or each class's plane in turn."""
+    for k in range(int(store.present.shape[0])) if store.multilabel else [None]:
+        for box in boxes:
+            voxels = store.read_labels(box) if k is None else store.read_present(box, k)
+            yield box, np.ascontiguousarray(voxels, dtype=np.uint8)
+
+
 def write_nifti_labels(store: MaskStore, path: Path, hdr: nib.Nifti1Header, *, slab_bytes: int = SLAB_BYTES
                        ) -> None:
-    """Stream the store's ``(z, y, x)`` labels into ``path`` (``.nii.gz``) under ``hdr``, then read it back."""
+    """Stream the store's ``(z, y, x)`` labels (a multi-label store's ``(K, z, y, x)`` planes) into ``path``
+    (``.nii.gz``) under ``hdr``, then read it back."""
     head = _header_bytes(hdr)
     boxes = _slabs(store.shape, slab_bytes)
     with path.open("wb") as raw:
         with gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0) as stream:
             stream.write(head)
-            for box in boxes:
-                stream.write(np.ascontiguousarray(store.read_labels(box), dtype=np.uint8).data)  # no copy
+            for _, voxels in _voxels(store, boxes):
+                stream.write(voxels.data)  # no copy
         raw.flush()
         os.fsync(raw.fileno())
     verify_nifti_labels(path, store, head, boxes, hdr)
@@ -178,8 +209,7 @@ def verify_nifti_labels(path: Path, store: MaskStore, head: bytes, boxes: Sequen
         with gzip.open(path, "rb") as stream:
             if stream.read(len(head)) != head:
                 raise _damaged(path, "the header differs from the one written")
-            for box in boxes:
-                want = np.ascontiguousarray(store.read_labels(box), dtype=np.uint8)
+            for box, want in _voxels(store, boxes):
                 got = np.frombuffer(stream.read(want.nbytes), dtype=np.uint8)
                 if got.size != want.size or not np.array_equal(got, want.reshape(-1)):
                     bad = int(np.count_nonzero(got != want.reshape(-1)[:got.size])) + want.size - got.size
@@ -193,6 +223,8 @@ def verify_nifti_labels(path: Path, store: MaskStore, head: bytes, boxes: Sequen
     except (EOFError, OSError, zlib.error, nib.filebasedimages.ImageFileError) as exc:
         raise _damaged(path, " ".join(str(exc).split())[:200]) from None
     want_shape = tuple(int(s) for s in reversed(store.shape))
+    if store.multilabel:
+        want_shape += (int(store.present.shape[0]),)
     checks = {
         "shape": (tuple(img.shape), want_shape),
         "dtype": (img.get_data_dtype().str, np.dtype(np.uint8).str),
@@ -220,6 +252,7 @@ class NiftiLabelSink:
     colors: tuple[tuple[int, int, int] | None, ...]
     model: str = ""
     name: str = "labels.nii.gz"
+    multilabel: bool = False  # a 4D image, one volume per class (module docstring)
 
     @property
     def entries(self) -> tuple[str, ...]:
@@ -227,7 +260,11 @@ class NiftiLabelSink:
 
     def write(self, store: MaskStore, folder: Path) -> Path:
         path = folder / self.name
-        hdr = build_header(self.header, store.shape, self.class_names, self.colors, self.model)
+        if self.multilabel != store.multilabel:
+            raise RuntimeError(f"the sink is for {'multi' if self.multilabel else 'single'}-label masks but "
+                               f"{store.path} is not")
+        hdr = build_header(self.header, store.shape, self.class_names, self.colors, self.model,
+                           multilabel=self.multilabel)
         write_nifti_labels(store, path, hdr)
         return path
 
@@ -239,4 +276,5 @@ def nifti_label_sink(scene: Scene, spec: ModelSpec) -> NiftiLabelSink:
     header = scene.meta.get("header") if scene.meta.get("format") == "nifti" else None
     if header is None:
         header = header_from_geometry(scene.volume, scene.spatial_shape)
-    return NiftiLabelSink(header, tuple(spec.class_names), tuple(c.color for c in spec.classes), spec.name)
+    return NiftiLabelSink(header, tuple(spec.class_names), tuple(c.color for c in spec.classes), spec.name,
+                          multilabel=spec.multilabel)

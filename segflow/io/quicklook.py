@@ -396,6 +396,9 @@ class QuicklookSink:
         if isinstance(self.max_side, bool) or not isinstance(self.max_side, int) or self.max_side < 1:
             raise ConfigError(f"quicklook max_side must be a positive number of pixels, got {self.max_side!r}; "
                               "e.g. 2048")
+        if self.spec.multilabel:
+            raise ConfigError(f"a quick-look paints one class per pixel, but model {self.spec.name!r} is multi-label "
+                              "(its classes may overlap); look at the per-class bands of labels.tif instead")
         _check_2d(self.scene)
 
     @property

@@ -33,10 +33,11 @@ def _damaged(what: Path, detail: str) -> OutputError:
 
 def verify_store(store: MaskStore) -> None:
     """Decode every chunk of every array in ``store``; raise :class:`OutputError` naming the first bad one."""
-    arrays = [("labels", store.labels)] + ([("scores", store.scores)] if store.scores is not None else [])
+    mask = ("present", store.present) if store.multilabel else ("labels", store.labels)
+    arrays = [mask] + ([("scores", store.scores)] if store.scores is not None else [])
     for name, array in arrays:
         shards = getattr(array, "shards", None) or array.chunks
-        spatial = shards[-store.labels.ndim:]
+        spatial = shards[-len(store.shape):]
         ranges = [range(0, n, c) for n, c in zip(store.shape, spatial, strict=True)]
         for start in itertools.product(*ranges):
             box = Box(start, tuple(min(a + c, n) for a, c, n in zip(start, spatial, store.shape, strict=True)))
@@ -47,16 +48,25 @@ def verify_store(store: MaskStore) -> None:
 
 
 def verify_label_raster(path: Path, store: MaskStore, *, rows: int = _ROWS) -> None:
-    """Check that the single-band raster at ``path`` equals the store's labels and that its overviews decode."""
+    """Check that the raster at ``path`` equals the store's labels and that its overviews decode.
+
+    One band of labels; for a multi-label store one band per class, its ``present`` planes.
+    """
     height, width = store.shape
+    bands = store.present.shape[0] if store.multilabel else 1
+    if store.multilabel:
+        rows = max(1, rows // bands)
     try:
         with rasterio.open(path) as ds:
-            if (ds.height, ds.width, ds.count) != (height, width, 1):
-                raise _damaged(path, f"{ds.count} band(s) of {ds.width}x{ds.height}, expected 1 of {width}x{height}")
+            if (ds.height, ds.width, ds.count) != (height, width, bands):
+                raise _damaged(path, f"{ds.count} band(s) of {ds.width}x{ds.height}, expected {bands} of "
+                                     f"{width}x{height}")
             for r0 in range(0, height, rows):
                 r1 = min(r0 + rows, height)
-                got = ds.read(1, window=Window(0, r0, width, r1 - r0))
-                want = store.read_labels(Box((r0, 0), (r1, width)))
+                box = Box((r0, 0), (r1, width))
+                window = Window(0, r0, width, r1 - r0)
+                got = ds.read(window=window) if store.multilabel else ds.read(1, window=window)
+                want = store.read_present(box) if store.multilabel else store.read_labels(box)
                 if not np.array_equal(got, want):
                     bad = int(np.count_nonzero(got != want))
                     raise _damaged(path, f"{bad} pixels differ from mask.zarr in rows {r0}:{r1}")
@@ -64,6 +74,6 @@ def verify_label_raster(path: Path, store: MaskStore, *, rows: int = _ROWS) -> N
         for level in range(levels):
             with rasterio.open(path, overview_level=level) as ov:
                 for r0 in range(0, ov.height, rows):
-                    ov.read(1, window=Window(0, r0, ov.width, min(rows, ov.height - r0)))
+                    ov.read(window=Window(0, r0, ov.width, min(rows, ov.height - r0)))
     except RasterioError as exc:
         raise _damaged(path, str(exc).strip()[:200]) from None

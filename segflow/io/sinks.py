@@ -73,7 +73,12 @@ def sinks_for(scene: Scene, spec: ModelSpec, *, meshes: bool = False, vectors: S
     meshes); a 2D raster or a model without a thing class is refused with a ConfigError. ``vectors``:
     a :class:`~segflow.io.vector_sink.VectorSink` for a raster's objects as polygons (``--vectorize``), which
     also brings ``quicklook.png`` (:mod:`segflow.io.quicklook`). ``panoptic``: ``panoptic.tif``, class and
-    instance ids (:mod:`segflow.io.panoptic`; refused for volumes and models without a thing class)."""
+    instance ids (:mod:`segflow.io.panoptic`; refused for volumes and models without a thing class).
+
+    A multi-label model (:mod:`segflow.multilabel`) gets the exports that can show overlapping classes
+    (labels.tif with a band per class, polygons per class, a 4D labels.nii.gz, a SEG with overlapping
+    segments); ``quicklook.png`` and a volume's ``instances.csv``, which show one class per pixel, are
+    not made (the options that ask for such outputs are refused by :func:`segflow.multilabel.check_run`)."""
     geometry = scene.geometry
     if meshes:
         from .meshes import MeshesSink  # checks the scene and the model before anything runs
@@ -86,8 +91,8 @@ def sinks_for(scene: Scene, spec: ModelSpec, *, meshes: bool = False, vectors: S
         extra.append(PanopticSink.for_scene(scene, spec))
     if isinstance(geometry, RasterGeometry):
         cog = LabelCOGSink(geometry, tuple(spec.class_names), tuple(c.color for c in spec.classes))
-        if vectors is None:
-            return [cog, *extra]
+        if vectors is None or spec.multilabel:
+            return [cog, *extra, *([] if vectors is None else [vectors])]
         from .quicklook import QuicklookSink  # with the objects: the scene, its labels and their outlines
 
         return [cog, *extra, vectors, QuicklookSink(scene, spec)]
@@ -99,7 +104,7 @@ def sinks_for(scene: Scene, spec: ModelSpec, *, meshes: bool = False, vectors: S
         from .dicom_seg import DicomSegSink  # highdicom is imported for DICOM inputs only
 
         sinks.append(DicomSegSink.for_scene(scene, spec))
-    if any(c.kind == "thing" for c in spec.classes):
+    if any(c.kind == "thing" for c in spec.classes) and not spec.multilabel:
         from .instances_sink import InstancesSink  # instances.csv + the instances array of mask.zarr
 
         sinks.append(InstancesSink(scene, spec))

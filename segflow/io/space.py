@@ -61,10 +61,14 @@ def free_bytes(folder: str | os.PathLike[str]) -> int | None:
         return None
 
 
-def estimate_bytes(spatial_shape: Sequence[int], num_classes: int, save_scores: bool) -> int:
-    """Roughly how many bytes a run writes into its output folder at its peak (see the constants above)."""
+def estimate_bytes(spatial_shape: Sequence[int], num_classes: int, save_scores: bool, *, label_planes: int = 1
+                   ) -> int:
+    """Roughly how many bytes a run writes into its output folder at its peak (see the constants above).
+
+    ``label_planes``: label maps per pixel (a multi-label model stores and exports one per class).
+    """
     pixels = math.prod(int(s) for s in spatial_shape)
-    labels = pixels * LABEL_BYTES_PER_PIXEL * LABEL_COPIES
+    labels = pixels * LABEL_BYTES_PER_PIXEL * LABEL_COPIES * max(1, label_planes)
     scores = pixels * num_classes * SCORE_BYTES_PER_VALUE if save_scores else 0
     return int(labels + scores + OVERHEAD_BYTES)
 

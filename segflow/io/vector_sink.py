@@ -42,7 +42,10 @@ def scene_id_of(name: str) -> str:
 
 @dataclass(frozen=True)
 class VectorSink:
-    """Polygons of every object (things and stuff regions, class 0 excluded) in ``fmt``."""
+    """Polygons of every object (things and stuff regions, class 0 excluded) in ``fmt``.
+
+    Of a multi-label run: every class's connected regions, class 0 included, overlapping across classes
+    (:mod:`segflow.vectorize`)."""
 
     crs_wkt: str | None
     transform: tuple[float, ...]

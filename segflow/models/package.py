@@ -29,6 +29,10 @@
                                   # tile is evaluated as one window of the scene's size
     overlap: 0.25                 # default fractional overlap of windows
     output: {activation: softmax} # softmax | sigmoid (1 channel -> 2 classes) | none (already probabilities)
+                                  # multi-label (classes that overlap): {activation: sigmoid, multilabel: true,
+                                  # thresholds: [0.5, 0.4, ...]}: K channels, each an independent sigmoid (or,
+                                  # with none, already a probability); class k present where its blended
+                                  # probability >= thresholds[k] (default 0.5 each), see OutputSpec
     classes:
       - {name: background, kind: stuff, color: [0, 0, 0]}
       - {name: building, kind: thing}
@@ -57,6 +61,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..errors import ModelError
 from ..labels import MAX_CLASSES
 from .archive import extract_package_archive, is_archive, sha256_file
+from .output import OutputSpec
 
 __all__ = [
     "ClassSpec",
@@ -64,6 +69,7 @@ __all__ = [
     "ModelPackage",
     "ModelSpec",
     "Normalization",
+    "OutputSpec",
     "builtin_names",
     "resolve_package",
 ]
@@ -179,10 +185,6 @@ class ClassSpec(_Strict):
         return v
 
 
-class OutputSpec(_Strict):
-    activation: Literal["softmax", "sigmoid", "none"] = "softmax"
-
-
 class ArchitectureSpec(_Strict):
     name: str = Field(min_length=1)
     args: dict[str, Any] = Field(default_factory=dict)
@@ -245,8 +247,13 @@ class ModelSpec(_Strict):
             raise ValueError(f"class names must be unique, got {names}")
         if self.precisions is not None and len(set(self.precisions)) != len(self.precisions):
             raise ValueError(f"precisions must name each of fp32, bf16, fp16 at most once, got {self.precisions}")
-        if self.output.activation == "sigmoid" and len(self.classes) != 2:
-            raise ValueError("activation sigmoid is for binary models: declare exactly 2 classes")
+        if self.output.activation == "sigmoid" and not self.output.multilabel and len(self.classes) != 2:
+            raise ValueError("activation sigmoid is for binary models: declare exactly 2 classes (or multilabel: "
+                             "true for classes that may overlap, one channel each)")
+        thresholds = self.output.thresholds
+        if thresholds is not None and len(thresholds) != len(self.classes):
+            raise ValueError(f"output.thresholds has {len(thresholds)} values for {len(self.classes)} classes; give "
+                             "one per class, in the order of classes")
         if self.weights is None and self.architecture is None:
             raise ValueError("declare 'weights' (a file in the package) or an 'architecture' (or both)")
         _check_volume_contract(self)
@@ -269,7 +276,21 @@ class ModelSpec(_Strict):
 
     @property
     def output_channels(self) -> int:
-        return 1 if self.output.activation == "sigmoid" else len(self.classes)
+        """Channels the network returns: 1 for a binary sigmoid model, else one per class."""
+        return 1 if self.output.activation == "sigmoid" and not self.output.multilabel else len(self.classes)
+
+    @property
+    def multilabel(self) -> bool:
+        """Whether the classes may overlap (``output.multilabel``): labels are per-class thresholds."""
+        return self.output.multilabel
+
+    @property
+    def thresholds(self) -> tuple[float, ...] | None:
+        """Per-class probability thresholds of a multi-label model (default 0.5 each); None otherwise."""
+        if not self.output.multilabel:
+            return None
+        given = self.output.thresholds
+        return tuple(float(t) for t in given) if given is not None else (0.5,) * len(self.classes)
 
 
 @dataclass(frozen=True)
