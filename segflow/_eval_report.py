@@ -75,7 +75,8 @@ class EvalReport:
     """Per-class scores and summary of one evaluation.
 
     ``rows`` has one :class:`ClassScore` per class in label order; ``confusion`` is the ``(K, K)``
-    matrix with rows = truth, columns = prediction (truth pixels with a prediction); ``pixels`` the
+    matrix with rows = truth, columns = prediction (truth pixels with a prediction), or for
+    ``label_kind`` ``multilabel`` (:mod:`segflow.multilabel_eval`) ``[[tn, fp], [fn, tp]]`` per class; ``pixels`` the
     counted truth pixels (not nodata, not ``ignored``), ``covered`` those with a prediction and
     ``coverage = covered / pixels``. ``mean_iou`` / ``mean_dice`` average the classes present in the
     truth or the prediction, ignored classes left out. ``objects``: object scores at
@@ -86,7 +87,7 @@ class EvalReport:
     mean_iou: float
     pixel_accuracy: float
     pixels: int
-    confusion: list[list[int]]
+    confusion: list[Any]
     pred: str
     truth: str
     covered: int
@@ -95,6 +96,7 @@ class EvalReport:
     objects: list[ObjectClassScore] = field(default_factory=list)
     iou_threshold: float = 0.5
     notes: list[str] = field(default_factory=list)
+    label_kind: str = "single"
 
     @property
     def coverage(self) -> float:
@@ -103,7 +105,8 @@ class EvalReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "prediction": self.pred, "truth": self.truth, "pixels": self.pixels, "covered_pixels": self.covered,
+            "prediction": self.pred, "truth": self.truth, "label_kind": self.label_kind, "pixels": self.pixels,
+            "covered_pixels": self.covered,
             "missed_pixels": self.pixels - self.covered, "coverage": _json_number(self.coverage),
             "mean_iou": _json_number(self.mean_iou), "mean_dice": _json_number(self.mean_dice),
             "pixel_accuracy": _json_number(self.pixel_accuracy), "ignored_values": list(self.ignored),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ from .labels import LABEL_NODATA
 __all__ = ["LabelRaster", "open_labels"]
 
 NODATA = LABEL_NODATA
+_MULTILABEL_HINT = ("; segflow eval scores it against a truth raster with one 0/1 band per class (255 where not "
+                    "labelled), class by class")
 
 
 
@@ -35,7 +37,10 @@ class LabelRaster:
 
     ``shape`` is ``(rows, cols)``; ``crs`` / ``transform`` are None when the source has none;
     ``class_names`` come from the source's metadata (``class_names`` tag or attribute, or a
-    ``classes`` tag) when present.
+    ``classes`` tag) when present. A multi-band source (a multi-label run's ``labels.tif`` or
+    ``present`` planes, a multi-label truth) has ``bands`` > 1 and is read one ``band`` (1-based) at
+    a time: :meth:`plane` gives the view of another band; ``multilabel`` says that it was written
+    by a multi-label model (one 0/1 plane per class).
     """
 
     path: Path
@@ -46,6 +51,9 @@ class LabelRaster:
     nodata: int | None
     reader: Any = field(repr=False)
     kind: str = "geotiff"
+    bands: int = 1
+    band: int = 1
+    multilabel: bool = False
 
     def read(self, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
         """Labels of the window ``rows = (r0, r1)``, ``cols = (c0, c1)`` as int32 ``(r1 - r0, c1 - c0)``.
@@ -55,9 +63,10 @@ class LabelRaster:
         (r0, r1), (c0, c1) = rows, cols
         try:
             if self.kind == "zarr":
-                block = np.asarray(self.reader[r0:r1, c0:c1])
+                block = np.asarray(self.reader[self.band - 1, r0:r1, c0:c1] if self.reader.ndim == 3
+                                   else self.reader[r0:r1, c0:c1])
             else:
-                block = self.reader.read(1, window=Window(c0, r0, c1 - c0, r1 - r0))
+                block = self.reader.read(self.band, window=Window(c0, r0, c1 - c0, r1 - r0))
         except (RasterioError, OSError, ValueError) as exc:
             raise InputError(
                 f"cannot read rows {r0}:{r1} cols {c0}:{c1} of {self.path}: the file is truncated or corrupt "
@@ -73,6 +82,12 @@ class LabelRaster:
                 "with 255 as nodata; remap the classes to that range"
             )
         return labels
+
+    def plane(self, band: int) -> LabelRaster:
+        """The same raster read at ``band`` (1-based); it shares the open source (close only one)."""
+        if not 1 <= band <= self.bands:
+            raise InputError(f"{self.path} has {self.bands} band(s); band {band} does not exist")
+        return replace(self, band=band)
 
     def close(self) -> None:
         if self.kind == "geotiff":
@@ -97,7 +112,7 @@ def _int_nodata(path: Path, value: object) -> int | None:
     return int(number)
 
 
-def _open_geotiff(path: Path) -> LabelRaster:
+def _open_geotiff(path: Path, multiband: bool = False) -> LabelRaster:
     try:
         ds = rasterio.open(path)
     except RasterioError as exc:
@@ -106,38 +121,50 @@ def _open_geotiff(path: Path) -> LabelRaster:
             "output folder or a mask.zarr"
         ) from None
     try:
-        if ds.count != 1:
-            raise InputError(f"{path} has {ds.count} bands; expected a single-band label raster")
+        tags = ds.tags()
+        multilabel = tags.get("label_kind") == "multilabel"
+        if ds.count != 1 and not multiband:
+            raise InputError(
+                f"{path} is a multi-label prediction (one 0/1 band per class){_MULTILABEL_HINT}" if multilabel else
+                f"{path} has {ds.count} bands; expected a single-band label raster")
         if not np.issubdtype(np.dtype(ds.dtypes[0]), np.integer):
             raise InputError(
                 f"{path} holds {ds.dtypes[0]} values; expected integer class labels (uint8), not scores"
             )
-        tags = ds.tags()
         names = _split_names(tags.get("class_names")) or _split_names(tags.get("classes"))
+        if ds.count > 1 and names is None and all(ds.descriptions):
+            names = [str(d) for d in ds.descriptions]
         georef = ds.crs is not None or not ds.transform.is_identity
         return LabelRaster(path=path, shape=(ds.height, ds.width), crs=ds.crs,
                            transform=ds.transform if georef else None, class_names=names,
-                           nodata=_int_nodata(path, ds.nodata), reader=ds)
+                           nodata=_int_nodata(path, ds.nodata), reader=ds, bands=ds.count, multilabel=multilabel)
     except BaseException:
         ds.close()
         raise
 
 
-def _open_zarr(path: Path) -> LabelRaster:
+def _open_zarr(path: Path, multiband: bool = False) -> LabelRaster:
     import zarr
 
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as exc:  # zarr raises many types for unreadable stores
         raise InputError(f"cannot open {path} as a zarr group ({str(exc).strip()[:200]})") from None
-    if isinstance(node, zarr.Group):
+    bands, multilabel = 1, False
+    if isinstance(node, zarr.Group) and node.attrs.get("label_kind") == "multilabel" and "present" in node:
+        store = MaskStore.open(path)
+        if not multiband:
+            raise InputError(f"{path} is a multi-label prediction (one 0/1 plane per class){_MULTILABEL_HINT}")
+        array, attrs, multilabel = store.present, store.attrs, True
+        bands = int(array.shape[0])
+    elif isinstance(node, zarr.Group):
         if "labels" not in node:
             raise InputError(f"zarr group {path} has no 'labels' array; give the mask.zarr written by tile-infer")
         store = MaskStore.open(path)
         array, attrs = store.labels, store.attrs
     else:
         array, attrs = node, dict(node.attrs)
-    if not isinstance(array, zarr.Array) or array.ndim != 2:
+    if not isinstance(array, zarr.Array) or array.ndim != (3 if multilabel else 2):
         raise InputError(f"{path}: labels must be a 2D (rows, cols) array, got shape {getattr(array, 'shape', '?')}")
     if not np.issubdtype(array.dtype, np.integer):
         raise InputError(f"{path}: labels hold {array.dtype} values; expected integer class labels (uint8)")
@@ -149,9 +176,10 @@ def _open_zarr(path: Path) -> LabelRaster:
             raise InputError(f"{path} has an unreadable crs attribute {str(attrs['crs'])[:60]!r}") from None
     raw_transform: Any = attrs.get("transform")
     transform = Affine(*raw_transform[:6]) if raw_transform else None
-    return LabelRaster(path=path, shape=(int(array.shape[0]), int(array.shape[1])), crs=crs, transform=transform,
+    return LabelRaster(path=path, shape=(int(array.shape[-2]), int(array.shape[-1])), crs=crs, transform=transform,
                        class_names=_split_names(attrs.get("class_names")),
-                       nodata=_int_nodata(path, attrs.get("nodata")), reader=array, kind="zarr")
+                       nodata=_int_nodata(path, attrs.get("nodata")), reader=array, kind="zarr", bands=bands,
+                       multilabel=multilabel)
 
 
 def _is_zarr(path: Path) -> bool:
@@ -159,7 +187,7 @@ def _is_zarr(path: Path) -> bool:
                               or (path / ".zgroup").is_file() or (path / ".zarray").is_file())
 
 
-def open_labels(path: str | os.PathLike[str], what: str = "prediction") -> LabelRaster:
+def open_labels(path: str | os.PathLike[str], what: str = "prediction", multiband: bool = False) -> LabelRaster:
     """Open a label GeoTIFF, a ``mask.zarr`` group or a tile-infer output directory.
 
     Parameters
@@ -169,16 +197,19 @@ def open_labels(path: str | os.PathLike[str], what: str = "prediction") -> Label
         ``mask.zarr``) is used.
     what : str
         ``"prediction"`` or ``"truth"``, for error messages.
+    multiband : bool
+        Accept several bands (multi-label planes, read one at a time); else a multi-band raster is
+        refused.
     """
     p = Path(path)
     if not p.exists():
         raise InputError(f"{what} {p} does not exist; give a label GeoTIFF, a tile-infer output folder or a mask.zarr")
     if _is_zarr(p):
-        return _open_zarr(p)
+        return _open_zarr(p, multiband)
     if p.is_dir():
         if (p / "labels.tif").is_file():
-            return _open_geotiff(p / "labels.tif")
+            return _open_geotiff(p / "labels.tif", multiband)
         if _is_zarr(p / "mask.zarr"):
-            return _open_zarr(p / "mask.zarr")
+            return _open_zarr(p / "mask.zarr", multiband)
         raise InputError(f"{what} folder {p} has no labels.tif or mask.zarr; give a tile-infer output folder")
-    return _open_geotiff(p)
+    return _open_geotiff(p, multiband)

@@ -41,7 +41,7 @@ import numpy as np
 from . import georef
 from ._eval_report import ClassScore, EvalReport
 from ._label_raster import LabelRaster, open_labels
-from .errors import ConfigError, SegflowError
+from .errors import ConfigError, InputError, SegflowError
 from .georef import PixelGrid
 from .labels import LABEL_NODATA
 from .metrics import ConfusionMatrix
@@ -178,8 +178,13 @@ def evaluate(pred: str | os.PathLike[str], truth: str | os.PathLike[str], *,
     ignored = _check_ignore(ignore)
     cm = ConfusionMatrix(_MAX_LABELS, ignore_index=[NODATA, *ignored], no_prediction=NODATA)
     with ExitStack() as stack:
-        p = open_labels(pred, "prediction")
+        p = open_labels(pred, "prediction", multiband=True)
         stack.callback(p.close)
+        if p.multilabel:
+            return _multilabel(p, truth, stack, class_names, ignored, things, Path(pred), block, iou)
+        if p.bands != 1:
+            raise InputError(f"{p.path} has {p.bands} bands; expected a single-band label raster (or the labels.tif "
+                             "of a multi-label run)")
         t = open_labels(truth, "truth")
         stack.callback(t.close)
         check_same_grid(p, t)
@@ -202,6 +207,23 @@ def evaluate(pred: str | os.PathLike[str], truth: str | os.PathLike[str], *,
                       confusion=counts[:k, :k].tolist(), pred=str(p.path), truth=str(t.path), covered=cm.covered,
                       mean_dice=cm.mean_dice(), ignored=tuple(sorted(set(ignored))), objects=objects,
                       iou_threshold=float(iou), notes=notes)
+
+
+def _multilabel(p: LabelRaster, truth: str | os.PathLike[str], stack: ExitStack, class_names: Sequence[str] | None,
+                ignored: Sequence[int], things: Sequence[str | int] | None, pred: Path, block: int,
+                iou: float) -> EvalReport:
+    """:func:`evaluate` of a multi-label prediction (:mod:`segflow.multilabel_eval`)."""
+    from .multilabel_eval import evaluate_multilabel
+
+    if ignored:
+        raise ConfigError("--ignore applies to class-id truths; a multi-label truth marks what is not labelled with "
+                          "255 in each class's band: leave --ignore out")
+    t = open_labels(truth, "truth", multiband=True)
+    stack.callback(t.close)
+    check_same_grid(p, t)
+    names = _names(p.bands, class_names, p, t)
+    thing_ids, notes = _thing_classes(things, names, pred, p, ())
+    return evaluate_multilabel(p, t, names=names, things=thing_ids, notes=notes, block=block, iou=iou)
 
 
 def _check_min_coverage(min_coverage: float | None) -> None:

@@ -1,0 +1,127 @@
+"""``segflow eval`` of a multi-label run: each class scored as its own present/absent map against a truth with
+one 0/1 band per class, checked against numpy counts written out here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from segflow.errors import ConfigError, InputError
+from segflow.evaluate import evaluate
+from segflow.labels import LABEL_NODATA
+from segflow.tile_infer import TileInferParams, tile_infer
+
+from .helpers import CRS, TRANSFORM, write_geotiff
+from .test_multilabel import NAMES, NODATA, expected_planes, logits_package, overlapping_scene
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
+    root = tmp_path_factory.mktemp("mleval")
+    bands, present, valid = overlapping_scene()
+    scene = write_geotiff(root / "scene.tif", bands, nodata=NODATA)
+    out = root / "out"
+    tile_infer(scene, out, TileInferParams(model=str(logits_package(root / "pkg")), chunk=64, batch=8, device="cpu"))
+    return out, expected_planes(present, valid)
+
+
+def _truth(path: Path, planes: np.ndarray, names: tuple[str, ...] = NAMES) -> Path:
+    with rasterio.open(path, "w", driver="GTiff", width=planes.shape[2], height=planes.shape[1], count=len(planes),
+                       dtype="uint8", crs=CRS, transform=TRANSFORM, nodata=LABEL_NODATA) as ds:
+        ds.write(planes)
+        for k, name in enumerate(names):
+            ds.set_band_description(k + 1, name)
+    return path
+
+
+def _reference(pred: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
+    """Per class: tp, fp, fn (missed included), missed, counted, over the truth's labelled pixels."""
+    counted = truth != LABEL_NODATA
+    none = counted & (pred == LABEL_NODATA)
+    scored = counted & ~none
+    tp = (scored & (pred == 1) & (truth == 1)).sum(axis=(1, 2))
+    fp = (scored & (pred == 1) & (truth == 0)).sum(axis=(1, 2))
+    missed = (none & (truth == 1)).sum(axis=(1, 2))
+    fn = (scored & (pred == 0) & (truth == 1)).sum(axis=(1, 2)) + missed
+    return {"tp": tp, "fp": fp, "fn": fn, "missed": missed, "counted": counted.sum(), "covered": scored.sum(),
+            "right": (scored & (pred == truth)).sum()}
+
+
+def _damaged_truth(planes: np.ndarray) -> np.ndarray:
+    """The run's planes moved: the cloud truth shifted 7 px right, part of the shadow unlabelled, the building's
+    second rectangle grown, and the prediction's nodata corner labelled (absent) in the first band only."""
+    truth = planes.copy()
+    truth[1] = LABEL_NODATA
+    truth[1][:, 7:] = np.where(planes[1][:, :-7] == LABEL_NODATA, 0, planes[1][:, :-7])
+    truth[2][40:70, :] = LABEL_NODATA
+    truth[0][100:135, 10:55] = 1
+    truth[0][:10, 150:] = 0
+    return truth
+
+
+def test_each_class_is_scored_as_its_own_map_and_matches_numpy(run: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    out, planes = run
+    with rasterio.open(out / "labels.tif") as ds:
+        pred = ds.read()
+    assert np.array_equal(pred, planes)
+    truth = _damaged_truth(planes)
+    ref = _reference(pred, truth)
+    path = _truth(tmp_path / "truth.tif", truth)
+    reports = [evaluate(source, path, block=block) for source in (out, out / "mask.zarr") for block in (7, 2048)]
+    for report in reports:
+        assert report.label_kind == "multilabel" and [r.name for r in report.rows] == list(NAMES)
+        assert report.pixels == ref["counted"] and report.covered == ref["covered"]
+        for k, row in enumerate(report.rows):
+            tp, fp, fn = (int(ref[n][k]) for n in ("tp", "fp", "fn"))
+            assert row.iou == pytest.approx(tp / (tp + fp + fn))
+            assert row.dice == pytest.approx(2 * tp / (2 * tp + fp + fn))
+            assert row.precision == pytest.approx(tp / (tp + fp)) and row.recall == pytest.approx(tp / (tp + fn))
+            assert row.support == tp + fn and row.missed == ref["missed"][k]
+        assert report.mean_iou == pytest.approx(np.mean([r.iou for r in report.rows]))
+        assert report.pixel_accuracy == pytest.approx(ref["right"] / ref["covered"])
+        assert report.confusion == reports[0].confusion
+    assert reports[0].rows[1].iou < 0.9 and reports[0].rows[2].iou == 1.0  # the shift shows; unlabelled rows do not
+    # the building is the run's model's thing class: the grown rectangle still matches (IoU 1200 / 1575 >= 0.5)
+    (building,) = reports[0].objects
+    assert (building.name, building.truth, building.pred, building.tp) == ("building", 2, 2, 2)
+    assert [o.tp for o in evaluate(out, path, iou=0.8).objects] == [1]
+
+
+def test_missed_truth_lowers_coverage_and_the_command_fails_after_writing_the_report(
+        run: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    out, planes = run
+    truth = planes.copy()
+    truth[:, :10, 150:] = 1  # the prediction's nodata corner, labelled present in every band
+    path = _truth(tmp_path / "truth.tif", truth)
+    report = evaluate(out, path)
+    assert report.rows[2].missed == 200 and report.coverage == pytest.approx(1 - 600 / (3 * planes[0].size))
+    done = subprocess.run([sys.executable, "-m", "segflow", "eval", "--pred", str(out), "--truth", str(path),
+                           "--json", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "covers" in done.stderr
+    written = json.loads((tmp_path / "r.json").read_text())
+    assert written["label_kind"] == "multilabel" and written["missed_pixels"] == 600
+    # rows truth, columns prediction, over the pixels with a prediction: the run's planes are the truth there
+    assert written["confusion_matrix"][0] == [[int((planes[0] == 0).sum()), 0], [0, int((planes[0] == 1).sum())]]
+
+
+def test_a_truth_that_does_not_fit_is_refused_in_one_line(run: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    out, planes = run
+    single = write_geotiff(tmp_path / "single.tif", planes[:1].astype(np.uint8), nodata=None)
+    with pytest.raises(InputError, match="multi-label with 3 classes") as caught:
+        evaluate(out, single)
+    assert "\n" not in str(caught.value)
+    swapped = _truth(tmp_path / "swapped.tif", planes[[1, 0, 2]], names=(NAMES[1], NAMES[0], NAMES[2]))
+    with pytest.raises(InputError, match="reorder the truth's bands"):
+        evaluate(out, swapped)
+    bad = planes.copy()
+    bad[0, 0, 0] = 3
+    with pytest.raises(InputError, match=r"band 1.*0 \(absent\), 1 \(present\)"):
+        evaluate(out, _truth(tmp_path / "bad.tif", bad))
+    with pytest.raises(ConfigError, match="--ignore"):
+        evaluate(out, _truth(tmp_path / "t.tif", planes), ignore=[0])
