@@ -11,18 +11,17 @@ all copies, flipped back, are averaged.
 from __future__ import annotations
 
 import itertools
-import math
-import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Protocol
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from .batching import BatchedFunction, Window, WindowPredictor, batched
 from .compiled import can_compile, channels_last_copy, compile_on, run_padded
-from .errors import ConfigError, DeviceError, ModelError
+from .devices import check_window_memory, resolve_device, window_batch_bytes
+from .errors import ConfigError, ModelError
 from .models.package import ModelSpec, Normalization
 from .precision import autocast_dtype, outputs_agree, precision_for
 
@@ -30,8 +29,6 @@ __all__ = ["TTA_MODES", "BatchedFunction", "Predictor", "WindowPredictor", "chec
            "resolve_device", "window_batch_bytes"]
 
 TTA_MODES = ("none", "flips")  # test-time augmentation: none, or mirroring over every spatial axis
-
-Window = tuple[np.ndarray, "np.ndarray | None"]
 
 
 def flip_axes(spatial_dims: int) -> list[tuple[int, ...]]:
@@ -45,97 +42,6 @@ def flip_axes(spatial_dims: int) -> list[tuple[int, ...]]:
 
 def _flip(x: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
     return torch.flip(x, axes) if axes else x
-
-
-class WindowPredictor(Protocol):
-    """Anything that turns windows into class probabilities, batching them as it sees fit."""
-
-    def predict_windows(self, windows: Iterable[Window]) -> Iterator[torch.Tensor]: ...
-
-
-def _batched(predict: Callable[[np.ndarray, np.ndarray | None], np.ndarray | torch.Tensor],
-             windows: Iterable[Window], batch_size: int, device: torch.device | None) -> Iterator[torch.Tensor]:
-    """Stack ``batch_size`` windows ``(C, *tile)`` (and validity ``(*tile)`` or None) per call of ``predict``."""
-    batch: list[Window] = []
-
-    def flush() -> Iterator[torch.Tensor]:
-        x = np.stack([w[0] for w in batch])
-        v = None if batch[0][1] is None else np.stack([w[1] for w in batch])  # type: ignore[misc]
-        batch.clear()
-        probs = torch.as_tensor(predict(x, v), device=device)
-        del x, v
-        yield from probs
-
-    for window in windows:
-        batch.append(window)
-        if len(batch) == batch_size:
-            yield from flush()
-    if batch:
-        yield from flush()
-
-
-class BatchedFunction:
-    """A plain ``predict(windows, valid) -> probabilities`` function as a :class:`WindowPredictor`."""
-
-    def __init__(self, predict: Callable[[np.ndarray, np.ndarray | None], np.ndarray | torch.Tensor],
-                 batch_size: int = 16, device: torch.device | str | None = None):
-        self.predict, self.batch_size = predict, int(batch_size)
-        self.device = None if device is None else torch.device(device)
-
-    def predict_windows(self, windows: Iterable[Window]) -> Iterator[torch.Tensor]:
-        return _batched(self.predict, windows, self.batch_size, self.device)
-
-
-def window_batch_bytes(tile: Sequence[int], bands: int, classes: int, batch: int) -> int:
-    """Bytes segflow itself holds for one forward pass of ``batch`` windows of ``tile`` pixels.
-
-    The float32 input ``(N, C, *tile)``, its validity, the probabilities and their weighted copy
-    ``(N, K, *tile)`` each; the network's own activations come on top and depend on the model.
-    """
-    per_pixel = 4 * bands + 1 + 2 * 4 * classes
-    return int(batch) * math.prod(int(t) for t in tile) * per_pixel
-
-
-def _memory_bytes(device: torch.device) -> int | None:
-    if device.type == "cuda":
-        return int(torch.cuda.get_device_properties(device).total_memory)
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def check_window_memory(tile: Sequence[int], bands: int, classes: int, batch: int, device: torch.device) -> None:
-    """Refuse, before anything is allocated, a window batch whose own buffers alone need over half the memory."""
-    need = window_batch_bytes(tile, bands, classes, batch)
-    have = _memory_bytes(device)
-    if have is None or need <= have // 2:
-        return
-    shape = "x".join(str(int(t)) for t in tile)
-    fewer = max(1, int(batch * (have // 2) / need)) if batch > 1 else 0
-    hint = f"use --batch {fewer} or a smaller --tile" if fewer else "use a smaller --tile"
-    raise ConfigError(f"a batch of {batch} window(s) of {shape} pixels needs about {need / 2**30:.1f} GiB before the "
-                      f"network's own memory, over half of the {have / 2**30:.1f} GiB of {device.type} memory here; "
-                      f"{hint}")
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU; ``cpu``; ``cuda`` or ``cuda:N`` (must exist)."""
-    name = device.strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise DeviceError(
-                f"device {device!r} was asked for but CUDA is not available here; use --device cpu or auto"
-            )
-        dev = torch.device(name)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise DeviceError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s) found")
-        return dev
-    raise DeviceError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N")
 
 
 class _Normalize(nn.Module):
@@ -390,7 +296,7 @@ class Predictor:
 
     def predict_windows(self, windows: Iterable[Window]) -> Iterator[torch.Tensor]:
         """Probabilities ``(K, *tile)`` on the device for each window, ``batch_size`` windows per forward pass."""
-        return _batched(self.predict_tensor, windows, self.batch_size, self.device)
+        return batched(self.predict_tensor, windows, self.batch_size, self.device)
 
     def predict_batch(self, batch: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """Like :meth:`predict_tensor`, as a numpy array on the host."""

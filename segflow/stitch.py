@@ -20,8 +20,8 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from .batching import BatchedFunction, WindowPredictor
 from .labels import LABEL_NODATA
-from .predict import BatchedFunction, WindowPredictor
 from .scene import Scene
 from .tiling import Box, ChunkGrid, WindowGrid, blend_weights
 

@@ -8,28 +8,25 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from . import __version__
 from ._failpoints import failpoint
 from ._memory import limit_heap_fragmentation
 from .bands import assemble_scene, parse_inputs
 from .crf_pass import crf_fingerprint
+from .devices import check_window_memory, resolve_device
 from .engine import Execution, PredictorFactory, RunSpec, input_identity, make_plan, run_fingerprint, run_plan
 from .engine.spill import SPILL_FOLDER, spill_bytes
 from .engine.spill import clear as clear_spill
 from .errors import ConfigError, InputError
 from .io.atomic import atomic_write_text
 from .io.deliver import DICOM_SEG, VectorFile, deliver_run
-from .io.gdal_names import input_name, local_file, shown_name
+from .io.gdal_names import input_name, shown_name
 from .io.geotiff import close_datasets, gdal_cache_limit
 from .io.lock import OutputLock
 from .io.mask_store import MaskStore
@@ -43,7 +40,7 @@ from .models import ModelPackage, resolve_package
 from .models.expects import check_expected_input
 from .multilabel import check_run as check_multilabel_run
 from .precision import precision_for
-from .predict import check_window_memory, resolve_device
+from .provenance import provenance
 from .resample import GridMap, model_grid, model_scene, to_input_grid
 from .run_params import RunResult, TileInferParams
 from .run_store import exports_digest, published_store, reuse_or_create, up_to_date
@@ -59,35 +56,6 @@ DEFAULT_MODELS = {2: DEFAULT_MODEL, 3: "ct-tissue"}  # by the input's spatial di
 DEFAULT_CHUNK = {2: 2048, 3: 128}
 MODEL_GRID_STORE = "model-grid.zarr"  # in the staging folder only: the engine's store when the model has its own grid
 Progress = Callable[[int, int], None]
-
-
-def _provenance(input_path: str, scene_meta: dict[str, Any], package: ModelPackage, params: TileInferParams,
-                grid: WindowGrid, device: str, started: str) -> dict[str, Any]:
-    p = asdict(params)
-    p["bands"] = dict(params.bands)
-    from .io.postgis import redact
-
-    for target in ("postgis", "pacs"):  # never a password in run.json
-        p[target] = None if p[target] is None else redact(p[target])
-    return {
-        "segflow_version": __version__,
-        "started_utc": started,
-        "input": {"path": shown_name(input_path), "size_bytes": _size(input_path), **scene_meta},
-        "model": package.provenance(),
-        "parameters": p,
-        "effective": {"tile": list(grid.tile), "stride": list(grid.stride), "device": device},
-        "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                        "platform": platform.platform()},
-    }
-
-
-def _size(name: str) -> int | None:
-    """Bytes of the local file holding input ``name`` (for a GDAL name, e.g. the zip archive), or None."""
-    file = local_file(name)
-    try:
-        return None if file is None else file.stat().st_size
-    except OSError:
-        return None
 
 
 InputPaths = str | os.PathLike[str] | Mapping[str, str | os.PathLike[str]]
@@ -371,7 +339,7 @@ def _compute(job: _Job, store: MaskStore, staging: Staging, progress: Progress |
         job, store, staging, progress)
     verify_store(store)
     write_sinks(job.sinks, store, staging.path, needed=job.needed_bytes)
-    record = _provenance(job.input_path, job.scene.meta, job.package, params, grid, job.device, job.started)
+    record = provenance(job.input_path, job.scene.meta, job.package, params, grid, job.device, job.started)
     record["effective"].update(precision=job.precision, tta=params.tta, compile=params.compile)
     if job.grid_map is not None:
         record["effective"]["model_grid"] = {"shape": list(job.grid_map.shape),
