@@ -42,3 +42,26 @@ def test_ct_window_maps_the_window_to_unit_range() -> None:
 def test_bad_normalisation_is_refused(fields: dict, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         Normalization(**fields)
+
+
+@pytest.mark.parametrize("norm", MODES, ids=lambda n: n.mode)
+@pytest.mark.parametrize("dtype", [np.uint16, np.int16, np.uint8, np.float32])
+def test_raw_integer_bands_become_float32_inputs(norm: Normalization, dtype: type) -> None:
+    """Raw sensor values (uint16 reflectance, int16 HU) give float32 network inputs in every mode, equal to the
+    arithmetic done in float64 to float32 precision."""
+    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else np.finfo(np.float32)
+    low, high = max(float(info.min), -3000.0), min(float(info.max), 10000.0)
+    x = np.random.default_rng(1).uniform(low, high, size=(2, 7, 9)).astype(dtype)
+    out = normalize_array(x, norm)
+    assert out.dtype == np.float32 and out.shape == x.shape
+    wide = x.astype(np.float64)
+    if norm.mode == "meanstd":
+        expected = (wide - np.array(norm.mean)[:, None, None]) / np.array(norm.std)[:, None, None]
+    elif norm.mode == "scale":
+        expected = wide * norm.scale + norm.offset
+    elif norm.mode == "ct_window":
+        lo = norm.center - norm.width / 2
+        expected = (np.clip(wide, lo, lo + norm.width) - lo) / norm.width
+    else:
+        expected = wide
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
