@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import warnings
 
 import numpy as np
@@ -154,6 +155,7 @@ class TestConfusionMatrix:
         np.testing.assert_array_equal(cm.matrix, [[0, 0], [1, 1]])
         volume = ConfusionMatrix(3).update(PRED.reshape(1, 2, 3), TRUTH.reshape(1, 2, 3))
         np.testing.assert_array_equal(volume.matrix, HAND_MATRIX)
+        assert ConfusionMatrix(np.int64(3)).num_classes == 3  # type: ignore[arg-type]  # numpy ints are ints
 
     def test_merge_and_reset(self) -> None:
         a = ConfusionMatrix(3).update(PRED[0], TRUTH[0])
@@ -209,6 +211,94 @@ class TestConfusionMatrix:
             ConfusionMatrix(2).merge(ConfusionMatrix(3))
         with pytest.raises(ConfigError, match="class_names"):
             ConfusionMatrix(2).table(["only one"])
+
+    def test_bool_masks_are_classes_0_and_1(self) -> None:
+        truth = np.array([[True, True], [False, True]])
+        pred = np.array([[1, 255], [0, 0]], dtype=np.uint8)
+        cm = ConfusionMatrix(2, no_prediction=255).update(pred, truth)
+        np.testing.assert_array_equal(cm.matrix, [[1, 0], [1, 1]])
+        np.testing.assert_array_equal(cm.missed, [0, 1])
+        cm.update(np.array([True, False]), np.array([True, True]))
+        np.testing.assert_array_equal(cm.matrix, [[1, 0], [2, 2]])
+
+    def test_counts_are_int64(self) -> None:
+        # int64 counts stay exact past 2**53 pixels, where float64 counts would round
+        cm = ConfusionMatrix(3, ignore_index=255, no_prediction=255)
+        cm.update(np.array([0, 255, 2], np.uint8), np.array([0, 1, 2], np.uint8))
+        assert cm.matrix.dtype == np.int64 and cm.missed.dtype == np.int64 and cm.support().dtype == np.int64
+        np.testing.assert_array_equal(cm.support(), [1, 1, 1])
+
+    @pytest.mark.parametrize(("num_classes", "no_prediction"),
+                             [(2, 2), (2, 255), (2, -1), (1, 1), (2, np.uint8(255)), (2, np.int64(7))])
+    def test_no_prediction_outside_the_classes_is_accepted(self, num_classes: int, no_prediction: int) -> None:
+        """A raster's nodata read as a numpy integer is accepted like a Python int."""
+        cm = ConfusionMatrix(num_classes, no_prediction=no_prediction)
+        assert type(cm.no_prediction) is int and cm.no_prediction == int(no_prediction)
+        cm.update(np.array([0, no_prediction]), np.array([0, 0]))
+        np.testing.assert_array_equal(cm.missed, [1] + [0] * (num_classes - 1))
+        assert cm.coverage() == 0.5
+
+    @pytest.mark.parametrize(
+        ("num_classes", "no_prediction"), [(2, 0), (2, 1), (3, 0), (1, 0), (1, True), (2, 255.0), (2, "255")]
+    )
+    def test_no_prediction_that_is_a_class_or_not_an_int_is_refused(
+        self, num_classes: int, no_prediction: object
+    ) -> None:
+        message = (f"no_prediction={no_prediction!r}; expected an int outside the classes [0, {num_classes}), "
+                   "e.g. 255, or None")
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+            ConfusionMatrix(num_classes, no_prediction=no_prediction)  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize("num_classes", [0, -1, True, False, 2.0, "3"])
+    def test_num_classes_must_be_a_positive_int(self, num_classes: object) -> None:
+        with pytest.raises(ConfigError, match=f"^{re.escape(f'num_classes={num_classes!r}; expected an int >= 1')}$"):
+            ConfusionMatrix(num_classes)  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize(
+        ("kwargs", "pred", "truth", "message"),
+        [
+            ({}, np.array([0.0, 1.0]), np.array([0, 1]), "pred has dtype float64; expected integer labels; cast with "
+             ".astype(np.int64) (round probabilities/logits to classes first)"),
+            ({}, np.array([0, 1]), np.array([0, 1], np.float32), "truth has dtype float32; expected integer labels; "
+             "cast with .astype(np.int64) (round probabilities/logits to classes first)"),
+            ({}, np.array([0, 1]), np.array([0, 5]),
+             "truth contains label 5; expected values in [0, 3); fix the mask or set ignore_index"),
+            ({"ignore_index": [255, 0]}, np.array([0, 1]), np.array([0, 7]),
+             "truth contains label 7; expected values in [0, 3) or ignore_index=[255, 0]; fix the mask or set "
+             "ignore_index"),
+            ({}, np.array([0, -2]), np.array([0, 1]),
+             "pred contains label -2; expected values in [0, 3); fix the mask or set no_prediction (e.g. 255)"),
+            ({"no_prediction": 255}, np.array([0, 7]), np.array([0, 1]),
+             "pred contains label 7; expected values in [0, 3) or no_prediction=255; fix the mask"),
+            ({}, np.zeros((2, 3), np.int64), np.zeros((3, 2), np.int64),
+             "pred has shape (2, 3) but truth has shape (3, 2); expected equal shapes"),
+        ],
+    )
+    def test_input_error_messages_in_full(
+        self, kwargs: dict, pred: np.ndarray, truth: np.ndarray, message: str
+    ) -> None:
+        cm = ConfusionMatrix(3, **kwargs)
+        with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
+            cm.update(pred, truth)
+        assert cm.total == 0
+
+    def test_config_error_messages_in_full(self) -> None:
+        with pytest.raises(ConfigError, match=f"^{re.escape('cannot merge a dict; expected a ConfusionMatrix')}$"):
+            ConfusionMatrix(2).merge({"matrix": [[1, 0], [0, 1]]})  # type: ignore[arg-type]
+        message = ("cannot merge num_classes=3, ignore_index=[0, 255], no_prediction=None into one with "
+                   "num_classes=2, ignore_index=255, no_prediction=255; build both with the same settings")
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+            ConfusionMatrix(2, 255, no_prediction=255).merge(ConfusionMatrix(3, [0, 255]))
+        message = "class_names=['only one'] has 1 entries; expected 2, one per class"
+        with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+            ConfusionMatrix(2).table(["only one"])
+
+    def test_merge_needs_the_same_ignored_values_in_any_order(self) -> None:
+        a = ConfusionMatrix(3, ignore_index=[255, 0]).update(PRED, TRUTH)
+        a.merge(ConfusionMatrix(3, ignore_index=(0, 255, 0)).update(PRED, TRUTH))
+        np.testing.assert_array_equal(a.matrix, 2 * np.array([[0, 0, 0], [0, 2, 0], [1, 0, 1]]))
+        with pytest.raises(ConfigError, match="ignore_index=0"):
+            a.merge(ConfusionMatrix(3, ignore_index=0))
 
 
 @st.composite
