@@ -4,6 +4,9 @@ Each architecture is built with its defaults (4 input bands, 4 classes), run in 
 ``torch.inference_mode``, both as it is (eager) and as segflow's predictor runs it on the CPU
 (traced, frozen, optimised for inference). Figures: the median of ``--repeats`` timed batches
 after two warm-up batches. Usage: python benchmarks/bench_architectures.py [--device cpu]
+[--only NAME ...]. A full run writes ``results/architectures-<device>.json``; a run of ``--only``
+some architectures writes ``results/architectures-<device>-partial.json`` and leaves the full
+results alone.
 """
 
 from __future__ import annotations
@@ -48,13 +51,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="measure only these architectures")
     args = parser.parse_args()
+    names = [n for n in architecture_names() if 2 in architecture_info(n).spatial_dims]
+    if args.only:
+        unknown = sorted(set(args.only) - set(names))
+        if unknown:
+            parser.error(f"--only {unknown[0]!r} is not a 2D architecture; choose from {', '.join(names)}")
+        names = [n for n in names if n in args.only]
     device = torch.device(args.device)
     x = torch.rand(BATCH, BANDS, TILE, TILE, device=device)
     rows = []
-    for name in architecture_names():
-        if 2 not in architecture_info(name).spatial_dims:
-            continue
+    for name in names:
         torch.manual_seed(0)
         net = build_architecture(name, spatial_dims=2, in_channels=BANDS, out_channels=CLASSES).eval().to(device)
         params = sum(p.numel() for p in net.parameters())
@@ -66,7 +74,8 @@ def main() -> None:
               + ("" if fast is None else f"  optimised {fast:7.2f} MP/s"), flush=True)
     out = {"device": str(device), "tile": TILE, "batch": BATCH, "threads": torch.get_num_threads(),
            "torch": torch.__version__, "results": rows}
-    target = HERE / "results" / f"architectures-{device.type}.json"
+    suffix = "-partial" if args.only else ""
+    target = HERE / "results" / f"architectures-{device.type}{suffix}.json"
     target.write_text(json.dumps(out, indent=2) + "\n")
 
 
