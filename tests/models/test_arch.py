@@ -34,6 +34,7 @@ SMALL: dict[str, dict[str, Any]] = {
     "segnet": {"channels": (4, 8, 8), "convs_per_stage": 1},
     "linknet": {"channels": (4, 8, 8, 16), "stem_channels": 4},
     "pspnet": {"channels": (4, 8, 8, 16), "stem_channels": 4, "pool_channels": 4, "head_channels": 8},
+    "fpn": {"channels": (4, 8, 8, 16), "stem_channels": 4, "pyramid_channels": 8, "segmentation_channels": 4},
     "hrnet": {"width": 4},
     "refinenet": {"channels": (4, 8, 8, 16), "stem_channels": 4, "refine_channels": (4, 4, 4, 8)},
 }

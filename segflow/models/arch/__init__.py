@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from segflow.errors import ConfigError
-from segflow.models.arch import deeplabv3plus, fcn8s, hrnet, linknet, pspnet, refinenet, segnet, unet
+from segflow.models.arch import deeplabv3plus, fcn8s, fpn, hrnet, linknet, pspnet, refinenet, segnet, unet
 from segflow.models.arch.base import ArchInfo, PaddedSegmenter
 
 __all__ = ["ArchInfo", "PaddedSegmenter", "architecture_info", "architecture_names", "build_architecture"]
@@ -27,7 +27,7 @@ _Builder = Callable[[int, int, int, dict[str, Any]], nn.Module]
 
 _REGISTRY: dict[str, tuple[ArchInfo, _Builder]] = {
     module.INFO.name: (module.INFO, module.build)
-    for module in (unet, deeplabv3plus, fcn8s, segnet, linknet, pspnet, hrnet, refinenet)
+    for module in (unet, deeplabv3plus, fcn8s, segnet, linknet, pspnet, hrnet, refinenet, fpn)
 }
 
 

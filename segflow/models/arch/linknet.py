@@ -1,6 +1,9 @@
 """LinkNet: residual encoder; decoder block outputs are added to the encoder skip features.
 
-2D only; axis order ``(N, C, Y, X)``.
+2D only; axis order ``(N, C, Y, X)``. ``encoder: builtin`` (the default) is a small ResNet-style encoder
+(``channels``, ``blocks``, ``stem_channels``); ``encoder: resnet18|resnet34|resnet50|vgg11`` takes that
+torchvision-layout trunk (:mod:`segflow.models.arch.encoders`; ``resnet34`` gives LinkNet-34) and its
+features at strides 4, 8, 16 and 32, the decoder widths following the trunk's channels.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import torch
 from torch import nn
 
 from segflow.models.arch.base import ArchInfo, PaddedSegmenter
+from segflow.models.arch.encoders import BUILTIN, build_encoder, check_encoder
 from segflow.models.arch.layers import ConvNormAct, ResNetEncoder, norm_layer, transpose_layer
 from segflow.models.arch.options import COMMON_DEFAULTS, check_common, check_int, check_int_tuple
 
@@ -21,8 +25,15 @@ INFO = ArchInfo(
     name="linknet",
     spatial_dims=(2,),
     description="LinkNet: ResNet-style encoder (stride 4..32), decoder blocks (1x1, 2x transposed "
-    "conv, 1x1) whose outputs are added to the encoder features; total stride 32.",
-    defaults={"channels": (16, 32, 64, 128), "blocks": (1, 1, 1, 1), "stem_channels": 16, **COMMON_DEFAULTS},
+    "conv, 1x1) whose outputs are added to the encoder features; total stride 32. encoder: builtin, or "
+    "resnet18/34/50 or vgg11 (torchvision layout).",
+    defaults={
+        "channels": (16, 32, 64, 128),
+        "blocks": (1, 1, 1, 1),
+        "stem_channels": 16,
+        "encoder": BUILTIN,
+        **COMMON_DEFAULTS,
+    },
 )
 
 
@@ -54,11 +65,17 @@ class LinkNet(PaddedSegmenter):
         channels: Sequence[int] = (16, 32, 64, 128),
         blocks: Sequence[int] = (1, 1, 1, 1),
         stem_channels: int = 16,
+        encoder: str = BUILTIN,
         norm: str = "batch",
         pad_mode: str = "replicate",
     ) -> None:
         super().__init__(2, in_channels, out_channels, 32, pad_mode)
-        self.encoder = ResNetEncoder(2, in_channels, stem_channels, channels, blocks, norm=norm)
+        self.first = 0  # index of the stride-4 feature in the encoder's output
+        if encoder == BUILTIN:
+            self.encoder: nn.Module = ResNetEncoder(2, in_channels, stem_channels, channels, blocks, norm=norm)
+        else:
+            trunk = build_encoder(encoder, in_channels)
+            self.encoder, self.first, channels = trunk, trunk.reductions.index(4), trunk.channels[-4:]
         self.decoders = nn.ModuleList(
             DecoderBlock(channels[i], channels[i - 1] if i > 0 else channels[0], upsample=i > 0, norm=norm)
             for i in range(len(channels) - 1, -1, -1)
@@ -71,7 +88,7 @@ class LinkNet(PaddedSegmenter):
         )
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.encoder(x)
+        features = self.encoder(x)[self.first:]
         y = features[-1]
         for i, decoder in enumerate(self.decoders):
             y = decoder(y)
@@ -84,6 +101,7 @@ class LinkNet(PaddedSegmenter):
 def build(spatial_dims: int, in_channels: int, out_channels: int, options: dict[str, Any]) -> LinkNet:
     """LinkNet from validated options (see :data:`INFO` for the defaults)."""
     arch, d = "linknet", INFO.defaults
+    encoder = check_encoder(arch, options, d, spatial_dims, ("channels", "blocks", "stem_channels"))
     channels = check_int_tuple(arch, "channels", options["channels"], d["channels"], length=4)
     blocks = check_int_tuple(arch, "blocks", options["blocks"], d["blocks"], length=4)
     stem = check_int(arch, "stem_channels", options["stem_channels"])
@@ -94,6 +112,7 @@ def build(spatial_dims: int, in_channels: int, out_channels: int, options: dict[
         channels=channels,
         blocks=blocks,
         stem_channels=stem,
+        encoder=encoder,
         norm=norm,
         pad_mode=pad_mode,
     )
