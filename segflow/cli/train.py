@@ -4,7 +4,8 @@
 Either ``--config FILE`` (see :mod:`segflow.training.config` for the YAML layout) or one or more
 ``--image A.tif --labels A_labels.tif`` pairs (a 2D U-Net with default settings; bands and
 classes are read from the files), plus overrides ``--epochs``, ``--chip``, ``--batch-size``,
-``--chips-per-epoch``, ``--output``, ``--device`` and ``--resume``.
+``--chips-per-epoch``, ``--output``, ``--device``, ``--init PACKAGE`` (fine-tune from a model
+package), ``--encoder-weights FILE`` (the config's ``model.encoder_weights``) and ``--resume``.
 """
 
 from __future__ import annotations
@@ -151,24 +152,33 @@ def _reporter(quiet: bool) -> Iterator[Callable[[Any], None] | None]:
 @click.option("--chips-per-epoch", type=int, default=None, help="Override the number of chips per epoch.")
 @output_option(help="Override the output directory (checkpoint, history, package/).")
 @device_option(default=None, help="Override the device: auto, cpu, cuda or cuda:N.")
+@click.option("--init", "init", default=None, metavar="PACKAGE",
+              help="Fine-tune: start from this model package's weights (built-in name or path; same architecture "
+                   "and bands; the head is re-initialised when only the classes differ).")
+@click.option("--encoder-weights", type=click.Path(path_type=Path), default=None,
+              help="torchvision ImageNet weights (a state-dict file) for the architecture's encoder "
+              "(model.architecture.args.encoder: resnet18, resnet34, resnet50 or vgg11).")
 @click.option("--resume", is_flag=True, help="Continue from the checkpoint in the output directory.")
 @quiet_option(help="No progress output and no summary line.")
 def train_cmd(config: Path | None, images: tuple[Path, ...], labels: tuple[Path, ...], classes: str | None,
               epochs: int | None, chip: int | None, batch_size: int | None, chips_per_epoch: int | None,
-              output_dir: Path | None, device: str | None, resume: bool, quiet: bool) -> None:
+              output_dir: Path | None, device: str | None, init: str | None, encoder_weights: Path | None,
+              resume: bool, quiet: bool) -> None:
     """Train a segmentation model on labelled chips and write a model package."""
     from ..training.config import train_config_from_dict
     from ..training.loop import train
 
     raw = _raw_config(config, images, labels, classes)
     overrides = {"epochs": epochs, "batch_size": batch_size, "chips_per_epoch": chips_per_epoch, "output": output_dir,
-                 "device": device}
+                 "device": device, "init": init}
     raw.update({k: v for k, v in overrides.items() if v is not None})
     if chip is not None:
         raw["model"] = {**raw["model"], "chip": chip}
+    if encoder_weights is not None:
+        raw["model"] = {**raw["model"], "encoder_weights": encoder_weights}
     raw["resume"] = resume
     settings = train_config_from_dict(raw, source=str(config) if config else "command-line options")
-    flags = {"classes": classes, "chip": chip, **overrides, "resume": resume}
+    flags = {"classes": classes, "chip": chip, **overrides, "encoder_weights": encoder_weights, "resume": resume}
     command = _command_line(config, images, labels, {k.replace("_", "-"): v for k, v in flags.items()})
     with _reporter(quiet) as progress:
         result = train(settings, progress=progress, command=command)

@@ -2,7 +2,8 @@
 
 The ``model.yaml`` follows :mod:`segflow.models.package` exactly (it is validated with
 ``ModelSpec.model_validate`` before anything is written); the weights are the network's state
-dict saved with ``safetensors.torch.save_file``, loadable strictly into the network
+dict saved as safetensors with a deterministic header (:mod:`segflow.models._safetensors`: the
+same weights give the same bytes and SHA-256), loadable strictly into the network
 :func:`segflow.models.loading.build_network` builds from the contract (the one that
 :func:`~segflow.models.loading.load_module` reads packages with). The directory is built next to
 its target and renamed into place, so a reader never sees a half-written package.
@@ -19,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 import yaml
 from pydantic import ValidationError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..errors import ConfigError, OutputError
 from ..io.atomic import atomic_path
+from ._safetensors import safetensors_bytes
 from .loading import build_network
 from .package import ModelSpec, Normalization
 
@@ -94,13 +96,24 @@ def package_contract(config: TrainConfig, normalization: Normalization, descript
         },
         "tile": _tile(model.tile_shape),
         "overlap": model.overlap,
-        "output": {"activation": "softmax"},
+        "output": _output(config),
         "classes": [c.model_dump(exclude_none=True) for c in model.classes],
         "pixel_size": model.pixel_size,
         "spacing": spacing,
         "orientation": orientation,
     }
     return plain({k: v for k, v in raw.items() if v is not None})
+
+
+def _output(config: TrainConfig) -> dict[str, Any]:
+    """``output`` of model.yaml: the configured activation; a multi-label model's thresholds written out."""
+    output = config.model.output
+    written: dict[str, Any] = {"activation": output.activation}
+    if output.multilabel:
+        given = output.thresholds
+        thresholds = list(given) if given is not None else [0.5] * len(config.model.classes)
+        written.update(multilabel=True, thresholds=thresholds)
+    return written
 
 
 def validate_contract(contract: Mapping[str, Any]) -> ModelSpec:
@@ -147,7 +160,7 @@ def write_package(directory: str | os.PathLike[str], contract: Mapping[str, Any]
                           "free space") from None
     with atomic_path(target, hint="check the path and free space") as staging:
         staging.mkdir()
-        save_file(tensors, str(staging / WEIGHTS), metadata={"format": "pt", "model": spec.name})
+        (staging / WEIGHTS).write_bytes(safetensors_bytes(tensors, {"format": "pt", "model": spec.name}))
         text = yaml.safe_dump(plain(dict(contract)), sort_keys=False, width=100, allow_unicode=True,
                               default_flow_style=None)
         (staging / "model.yaml").write_text(text, encoding="utf-8")
@@ -177,6 +190,15 @@ def metrics_table(metrics: Metrics, kinds: Sequence[str]) -> str:
     return "\n".join(rows)
 
 
+def _output_text(spec: ModelSpec) -> str:
+    if spec.multilabel:
+        return (f"sigmoid, multi-label ({spec.output_channels} channels; class k present where its probability >= "
+                f"thresholds {list(spec.thresholds or ())}; classes may overlap)")
+    if spec.output.activation == "sigmoid":
+        return "sigmoid, binary (1 channel: the probability of class 1)"
+    return spec.output.activation
+
+
 def readme_text(spec: ModelSpec, sections: Mapping[str, str]) -> str:
     """The package README: contract, then the given sections (training data, training, quality...)."""
     bands = ", ".join(f"{b.name} (band {b.index})" if b.index else b.name for b in spec.input.bands)
@@ -201,7 +223,7 @@ def readme_text(spec: ModelSpec, sections: Mapping[str, str]) -> str:
         f"{plain(spec.architecture.args) if spec.architecture else ''}",
         f"- input bands: {bands}",
         f"- normalization: {norm_text}",
-        f"- tile {spec.tile_shape}, overlap {spec.overlap}, output {spec.output.activation}",
+        f"- tile {spec.tile_shape}, overlap {spec.overlap}, output {_output_text(spec)}",
         *([f"- model grid: voxel spacing (dz, dy, dx) {list(spec.spacing) if spec.spacing else 'as the input'} mm, "
            f"orientation {spec.orientation or 'as the input'} (inputs are resampled to it)"]
           if spec.spacing is not None or spec.orientation is not None else []),

@@ -21,7 +21,7 @@ volumes with truth are in :mod:`segflow.synthetic.volume`.
 
 from __future__ import annotations
 
-from .scene import BANDS, CLASSES, TRUTH_NODATA, synthesize_block
+from .scene import BANDS, CLASSES, TRUTH_NODATA, synthesize_block, synthesize_instances
 from .writer import SyntheticScene, write_synthetic_scene
 
 __all__ = [
@@ -30,5 +30,6 @@ __all__ = [
     "TRUTH_NODATA",
     "SyntheticScene",
     "synthesize_block",
+    "synthesize_instances",
     "write_synthetic_scene",
 ]

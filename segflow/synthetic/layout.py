@@ -216,6 +216,27 @@ def _buildings(ycells: _Cells, xcells: _Cells, cell_water: Mask, seed: int) -> t
     return in_first | in_second, roof
 
 
+_ID_OFFSET = 1 << 20  # cell indices are shifted by this to be >= 0 in building ids
+
+
+def _building_ids(ycells: _Cells, xcells: _Cells, cell_water: Mask, seed: int) -> I64:
+    """Instance id of every block pixel: 0 off buildings, else one id per building rectangle.
+
+    The id of the first (second) rectangle of global cell ``(cy, cx)`` is
+    ``((cy + 2**20) << 22 | (cx + 2**20) << 1) + 1`` (``+ 2``): the same building has the same id
+    in every block, and the two rectangles of a touching pair have different ids.
+    """
+    cell_rows = np.arange(ycells.first, ycells.first + ycells.number, dtype=np.int64)
+    cell_cols = np.arange(xcells.first, xcells.first + xcells.number, dtype=np.int64)
+    layout = _building_layout(cell_rows, cell_cols, seed)
+    in_first = _rect_mask(_drop_on_water(layout.first, cell_water), ycells, xcells)
+    in_second = _rect_mask(_drop_on_water(layout.second, cell_water), ycells, xcells)
+    cy = (ycells.first + ycells.cell + _ID_OFFSET)[:, None]
+    cx = (xcells.first + xcells.cell + _ID_OFFSET)[None, :]
+    base = (cy << 22) | (cx << 1)
+    return np.where(in_second, base + 2, np.where(in_first, base + 1, 0)).astype(np.int64)
+
+
 def _cell_span(cells: _Cells) -> I64:
     """Global pixel coordinates of whole building cells covering a block axis."""
     return np.arange(cells.first * _CELL, (cells.first + cells.number) * _CELL, dtype=np.int64)

@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from segflow.errors import ConfigError
 
-from .layout import _CELL, _buildings, _cell_span, _cells, _fields_parcels, _water
+from .layout import _CELL, _building_ids, _buildings, _cell_span, _cells, _fields_parcels, _water
 from .noise import (
     _BRIGHT,
     _FOREST,
@@ -32,7 +32,7 @@ from .noise import (
     _stream_key,
 )
 
-__all__ = ["BANDS", "CLASSES", "TRUTH_NODATA", "synthesize_block"]
+__all__ = ["BANDS", "CLASSES", "TRUTH_NODATA", "synthesize_block", "synthesize_instances"]
 
 CLASSES: tuple[str, ...] = ("background", "water", "vegetation", "building")
 """Class names; the truth value of a class is its index (``background`` is bare ground)."""
@@ -261,3 +261,27 @@ def synthesize_block(
     if nodata is not None:
         _apply_nodata(image, truth, rows, cols, nodata, shape)
     return image, truth
+
+
+def synthesize_instances(y0: int, x0: int, height: int, width: int, *, seed: int = 0) -> np.ndarray:
+    """Instance ids of the buildings in one block of the scene of ``seed`` (see :func:`synthesize_block`).
+
+    Each building rectangle is one instance, the two rectangles of a pair that share an edge
+    included (they touch with no gap); ids are global (the same building has the same id in
+    every block) and non-zero exactly where the truth is ``building``.
+
+    Returns
+    -------
+    ndarray of int64, shape (height, width)
+        0 off buildings, else the building's id; axes (row, col).
+    """
+    hint = "pass the block size in pixels"
+    height = _check_int("height", height, 1, hint)
+    width = _check_int("width", width, 1, hint)
+    y0 = _check_int("y0", y0, None, "pass the block's global top row")
+    x0 = _check_int("x0", x0, None, "pass the block's global left column")
+    seed = _check_int("seed", seed, None, "pass an integer seed such as 0") & _MASK64
+    rows = np.arange(y0, y0 + height, dtype=np.int64)
+    cols = np.arange(x0, x0 + width, dtype=np.int64)
+    ycells, xcells = _cells(rows, _CELL), _cells(cols, _CELL)
+    return _building_ids(ycells, xcells, _water(_cell_span(ycells), _cell_span(xcells), seed), seed)

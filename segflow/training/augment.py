@@ -1,12 +1,14 @@
 """Training augmentations for overhead and medical imagery, applied identically to image and labels.
 
 Images are channels-first ``(C, Y, X)`` (2D) or ``(C, Z, Y, X)`` (3D); labels have the
-spatial axes only, ``(Y, X)`` or ``(Z, Y, X)``. Geometric transforms (flips along each spatial
-axis and 90° rotations in the ``(Y, X)`` plane — in-plane for volumes, so the slice axis Z is
-kept) move image and labels together; intensity jitter (per-channel gain and offset plus
-Gaussian noise) changes the image only and is meant for normalised images (units of one
-standard deviation). Every random choice is drawn from the ``numpy.random.Generator`` passed
-in, in a fixed order, so the same generator state gives the same result.
+spatial axes, ``(Y, X)`` or ``(Z, Y, X)``, after any leading axes of their own (e.g. the
+``(K, Y, X)`` planes of a multi-label model, or labels stacked with a weight map). Geometric
+transforms (flips along each spatial axis and 90° rotations in the ``(Y, X)`` plane — in-plane
+for volumes, so the slice axis Z is kept) move image and labels together; intensity jitter
+(per-channel gain and offset plus Gaussian noise) changes the image only and is meant for
+normalised images (units of one standard deviation). Every random choice is drawn from the
+``numpy.random.Generator`` passed in, in a fixed order, so the same generator state gives the
+same result.
 """
 
 from __future__ import annotations
@@ -58,10 +60,11 @@ class AugmentParams:
 
 
 def _check_pair(image: np.ndarray, labels: np.ndarray) -> None:
-    if image.ndim not in (3, 4) or labels.shape != image.shape[1:]:
+    spatial = image.ndim - 1
+    if image.ndim not in (3, 4) or labels.ndim < spatial or labels.shape[labels.ndim - spatial:] != image.shape[1:]:
         raise InputError(
             f"augment got image {image.shape} and labels {labels.shape}: expected image (C, Y, X) or "
-            "(C, Z, Y, X) and labels with its spatial shape; pass channels-first images"
+            "(C, Z, Y, X) and labels ending with its spatial shape; pass channels-first images"
         )
 
 
@@ -73,7 +76,7 @@ def flip(image: np.ndarray, labels: np.ndarray, axes: tuple[int, ...]) -> tuple[
     image : np.ndarray
         ``(C, *spatial)``.
     labels : np.ndarray
-        ``spatial``.
+        ``(*lead, *spatial)``, any number of leading axes.
     axes : tuple of int
         Spatial axes to flip; empty for none.
 
@@ -85,7 +88,9 @@ def flip(image: np.ndarray, labels: np.ndarray, axes: tuple[int, ...]) -> tuple[
     if not axes:
         return image, labels
     flipped_image = np.flip(image, axis=tuple(a + 1 for a in axes))
-    return np.ascontiguousarray(flipped_image), np.ascontiguousarray(np.flip(labels, axis=axes))
+    lead = labels.ndim - (image.ndim - 1)
+    flipped_labels = np.flip(labels, axis=tuple(a + lead for a in axes))
+    return np.ascontiguousarray(flipped_image), np.ascontiguousarray(flipped_labels)
 
 
 def rotate90(image: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -96,7 +101,7 @@ def rotate90(image: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray,
     image : np.ndarray
         ``(C, *spatial)``; the last two axes are Y and X.
     labels : np.ndarray
-        ``spatial``.
+        ``(*lead, *spatial)``; the last two axes are Y and X.
     k : int
         Number of quarter turns (counter-clockwise, as :func:`numpy.rot90`).
 
@@ -150,7 +155,8 @@ def augment(
     image : np.ndarray
         ``(C, Y, X)`` or ``(C, Z, Y, X)`` normalised image.
     labels : np.ndarray
-        ``(Y, X)`` or ``(Z, Y, X)`` class labels, moved exactly like the image.
+        ``(Y, X)`` or ``(Z, Y, X)`` class labels, or ``(*lead, Y, X)`` / ``(*lead, Z, Y, X)``
+        (label planes, a stacked weight map), moved exactly like the image.
     rng : np.random.Generator
         Source of every random choice; the same state gives the same output.
     params : AugmentParams
@@ -163,7 +169,7 @@ def augment(
         its shape because it is only rotated by 0° or 180°).
     """
     _check_pair(image, labels)
-    spatial = labels.ndim
+    spatial = image.ndim - 1
     flips = rng.random(spatial) < 0.5
     turns = int(rng.integers(4))
     if params.flips:

@@ -13,6 +13,8 @@ data source has a default)::
       license: Apache-2.0
       spatial_dims: 2                     # 2 (Y, X) or 3 (Z, Y, X)
       architecture: {name: unet, args: {channels: [16, 32, 64, 128]}}
+      encoder_weights: null               # torchvision ImageNet weights for args.encoder (resnet34, ...):
+                                          # a state-dict file (segflow.models.arch.encoder_weights)
       bands:                              # model inputs, in order; index = 1-based band in the image
         - {name: red, index: 3}
         - {name: nir, index: 4}
@@ -23,6 +25,8 @@ data source has a default)::
       classes:
         - {name: background, kind: stuff, color: [0, 0, 0]}
         - {name: building, kind: thing, color: [220, 60, 60]}
+      output: {activation: softmax}       # or sigmoid (2 classes, 1 channel), or sigmoid with multilabel: true,
+                                          # thresholds: [...] (classes may overlap; see output_config)
       spacing: null                       # 3D: model-grid voxel (dz, dy, dx) mm; default: median of data.nifti
       orientation: null                   # 3D: axis codes of voxel x, y, z; default RAS with data.nifti
     data:                                 # any mix of the kinds of source (2D: pairs, vectors, scenes;
@@ -33,10 +37,18 @@ data source has a default)::
     validation: {fraction: 0.1, chips: 64}  # or pairs / vectors / synthetic of its own
     test: {synthetic: {kind: scenes, count: 1, size: 2048, seed: 900}}  # optional, sliding window
     augment: {flips: true, rot90: true, gain: 0.1, offset: 0.1, noise: 0.03}
-    sampling: {foreground: 0.33}          # fraction of chips centred on a foreground voxel (NIfTI pairs)
-    loss: ce                              # segflow.training.losses.build_loss spec: name or {name: ..., options}
-    class_weights: [1.0, 2.0]             # optional per-class pixel weights, for any loss
-    optimizer: {lr: 0.001, weight_decay: 0.0001, schedule: cosine}
+    sampling: {foreground: 0.33}          # fraction of chips centred on a pixel/voxel of a class > 0
+                                          # (default 0.33 in 3D, 0 in 2D)
+    loss: ce                              # segflow.training.losses.build_loss spec: name or {name: ..., options};
+                                          # it must fit model.output (losses_for): ce, ce+jaccard, ... or bce, ...
+    class_weights: [1.0, 2.0]             # optional per-class pixel weights, for any loss (not multi-label),
+                                          # or balanced (median frequency over sampled training chips)
+    border_weights: {w0: 10, sigma: 5}    # optional U-Net border weights from instances (pairs' `instances`,
+                                          # vector polygons, synthetic buildings)
+    optimizer: {lr: 0.001, weight_decay: 0.0001, schedule: cosine, clip_grad_norm: null}  # or poly, constant
+    init: null                            # a model package to fine-tune from (built-in name or path)
+    early_stopping: null                  # e.g. {patience: 10, min_delta: 0.001} on validation mean IoU
+    checkpoint_every_steps: null          # also checkpoint every N steps inside an epoch (resumable)
     epochs: 10
     batch_size: 8
     chips_per_epoch: 512
@@ -57,15 +69,18 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from ..errors import ConfigError
-from ..models.package import MAX_CLASSES, ArchitectureSpec, BandSpec, ClassSpec, Normalization
+from ..models.package import MAX_CLASSES, ArchitectureSpec, BandSpec, ClassSpec, Normalization, OutputSpec
 from ..synthetic import BANDS as SCENE_BANDS
 from .data_config import DataConfig, ValidationConfig, _Strict
+from .output_config import BorderWeightsConfig, check_model_output, check_train_output
+from .run_config import EarlyStoppingConfig, OptimizerConfig, SamplingConfig
 
 __all__ = [
     "IGNORE_INDEX",
     "ArchitectureConfig",
     "AugmentConfig",
     "BandConfig",
+    "EarlyStoppingConfig",
     "ModelConfig",
     "NormalizationConfig",
     "OptimizerConfig",
@@ -145,12 +160,14 @@ class ModelConfig(_Strict):
     license: str | None = None
     spatial_dims: Literal[2, 3] = 2
     architecture: ArchitectureConfig = ArchitectureConfig()
+    encoder_weights: Path | None = None  # torchvision weights for architecture.args.encoder (new runs start there)
     bands: list[BandConfig] = Field(min_length=1)
     normalization: NormalizationConfig = NormalizationConfig()
     chip: int | list[int] = 128
     tile: int | list[int] | None = None
     overlap: float = Field(default=0.25, ge=0.0, lt=1.0)
     classes: list[ClassSpec] = Field(min_length=2, max_length=MAX_CLASSES)
+    output: OutputSpec = OutputSpec()  # softmax, binary sigmoid or multi-label sigmoid (see output_config)
     pixel_size: list[float] | None = None
     spacing: list[float] | None = None
     orientation: str | None = None
@@ -159,6 +176,7 @@ class ModelConfig(_Strict):
     def _check(self) -> ModelConfig:
         _spatial(self.chip, self.spatial_dims, "chip")
         _check_model_grid(self)
+        check_model_output(self)
         if self.tile is not None:
             _spatial(self.tile, self.spatial_dims, "tile")
         names = [b.name.lower() for b in self.bands]
@@ -213,25 +231,6 @@ class AugmentConfig(_Strict):
     noise: float = Field(default=0.03, ge=0.0, lt=10.0)
 
 
-class SamplingConfig(_Strict):
-    """Where training chips are placed (see :mod:`segflow.training.sampling`): ``foreground`` is the
-    fraction of chips centred on a voxel of a foreground class (class-balanced; nnU-Net uses
-    0.33), for sources that record where their classes are (NIfTI pairs); the rest, and every
-    chip of other sources, are placed uniformly."""
-
-    foreground: float = Field(default=0.33, ge=0.0, le=1.0)
-
-
-class OptimizerConfig(_Strict):
-    """AdamW with a constant or cosine (with linear warm-up) learning rate."""
-
-    name: Literal["adamw"] = "adamw"
-    lr: float = Field(default=1e-3, gt=0.0, le=1.0)
-    weight_decay: float = Field(default=1e-4, ge=0.0, le=1.0)
-    schedule: Literal["cosine", "constant"] = "cosine"
-    warmup: float = Field(default=0.03, ge=0.0, lt=1.0)
-
-
 class TrainConfig(_Strict):
     """Everything ``segflow train`` needs; see the module docstring for the YAML layout."""
 
@@ -242,8 +241,12 @@ class TrainConfig(_Strict):
     augment: AugmentConfig = AugmentConfig()
     sampling: SamplingConfig = SamplingConfig()
     loss: str | dict[str, Any] = "ce"
-    class_weights: list[float] | None = None
+    class_weights: list[float] | Literal["balanced"] | None = None
+    border_weights: BorderWeightsConfig | None = None  # U-Net border weights from instances
     optimizer: OptimizerConfig = OptimizerConfig()
+    init: str | None = None  # a model package to fine-tune from (segflow.training.finetune)
+    early_stopping: EarlyStoppingConfig | None = None
+    checkpoint_every_steps: int | None = Field(default=None, ge=1)
     epochs: int = Field(default=10, ge=1, le=100_000)
     batch_size: int = Field(default=8, ge=1, le=4096)
     chips_per_epoch: int = Field(default=512, ge=1, le=10_000_000)
@@ -269,7 +272,7 @@ class TrainConfig(_Strict):
                              "pairs to take the median spacing from; give model.spacing: [dz, dy, dx] in mm")
         if self.validation.empty and self.validation.fraction == 0:
             raise ValueError("validation needs a fraction > 0 or sources of its own (pairs, vectors, synthetic)")
-        if self.class_weights is not None:
+        if isinstance(self.class_weights, list):
             n = len(self.model.classes)
             if len(self.class_weights) != n or any(not (w >= 0 and math.isfinite(w)) for w in self.class_weights):
                 raise ValueError(
@@ -277,6 +280,10 @@ class TrainConfig(_Strict):
                 )
         if self.chips_per_epoch < self.batch_size:
             raise ValueError(f"chips_per_epoch ({self.chips_per_epoch}) must be >= batch_size ({self.batch_size})")
+        check_train_output(self)
+        if self.init is not None and self.model.encoder_weights is not None:
+            raise ValueError("give init (a whole package to fine-tune from) or model.encoder_weights (an ImageNet "
+                             "encoder), not both: init replaces every weight")
         return self
 
     @property

@@ -28,20 +28,40 @@ class _Strict(BaseModel):
 
 
 class PairConfig(_Strict):
-    """An image GeoTIFF and its ``uint8`` label raster on the same grid (255 = unlabelled)."""
+    """An image GeoTIFF and its ``uint8`` label raster on the same grid (255 = unlabelled).
+
+    The label raster has one band of class indices, or for a multi-label model one 0/1 band per
+    class (band k = class k). ``instances``: an optional raster of integer instance ids (0 = none)
+    on the same grid, for ``border_weights``.
+    """
 
     image: Path
     labels: Path
+    instances: Path | None = None
 
 
 class VectorConfig(_Strict):
-    """An image GeoTIFF and GeoJSON polygons whose ``property`` holds a class name or index."""
+    """An image GeoTIFF and GeoJSON polygons whose ``property`` holds a class name or index.
+
+    ``crs``: the polygons' CRS (default: the file's ``crs`` member, else EPSG:4326 as GeoJSON
+    says). ``class_map``: property value (as text) -> model class name, index, or ``ignore``
+    (unlabelled), e.g. ``{residential: building}``. ``unknown_classes``: ``error`` (default; the
+    unknown values are listed with their counts) or ``skip`` (such polygons are left out). See
+    :mod:`segflow.training.vector_labels`.
+    """
 
     image: Path
     labels: Path
     property: str = "class"
     crs: str | None = None
     all_touched: bool = False
+    class_map: dict[str, int | str] | None = None
+    unknown_classes: Literal["error", "skip"] = "error"
+
+    @field_validator("class_map", mode="before")
+    @classmethod
+    def _text_keys(cls, v: object) -> object:
+        return {str(k): t for k, t in v.items()} if isinstance(v, dict) else v
 
 
 class NiftiConfig(_Strict):

@@ -4,7 +4,9 @@
 batch, no stitching); :func:`evaluate_sliding_window` scores a model package the way
 ``tile-infer`` runs it: overlapping windows of the package's tile size blended over each
 scene or volume, then compared with the truth chunk by chunk. Both report per-class IoU and
-Dice, mean IoU, pixel accuracy and object F1 at IoU >= 0.5 for ``thing`` classes.
+Dice, mean IoU, pixel accuracy and object F1 at IoU >= 0.5 for ``thing`` classes; labels come
+from the logits as the model's outputs give them (arg-max, binary sigmoid, or per-class thresholds
+of a multi-label model, scored class by class: :mod:`~segflow.training.output_metrics`).
 """
 
 from __future__ import annotations
@@ -19,13 +21,17 @@ import torch
 from torch import nn
 
 from ..metrics import ConfusionMatrix, ObjectScore, instances_from_mask, object_f1
+from ..models.output import OutputSpec
 from ..models.package import ModelSpec
 from ..predict import Predictor
 from ..stitch import blend_chunks
 from ..tiling import ChunkGrid, WindowGrid
+from .object_scores import SourceObjects
+from .output_config import thresholds_of
+from .output_metrics import MultiLabelAccumulator, predict_labels
 from .sources import IGNORE, ChipSource, source_scene
 
-__all__ = ["Metrics", "MetricsAccumulator", "evaluate_chips", "evaluate_sliding_window"]
+__all__ = ["Metrics", "MetricsAccumulator", "accumulator_for", "evaluate_chips", "evaluate_sliding_window"]
 
 
 def _round(value: float) -> float | None:
@@ -97,15 +103,25 @@ class Metrics:
 class MetricsAccumulator:
     """Adds up a confusion matrix and object matches over chunks of (prediction, truth).
 
-    Truth pixels equal to :data:`~segflow.training.sources.IGNORE` are left out; objects are matched
-    within each chunk (an object cut by a chunk border counts once in each part).
+    Truth pixels equal to :data:`~segflow.training.sources.IGNORE` are left out; a prediction of
+    :data:`IGNORE` (no prediction, e.g. an uncovered pixel) on a labelled pixel is a miss of the true
+    class (:class:`~segflow.metrics.ConfusionMatrix` ``no_prediction``), as ``segflow eval`` counts it.
+    Objects of ``things`` are matched within each chunk: right for independent chips; whole sources
+    pass no ``things`` and get seam-safe object counts instead
+    (:class:`~segflow.training.object_scores.SourceObjects`). ``output`` (softmax by default, or a
+    binary sigmoid) says how :meth:`predict` labels logits.
     """
 
-    def __init__(self, class_names: Sequence[str], things: Sequence[int]):
+    def __init__(self, class_names: Sequence[str], things: Sequence[int], output: OutputSpec | None = None):
+        self.output = output
         self.names = tuple(class_names)
         self.things = tuple(things)
-        self.matrix = ConfusionMatrix(len(self.names), ignore_index=IGNORE)
+        self.matrix = ConfusionMatrix(len(self.names), ignore_index=IGNORE, no_prediction=IGNORE)
         self.objects = {k: ObjectScore.from_counts(0, 0, 0) for k in self.things}
+
+    def predict(self, logits: torch.Tensor) -> np.ndarray:
+        """Labels ``(N, *chip)`` uint8 from logits ``(N, C_out, *chip)``: the arg-max, or binary sigmoid > 0.5."""
+        return predict_labels(logits, self.output)
 
     def update(self, pred: np.ndarray, truth: np.ndarray) -> None:
         """Count one chunk: ``pred`` and ``truth`` are label arrays of the same spatial shape."""
@@ -128,19 +144,30 @@ class MetricsAccumulator:
         )
 
 
-@torch.no_grad()
-def evaluate_chips(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, accumulator: MetricsAccumulator,
-                   *, device: torch.device, batch_size: int, amp: bool) -> Metrics:
-    """Score ``model`` on normalised chips ``images`` ``(N, C, *chip)`` against ``labels`` ``(N, *chip)``.
+def accumulator_for(class_names: Sequence[str], things: Sequence[int], output: OutputSpec
+                    ) -> MetricsAccumulator | MultiLabelAccumulator:
+    """The accumulator that scores a model with ``output``: per-class planes for multi-label ones."""
+    thresholds = thresholds_of(output, len(class_names))
+    if thresholds is not None:
+        return MultiLabelAccumulator(class_names, things, thresholds)
+    return MetricsAccumulator(class_names, things, output)
 
-    The model is put in eval mode; predictions are the arg-max of the logits.
+
+@torch.no_grad()
+def evaluate_chips(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                   accumulator: MetricsAccumulator | MultiLabelAccumulator, *, device: torch.device, batch_size: int,
+                   amp: bool) -> Metrics:
+    """Score ``model`` on normalised chips ``images`` ``(N, C, *chip)`` against ``labels`` ``(N, [K,] *chip)``.
+
+    The model is put in eval mode; predictions are the accumulator's labels of the logits (the
+    arg-max for softmax models, see :func:`accumulator_for`).
     """
     model.eval()
     for i in range(0, len(images), batch_size):
         x = images[i : i + batch_size].to(device)
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda"):
             logits = model(x)
-        pred = logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
+        pred = accumulator.predict(logits)
         truth = labels[i : i + batch_size].numpy()
         for p, t in zip(pred, truth, strict=True):
             accumulator.update(p, t)
@@ -164,23 +191,31 @@ def evaluate_sliding_window(module: nn.Module, spec: ModelSpec, sources: Sequenc
     batch_size : int
         Windows per forward pass.
     chunk : int
-        Processing chunk side in pixels (objects are matched within a chunk).
+        Processing chunk side in pixels; no result depends on it (objects are whole across chunk
+        seams: :class:`~segflow.training.object_scores.SourceObjects`).
 
     Returns
     -------
     Metrics
-        Counted over every labelled pixel of every source.
+        Counted over every labelled pixel of every source; a labelled pixel the windows leave without
+        a prediction counts as a miss of its class (as ``segflow eval`` counts it).
     """
     predictor = Predictor(module, spec, device=device, batch_size=batch_size)
     things = [k for k, c in enumerate(spec.classes) if c.kind == "thing"]
-    accumulator = MetricsAccumulator(spec.class_names, things)
+    accumulator = accumulator_for(spec.class_names, (), spec.output)  # objects: whole sources, below
+    objects = {k: ObjectScore.from_counts(0, 0, 0) for k in things}
     for source in sources:
         scene = source_scene(source, chunk=chunk)
         grid = WindowGrid.create(scene.spatial_shape, spec.tile_shape, spec.overlap)
         chunks = ChunkGrid.create(scene.spatial_shape, chunk)
-        for blended in blend_chunks(scene, grid, chunks, predictor, "gaussian", len(spec.classes),
-                                    device=predictor.device):
-            truth = source.read(blended.box.start, blended.box.shape).labels
-            truth = np.where(blended.valid, truth, IGNORE).astype(np.uint8)
-            accumulator.update(blended.labels, truth)
+        with SourceObjects(scene.spatial_shape, chunks.chunk, things, multilabel=spec.multilabel) as found:
+            for blended in blend_chunks(scene, grid, chunks, predictor, "gaussian", len(spec.classes),
+                                        device=predictor.device, thresholds=spec.thresholds):
+                truth = source.read(blended.box.start, blended.box.shape).labels
+                pred = np.where(blended.valid, blended.labels, IGNORE).astype(np.uint8)  # uncovered: no prediction
+                accumulator.update(pred, truth)
+                found.add(blended.box, pred, truth)
+            for k, score in found.scores().items():
+                objects[k] = objects[k] + score
+    accumulator.things, accumulator.objects = tuple(things), objects
     return accumulator.result()

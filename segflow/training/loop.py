@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, OutputError
+from ..models.arch.encoder_weights import load_encoder_weights
 from ..models.loading import build_network
 from ..models.package import Normalization
 from ..models.writer import metrics_table, package_contract, readme_text, validate_contract, write_package
@@ -41,9 +42,12 @@ from .checkpoint import CHECKPOINT, _cpu_state, _load_checkpoint, _restore, _sav
 from .chips import build_sources
 from .config import TrainConfig
 from .data import _batches, _Data, _describe, _prepare_data
-from .evaluation import Metrics, MetricsAccumulator, evaluate_chips, evaluate_sliding_window
+from .evaluation import Metrics, accumulator_for, evaluate_chips, evaluate_sliding_window
+from .finetune import apply_init, load_init
 from .report import _quality_sentence, _test_text, _training_section
-from .run import EpochRecord, _build_run, _Run
+from .run import EpochRecord, _build_loss, _build_run, _Run
+from .schedule import ScheduleSpan
+from .stopping import should_stop
 
 __all__ = ["CHECKPOINT", "EpochRecord", "TrainProgress", "TrainResult", "train"]
 
@@ -54,7 +58,8 @@ class TrainProgress:
 
     ``phase`` is ``"train"`` after a training step and ``"validate"`` after an epoch's
     validation; ``loss`` is the running mean loss of the epoch; ``val_miou`` the latest
-    validation mean IoU (None before the first validation).
+    validation mean IoU (None before the first validation); ``lr`` the learning rate the step
+    used (NaN after a validation).
     """
 
     phase: Literal["train", "validate"]
@@ -65,6 +70,7 @@ class TrainProgress:
     loss: float
     val_miou: float | None
     seconds: float = 0.0
+    lr: float = math.nan
 
 
 Progress = Callable[[TrainProgress], None]
@@ -90,6 +96,10 @@ class TrainResult:
         Sliding-window metrics on the test sources, when configured.
     device : str
         The device trained on.
+    stopped_early : int or None
+        The epoch after which early stopping ended the run (None: it ran every epoch).
+    warnings : tuple of str
+        The run's one-line warnings (also in ``history.json``).
     """
 
     package_dir: Path
@@ -99,6 +109,8 @@ class TrainResult:
     validation: Metrics
     test: Metrics | None
     device: str
+    stopped_early: int | None = None
+    warnings: tuple[str, ...] = ()
 
     @property
     def seconds_per_epoch(self) -> float:
@@ -107,18 +119,27 @@ class TrainResult:
 
     def summary(self) -> str:
         test = f" | test {self.test.summary()}" if self.test is not None else ""
-        return (f"wrote {self.package_dir} | {len(self.history)} epochs, {self.seconds_per_epoch:.1f} s/epoch on "
-                f"{self.device} | validation (epoch {self.exported_epoch}) {self.validation.summary()}{test}")
+        stopped = f" (early stopping after epoch {self.stopped_early})" if self.stopped_early is not None else ""
+        return (f"wrote {self.package_dir} | {len(self.history)} epochs{stopped}, {self.seconds_per_epoch:.1f} s/epoch "
+                f"on {self.device} | validation (epoch {self.exported_epoch}) {self.validation.summary()}{test}")
 
 
-def _train_step(run: _Run, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _train_step(run: _Run, images: torch.Tensor, labels: torch.Tensor, border: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """One optimiser step; the pixel weights are the class weights of the labels plus the border term."""
     x = images.to(run.device, non_blocking=True)
     y = labels.to(run.device, non_blocking=True)
     weight = run.class_weights[y] if run.class_weights is not None else None
+    if border is not None:  # w(x) = w_c(x) + border term (w_c = 1 without class weights)
+        term = border.to(run.device, non_blocking=True)
+        weight = term + (weight if weight is not None else 1.0)
     with torch.autocast(device_type=run.device.type, dtype=torch.float16, enabled=run.amp):
         loss = run.loss(run.model(x), y, weight=weight)
     run.optimizer.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
+    if run.clip is not None:  # optimizer.clip_grad_norm: on the unscaled gradients' global L2 norm
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.clip)
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.scheduler.step()
@@ -126,26 +147,32 @@ def _train_step(run: _Run, images: torch.Tensor, labels: torch.Tensor) -> torch.
 
 
 def _train_epoch(run: _Run, data: _Data, epoch: int, progress: Progress | None, pool: ThreadPoolExecutor) -> float:
-    """One epoch of training; returns the mean loss."""
+    """One epoch of training (from a mid-epoch checkpoint's step when resumed there); returns the mean loss."""
     config = data.config
     run.model.train()
-    total = 0.0
+    first, total = run.resume_step, run.resume_loss
+    run.resume_step, run.resume_loss = 0, 0.0
     last = run.history[-1].validation.mean_iou if run.history else None
-    for step, (images, labels) in enumerate(_batches(data, epoch, run.steps, pool), start=1):
-        value = float(_train_step(run, images, labels))
+    every, started = config.checkpoint_every_steps, time.perf_counter()
+    for step, batch in enumerate(_batches(data, epoch, run.steps, pool, first), start=first + 1):
+        lr = float(run.optimizer.param_groups[0]["lr"])
+        value = float(_train_step(run, *batch))
         if not math.isfinite(value) and not run.amp:
             raise ConfigError(f"the loss became {value} at epoch {epoch} step {step}; lower optimizer.lr "
                               f"(now {config.optimizer.lr}) or check the labels")
         total += value
+        if every is not None and step % every == 0 and step < run.steps:
+            seconds = run.resume_seconds + time.perf_counter() - started
+            _save_checkpoint(config.output / CHECKPOINT, run, data, partial=(step, total, seconds))
         if progress is not None:
-            progress(TrainProgress("train", epoch, config.epochs, step, run.steps, total / step, last))
+            progress(TrainProgress("train", epoch, config.epochs, step, run.steps, total / step, last, lr=lr))
     return total / run.steps
 
 
 def _validate(run: _Run, data: _Data) -> Metrics:
     model = data.config.model
     things = [k for k, c in enumerate(model.classes) if c.kind == "thing"]
-    accumulator = MetricsAccumulator(model.class_names, things)
+    accumulator = accumulator_for(model.class_names, things, model.output)
     return evaluate_chips(run.model, data.val_images, data.val_labels, accumulator, device=run.device,
                           batch_size=data.config.batch_size, amp=run.amp)
 
@@ -183,15 +210,16 @@ def _export(config: TrainConfig, run: _Run, data: _Data, command: str | None) ->
     }
     package = write_package(config.package_dir, contract, state, readme_text(spec, sections))
     return TrainResult(package, config.output / CHECKPOINT, tuple(run.history), epoch, validation, test,
-                       str(run.device))
+                       str(run.device), run.stopped_early, tuple(data.notes))
 
 
 # --------------------------------------------------------------------------- entry point
 
 
 def _epoch(run: _Run, data: _Data, epoch: int, progress: Progress | None, pool: ThreadPoolExecutor) -> EpochRecord:
-    started = time.perf_counter()
+    started = time.perf_counter() - run.resume_seconds  # the part trained before a mid-epoch resume counts
     loss = _train_epoch(run, data, epoch, progress, pool)
+    run.resume_seconds = 0.0
     trained = time.perf_counter() - started
     metrics = _validate(run, data)
     record = EpochRecord(epoch, loss, float(run.scheduler.get_last_lr()[0]), metrics, trained,
@@ -231,22 +259,35 @@ def train(config: TrainConfig, *, progress: Progress | None = None, command: str
         One-line messages naming the bad value and how to fix it.
     """
     device = resolve_device(config.device)
+    _build_loss(config)  # a loss that does not fit the model's outputs is refused before any data is read
     try:
         config.output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create output directory {config.output}: {exc.strerror or exc}") from None
     state = _load_checkpoint(config) if config.resume else None
+    init = load_init(config) if config.init is not None and state is None else None
     normalization = Normalization.model_validate(state["normalization"]) if state is not None else None
-    data = _prepare_data(config, normalization)
+    data = _prepare_data(config, normalization or (init.normalization if init is not None else None))
     try:
-        run = _build_run(config, device, config.chips_per_epoch // config.batch_size)
+        run = _build_run(config, device, config.chips_per_epoch // config.batch_size,
+                         span=ScheduleSpan.from_dict(state["schedule"]) if state is not None else None,
+                         class_weights=data.class_weights)
         if state is not None:
             _restore(run, state)
+        if init is not None:
+            note = apply_init(run.model, init, config)
+            data.notes += [note] if note else []
+        if state is None and config.model.encoder_weights is not None:  # a new run starts from ImageNet weights
+            load_encoder_weights(run.model, config.model.encoder_weights)
         checkpoint = config.output / CHECKPOINT
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="segflow-chips") as pool:
             for epoch in range(run.epoch + 1, config.epochs + 1):
+                if should_stop(run.history, config.early_stopping):
+                    break
                 _epoch(run, data, epoch, progress, pool)
                 _save_checkpoint(checkpoint, run, data)
+        if run.epoch < config.epochs and should_stop(run.history, config.early_stopping):
+            run.stopped_early = run.epoch
         if not run.history:
             raise ConfigError(f"nothing to export: the checkpoint has 0 epochs and epochs={config.epochs}")
         return _export(config, run, data, command)

@@ -50,13 +50,11 @@ from ..scene import Scene
 from ..tiling import Box
 from .config import ModelConfig
 from .data_config import NiftiConfig
+from .locations import LOCATIONS_PER_CLASS, LocationReservoir
 from .sources import IGNORE, Chip, ChipSource, Start
 
 __all__ = ["LOCATIONS_PER_CLASS", "NiftiPair", "NiftiSource", "VolumeTarget", "expand_pairs", "model_axis_spacing",
            "nifti_sources", "open_pair", "resolve_target", "target_of"]
-
-LOCATIONS_PER_CLASS = 10_000
-"""Foreground positions kept per class and volume for centred chips."""
 
 _AFFINE_TOLERANCE = 1e-3  # mm: image and labels affines may differ by this much (float32 headers)
 
@@ -245,29 +243,16 @@ class NiftiSource(ChipSource):
         return self._locations
 
     def _scan(self) -> dict[int, np.ndarray]:
-        rng = np.random.default_rng(0)
-        kept: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # class -> (random keys, (N, 3) input voxels)
+        reservoir = LocationReservoir()  # (N, 3) input voxels per class
         data = self.pair.labels.data
         z0 = 0
         for depth in data.chunks[1]:
             block = np.asarray(data[0, z0 : z0 + depth].compute(scheduler="synchronous"))
             finite = np.isfinite(block) if block.dtype.kind == "f" else np.ones(block.shape, dtype=bool)
             ids = _class_ids(block, finite, self.num_classes, self.pair.labels_path, (z0, 0, 0), model_grid=False)
-            flat = np.flatnonzero((ids > 0) & (ids != IGNORE))
-            values = ids.reshape(-1)[flat]
-            for k in np.unique(values):
-                where = flat[values == k]
-                coords = np.stack(np.unravel_index(where, ids.shape), axis=1) + np.array([z0, 0, 0])
-                keys = rng.random(len(where))
-                if int(k) in kept:
-                    keys = np.concatenate([kept[int(k)][0], keys])
-                    coords = np.concatenate([kept[int(k)][1], coords])
-                if len(keys) > LOCATIONS_PER_CLASS:
-                    keep = np.argpartition(keys, LOCATIONS_PER_CLASS)[:LOCATIONS_PER_CLASS]
-                    keys, coords = keys[keep], coords[keep]
-                kept[int(k)] = (keys, coords)
+            reservoir.add(ids, (z0, 0, 0))
             z0 += depth
-        return {k: self._to_model(coords[np.argsort(keys)]) for k, (keys, coords) in sorted(kept.items())}
+        return {k: self._to_model(coords) for k, coords in reservoir.result().items()}
 
     def _to_model(self, coords: np.ndarray) -> np.ndarray:
         """Input voxels ``(N, 3)`` (z, y, x) as the nearest model-grid voxels ``(N, 3)``."""

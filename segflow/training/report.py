@@ -48,9 +48,21 @@ def _training_section(config: TrainConfig, run: _Run, data: _Data, command: str 
         f"- {config.epochs} epochs x {run.steps} steps of {config.batch_size} chips of "
         f"{'x'.join(map(str, config.model.chip_shape))} {'px' if config.model.spatial_dims == 2 else 'vox'} "
         f"({config.chips_per_epoch} chips per epoch)",
-        f"- loss `{loss}`" + (f", class weights {config.class_weights}" if config.class_weights else ""),
+        f"- loss `{loss}`" + (f", class weights {list(run.class_weight_values)}"
+                              + (" (balanced: median frequency over the sampled training chips)"
+                                 if config.class_weights == "balanced" else "")
+                              if run.class_weight_values is not None else "")
+        + (f", U-Net border weights from instances (w0 {config.border_weights.w0}, sigma "
+           f"{config.border_weights.sigma} px)" if config.border_weights is not None else ""),
         f"- AdamW lr {config.optimizer.lr}, weight decay {config.optimizer.weight_decay}, "
-        f"{config.optimizer.schedule} schedule; mixed precision: {'yes' if run.amp else 'no'}",
+        + (run.span.describe(config.epochs) if run.span is not None else f"{config.optimizer.schedule} schedule")
+        + (f", gradients clipped to L2 norm {config.optimizer.clip_grad_norm}" if config.optimizer.clip_grad_norm
+           else "") + f"; mixed precision: {'yes' if run.amp else 'no'}",
+        *([f"- fine-tuned from `{config.init}`"] if config.init else []),
+        *([f"- early stopping (patience {config.early_stopping.patience}, min_delta {config.early_stopping.min_delta} "
+           f"on validation mean IoU): " + (f"stopped after epoch {run.stopped_early}" if run.stopped_early is not None
+                                           else "ran every epoch")] if config.early_stopping else []),
+        *(f"- warning: {note}" for note in data.notes),
         f"- augmentation: {config.augment.model_dump()}",
         f"- time: {timing}",
         f"- exported weights: {config.export} (epoch {run.best_epoch if config.export == 'best' else run.epoch})",

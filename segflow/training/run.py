@@ -8,7 +8,7 @@ scaler) is used on CUDA only; on the CPU training is plain float32.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +19,9 @@ from ..errors import ConfigError, InputError
 from ..models.arch import build_architecture
 from .config import TrainConfig
 from .evaluation import Metrics
-from .losses import build_loss
+from .losses import build_loss, losses_for
+from .output_config import output_channels, output_kind
+from .schedule import ScheduleSpan, lr_factor
 from .sources import IGNORE
 
 __all__ = ["EpochRecord"]
@@ -65,6 +67,13 @@ class _Run:
     best_epoch: int = 0
     best_state: dict[str, torch.Tensor] | None = None
     history: list[EpochRecord] = field(default_factory=list)
+    span: ScheduleSpan | None = None  # the schedule's planned length (kept across resumes)
+    clip: float | None = None  # optimizer.clip_grad_norm
+    class_weight_values: tuple[float, ...] | None = None  # as used (class_weights: balanced resolved)
+    resume_step: int = 0  # steps of epoch ``epoch + 1`` done before a mid-epoch checkpoint
+    resume_loss: float = 0.0  # their summed loss
+    resume_seconds: float = 0.0  # and training time
+    stopped_early: int | None = None  # the epoch after which early stopping ended the run
 
 
 def _loss_spec(loss: str | dict[str, Any]) -> dict[str, Any]:
@@ -74,50 +83,49 @@ def _loss_spec(loss: str | dict[str, Any]) -> dict[str, Any]:
 
 
 def _build_loss(config: TrainConfig) -> nn.Module:
-    """The configured loss; checked once on dummy multi-class logits."""
-    loss = build_loss(_loss_spec(config.loss))
+    """The configured loss for the model's outputs (:func:`~segflow.training.losses.build_loss` refuses a
+    loss that does not fit them); checked once on dummy logits and labels of the model's shapes."""
+    output = config.model.output
+    kind = output_kind(output)
+    loss = build_loss(_loss_spec(config.loss), output=kind)
     classes = len(config.model.classes)
-    dims = config.model.spatial_dims
+    channels = output_channels(output, classes)
+    spatial = (2,) * config.model.spatial_dims
+    labels = (1, classes, *spatial) if output.multilabel else (1, *spatial)
     try:
-        loss(torch.zeros((1, classes) + (2,) * dims), torch.zeros((1,) + (2,) * dims, dtype=torch.long))
+        loss(torch.zeros((1, channels, *spatial)), torch.zeros(labels, dtype=torch.long))
     except (InputError, ConfigError) as exc:
-        raise ConfigError(
-            f"loss {config.loss!r} does not fit a softmax model with {classes} classes ({exc}); "
-            "use ce, focal, dice, jaccard or bce+jaccard"
-        ) from None
+        what = "multi-label sigmoid" if output.multilabel else "binary sigmoid" if kind == "sigmoid" else "softmax"
+        raise ConfigError(f"loss {config.loss!r} does not fit a {what} model with {classes} classes ({exc}); "
+                          f"losses for {kind} outputs: {', '.join(losses_for(kind))}") from None
     return loss
 
 
-def _schedule(config: TrainConfig, steps: int) -> Callable[[int], float]:
-    total = max(1, config.epochs * steps)
-    warmup = int(config.optimizer.warmup * total)
-    cosine = config.optimizer.schedule == "cosine"
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if not cosine:
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return 0.02 + 0.98 * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def _build_run(config: TrainConfig, device: torch.device, steps: int) -> _Run:
+def _build_run(config: TrainConfig, device: torch.device, steps: int, *, span: ScheduleSpan | None = None,
+               class_weights: Sequence[float] | None = None) -> _Run:
+    """The run of ``config``: ``span`` is the schedule's planned length (a new run's by default, a
+    resumed run's from its checkpoint); ``class_weights`` the per-class weights to use (default
+    ``config.class_weights`` when it is a list)."""
+    if span is None:
+        span = ScheduleSpan.plan(config.optimizer.schedule, config.epochs, steps, config.optimizer.warmup)
+    if class_weights is None and isinstance(config.class_weights, list):
+        class_weights = config.class_weights
     torch.manual_seed(config.seed)
     arch = config.model.architecture
     model = build_architecture(arch.name, spatial_dims=config.model.spatial_dims,
-                               in_channels=len(config.model.bands), out_channels=len(config.model.classes),
+                               in_channels=len(config.model.bands),
+                               out_channels=output_channels(config.model.output, len(config.model.classes)),
                                **arch.args).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optimizer.lr,
                                   weight_decay=config.optimizer.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config, steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(span))
     amp = config.amp and device.type == "cuda"
     weights = None
-    if config.class_weights is not None:
+    if class_weights is not None:
         table = torch.zeros(256)
-        table[: len(config.class_weights)] = torch.tensor(config.class_weights)
+        table[: len(class_weights)] = torch.tensor(list(class_weights))
         weights = table.to(device)
     return _Run(device, amp, model, _build_loss(config).to(device), optimizer, scheduler,
-                torch.amp.GradScaler(device.type, enabled=amp), weights, steps)
+                torch.amp.GradScaler(device.type, enabled=amp), weights, steps, span=span,
+                clip=config.optimizer.clip_grad_norm,
+                class_weight_values=None if class_weights is None else tuple(float(w) for w in class_weights))

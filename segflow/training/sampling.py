@@ -10,9 +10,11 @@ drawn uniformly among the foreground classes (every class but 0) that some sourc
 outside the held-out cells, so a rare class gets as many such chips as a common one; then a
 source holding it (in proportion to the sources' sizes), then one of the voxel positions the
 source recorded for that class (:meth:`~segflow.training.sources.ChipSource.class_locations`). The chip is
-centred on that voxel and shifted, where needed, to lie inside the source. Sources that record
-no class locations (rasters, synthetic data) are sampled uniformly only; with no such source,
-or ``foreground`` 0, the sampler draws exactly what it did before oversampling existed.
+centred on that voxel and shifted, where needed, to lie inside the source. NIfTI pairs and the 2D
+sources (raster pairs, vector labels, synthetic scenes; :mod:`segflow.training.locations`)
+record class locations; sources that record none (synthetic volumes) are sampled uniformly
+only; with no such source, or ``foreground`` 0 (the 2D default), the sampler draws exactly what
+it did before oversampling existed.
 
 Positions are ``start`` tuples, one int per spatial axis, ``(Y, X)`` or ``(Z, Y, X)``.
 """

@@ -27,7 +27,10 @@ Start = tuple[int, ...]
 
 
 class Chip(NamedTuple):
-    """One chip: ``image`` ``(C, *shape)`` float32, ``labels`` ``shape`` uint8, ``valid`` ``shape`` bool."""
+    """One chip: ``image`` ``(C, *shape)`` float32, ``labels`` ``shape`` uint8, ``valid`` ``shape`` bool.
+
+    Labels of a multi-label source (``label_planes`` K > 0) are ``(K, *shape)``: one 0/1 plane per class.
+    """
 
     image: npt.NDArray[np.float32]
     labels: npt.NDArray[np.uint8]
@@ -40,6 +43,27 @@ class ChipSource:
     spatial_shape: tuple[int, ...]
     num_bands: int
     description: str
+    label_planes: int = 0
+    """0: labels are class indices of the chip's ``shape``; K > 0: ``(K, *shape)`` 0/1 planes, one per class."""
+    has_instances: bool = False
+    """Whether :meth:`read_instances` gives instance ids (for border weights)."""
+
+    def read_instances_inside(self, start: Start, shape: tuple[int, ...]) -> npt.NDArray[np.int64]:
+        """Instance ids of a box inside the source (sources with ``has_instances`` implement this)."""
+        raise NotImplementedError(f"{self.description} has no instance ids")
+
+    def read_instances(self, start: Start, shape: tuple[int, ...]) -> npt.NDArray[np.int64]:
+        """Instance ids ``shape`` int64 of the box ``[start, start + shape)``: 0 = no instance (and outside).
+
+        Ids are distinct per instance within the box; the same instance keeps its id in every box.
+        """
+        lo = [max(0, s) for s in start]
+        hi = [min(s + n, size) for s, n, size in zip(start, shape, self.spatial_shape, strict=True)]
+        ids = np.zeros(shape, dtype=np.int64)
+        if all(h > a for a, h in zip(lo, hi, strict=True)):
+            where = tuple(slice(a - s, h - s) for a, h, s in zip(lo, hi, start, strict=True))
+            ids[where] = self.read_instances_inside(tuple(lo), tuple(h - a for a, h in zip(lo, hi, strict=True)))
+        return ids
 
     def read_inside(self, start: Start, shape: tuple[int, ...]) -> Chip:
         """Read a box that lies inside the source (subclasses implement this)."""
@@ -58,8 +82,9 @@ class ChipSource:
         Returns
         -------
         Chip
-            ``image`` ``(C, *shape)`` float32 (0 where padded), ``labels`` ``shape`` uint8
-            (:data:`IGNORE` where padded or unlabelled), ``valid`` ``shape`` bool.
+            ``image`` ``(C, *shape)`` float32 (0 where padded), ``labels`` ``shape`` (or
+            ``(label_planes, *shape)``) uint8 (:data:`IGNORE` where padded or unlabelled), ``valid``
+            ``shape`` bool.
         """
         lo = [max(0, s) for s in start]
         hi = [min(s + n, size) for s, n, size in zip(start, shape, self.spatial_shape, strict=True)]
@@ -67,13 +92,14 @@ class ChipSource:
         if inside and all(h - s == n for h, s, n in zip(hi, start, shape, strict=True)):
             return self.read_inside(tuple(start), tuple(shape))
         image = np.zeros((self.num_bands, *shape), dtype=np.float32)
-        labels = np.full(shape, IGNORE, dtype=np.uint8)
+        planes = (self.label_planes,) if self.label_planes else ()
+        labels = np.full((*planes, *shape), IGNORE, dtype=np.uint8)
         valid = np.zeros(shape, dtype=bool)
         if all(h > a for a, h in zip(lo, hi, strict=True)):
             inner = self.read_inside(tuple(lo), tuple(h - a for a, h in zip(lo, hi, strict=True)))
             where = tuple(slice(a - s, h - s) for a, h, s in zip(lo, hi, start, strict=True))
             image[(slice(None), *where)] = inner.image
-            labels[where] = inner.labels
+            labels[(slice(None),) * len(planes) + where] = inner.labels
             valid[where] = inner.valid
         return Chip(image, labels, valid)
 

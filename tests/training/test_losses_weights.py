@@ -26,7 +26,8 @@ def _two_touching_squares() -> np.ndarray:
 def _reference_weight_map(
     labels: np.ndarray, w0: float, sigma: float, class_weights: tuple[float, float] | None = None
 ) -> np.ndarray:
-    """Direct transcription of the formula: full-image EDT per instance, no truncation."""
+    """Direct transcription of the formula: full-image EDT per instance, no truncation; the border term on
+    background pixels and on instance pixels with another instance among their neighbours (d2 <= sqrt(ndim))."""
     ids = [i for i in np.unique(labels) if i != 0]
     fg = labels > 0
     if class_weights is None:
@@ -38,7 +39,8 @@ def _reference_weight_map(
         return wc
     dists = np.sort(np.stack([ndimage.distance_transform_edt(labels != i) for i in ids]), axis=0)
     border = w0 * np.exp(-((dists[0] + dists[1]) ** 2) / (2 * sigma**2))
-    return wc + np.where(fg, 0.0, border)
+    contact = fg & (dists[1] <= np.sqrt(labels.ndim))
+    return wc + np.where(fg & ~contact, 0.0, border)
 
 
 class TestUNetWeightMap:
@@ -76,6 +78,7 @@ class TestUNetWeightMap:
     def test_matches_direct_formula_on_random_instances(self, shape: tuple[int, ...]) -> None:
         rng = np.random.default_rng(sum(shape))
         labels, _ = ndimage.label(ndimage.binary_opening(rng.random(shape) > 0.6))
+        labels[labels.shape[0] // 2 :] *= 2  # split objects across the middle: instances that touch there
         expected = _reference_weight_map(labels, 10.0, 3.0)
         assert np.allclose(unet_weight_map(labels, w0=10.0, sigma=3.0), expected, rtol=1e-5, atol=1e-5)
 

@@ -255,7 +255,7 @@ def test_train_on_raster_pairs_writes_a_loadable_package(tmp_path: Path, scene_p
     image_path, labels_path = scene_pair
     config = _config(tmp_path, data={"pairs": [{"image": str(image_path), "labels": str(labels_path)}]},
                      validation={"fraction": 0.2, "chips": 4}, class_weights=[1.0, 1.0, 1.0, 2.0],
-                     loss={"name": "bce+jaccard", "alpha": 0.7},
+                     loss={"name": "ce+jaccard", "alpha": 0.7},
                      test={"pairs": [{"image": str(image_path), "labels": str(labels_path)}]})
     events: list[TrainProgress] = []
     result = train(config, progress=events.append)

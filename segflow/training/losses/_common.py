@@ -1,8 +1,9 @@
 """What every loss shares: checks of logits, targets, weight maps and options; the valid-pixel mean.
 
-Logits are ``(N, C, *spatial)`` (``C == 1``: binary, ``C >= 2``: multi-class); targets, masks and
-pixel weight maps ``(N, *spatial)``. Bad tensors raise :class:`~segflow.errors.InputError`, bad
-options :class:`~segflow.errors.ConfigError`, each one line saying what was expected.
+Logits are ``(N, C, *spatial)`` (``C == 1``: binary, ``C >= 2``: multi-class softmax, or multi-label
+sigmoid with targets ``(N, C, *spatial)``); targets, masks and pixel weight maps ``(N, *spatial)``.
+Bad tensors raise :class:`~segflow.errors.InputError`, bad options :class:`~segflow.errors.ConfigError`,
+each one line saying what was expected.
 """
 
 from __future__ import annotations
@@ -35,6 +36,17 @@ def _is_binary(logits: Tensor) -> bool:
     return logits.shape[1] == 1
 
 
+def _check_multilabel(multilabel: object) -> bool:
+    if not isinstance(multilabel, bool):
+        raise ConfigError(f"multilabel={multilabel!r}; expected true (one independent sigmoid per class) or false")
+    return multilabel
+
+
+def _is_sigmoid(logits: Tensor, multilabel: bool) -> bool:
+    """Whether every channel is an independent sigmoid: binary logits, or ``multilabel`` ones."""
+    return _check_multilabel(multilabel) or _is_binary(logits)
+
+
 def _float_logits(logits: Tensor) -> Tensor:
     """Upcast half precision so softmax/log-sigmoid are computed in float32."""
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
@@ -53,24 +65,37 @@ def _valid_mask(target: Tensor, ignore_index: int | None) -> Tensor:
 
 
 def _binary_target(logits: Tensor, target: Tensor, ignore_index: int | None) -> tuple[Tensor, Tensor]:
-    """Return the binary target as float ``(N, *spatial)`` (ignored pixels set to 0) and the valid mask."""
+    """Return the sigmoid target as float ``(N, K, *spatial)`` (ignored elements set to 0) and the valid mask.
+
+    Every one of the ``K`` logit channels is an independent sigmoid: binary (``K == 1``, target
+    ``(N, *spatial)`` or ``(N, 1, *spatial)``) or multi-label (target ``(N, K, *spatial)``, one 0/1
+    plane per class, ``ignore_index`` per element).
+    """
+    channels = logits.shape[1]
     spatial = tuple(logits.shape[2:])
-    expected = ((logits.shape[0], *spatial), (logits.shape[0], 1, *spatial))
+    full = (logits.shape[0], channels, *spatial)
+    expected = ((logits.shape[0], *spatial), full) if channels == 1 else (full,)
     if tuple(target.shape) not in expected:
+        if channels > 1 and tuple(target.shape) == (logits.shape[0], *spatial):
+            raise InputError(
+                f"sigmoid target has shape {tuple(target.shape)} but the logits {tuple(logits.shape)} have "
+                f"{channels} channels; expected 1 channel (binary), or a target {full} of 0/1 per class "
+                "(multi-label); use cross_entropy for class indices"
+            )
         raise InputError(
-            f"binary target has shape {tuple(target.shape)}; expected {expected[0]} or {expected[1]} "
-            f"to match logits {tuple(logits.shape)}"
+            f"{'binary' if channels == 1 else 'multi-label'} target has shape {tuple(target.shape)}; expected "
+            f"{' or '.join(map(str, expected))} to match logits {tuple(logits.shape)}"
         )
-    if target.ndim == logits.ndim:
-        target = target[:, 0]
+    if target.ndim != logits.ndim:
+        target = target.unsqueeze(1)
     valid = _valid_mask(target, ignore_index)
     target = torch.where(valid, target, torch.zeros_like(target)).to(logits.dtype)
     bad = valid & ~((target >= 0) & (target <= 1))
     if bool(bad.any()):
         value = float(target[bad][0])
         raise InputError(
-            f"binary target contains {value:g}; expected values in [0, 1] (or ignore_index={ignore_index}); "
-            "for class indices use multi-class logits with C >= 2"
+            f"{'binary' if channels == 1 else 'multi-label'} target contains {value:g}; expected values in "
+            f"[0, 1] (or ignore_index={ignore_index}); for class indices use softmax (multi-class) logits"
         )
     return target, valid
 
@@ -157,9 +182,13 @@ def _match_classes(name: str, vec: Tensor, logits: Tensor) -> Tensor:
 
 
 def _weighted_mean(loss: Tensor, valid: Tensor, weight: Tensor | None) -> Tensor:
-    """``sum(weight * loss)`` over valid pixels divided by the number of valid pixels (0 if none)."""
+    """``sum(weight * loss)`` over valid elements divided by the number of valid elements (0 if none).
+
+    ``loss`` and ``valid`` are ``(N, *spatial)`` or, for sigmoid losses, ``(N, K, *spatial)``; the
+    pixel ``weight`` ``(N, *spatial)`` then applies to every channel of its pixel.
+    """
     if weight is not None:
-        loss = loss * weight
+        loss = loss * (weight.unsqueeze(1) if weight.ndim < loss.ndim else weight)
     loss = torch.where(valid, loss, torch.zeros_like(loss))
     count = valid.sum().clamp_min(1)
     return loss.sum() / count

@@ -12,18 +12,37 @@ from torch import Tensor, nn
 
 from segflow.errors import ConfigError
 
-from ._common import _check_ignore_index, _class_vector, _finite_float, _float_logits
+from ._common import _check_ignore_index, _check_multilabel, _class_vector, _finite_float, _float_logits
 from .pixel import _check_focal, bce, cross_entropy, focal_loss, weighted_bce
-from .region import _JACCARD_MODES, JaccardMode, _check_classes, _check_smooth, combo_loss, soft_dice, soft_jaccard
+from .region import (
+    _JACCARD_MODES,
+    JaccardMode,
+    PixelName,
+    RegionName,
+    _check_classes,
+    _check_combo,
+    _check_smooth,
+    combo_loss,
+    generalized_dice,
+    soft_dice,
+    soft_jaccard,
+    tversky,
+)
 
 __all__ = [
+    "BCEDiceLoss",
+    "BCEJaccardLoss",
     "BCEWithLogitsLoss",
+    "CEDiceLoss",
+    "CEJaccardLoss",
     "CombinedLoss",
     "ComboLoss",
     "CrossEntropyLoss",
     "FocalLoss",
+    "GeneralizedDiceLoss",
     "SoftDiceLoss",
     "SoftJaccardLoss",
+    "TverskyLoss",
     "WeightedBCELoss",
 ]
 
@@ -100,8 +119,10 @@ class FocalLoss(_LossModule):
         gamma: float = 2.0,
         alpha: float | Sequence[float] | None = None,
         ignore_index: int | None = None,
+        multilabel: bool = False,
     ) -> None:
         super().__init__(ignore_index)
+        self.multilabel = _check_multilabel(multilabel)
         self.gamma, alpha_checked = _check_focal(gamma, alpha)
         self.alpha_scalar = alpha_checked if isinstance(alpha_checked, float) else None
         self.register_buffer("alpha_vector", alpha_checked if isinstance(alpha_checked, Tensor) else None)
@@ -109,9 +130,8 @@ class FocalLoss(_LossModule):
     def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
         """See :func:`focal_loss`."""
         alpha = self.alpha_vector if self.alpha_vector is not None else self.alpha_scalar
-        return focal_loss(
-            logits, target, gamma=self.gamma, alpha=alpha, weight=weight, ignore_index=self.ignore_index
-        )
+        return focal_loss(logits, target, gamma=self.gamma, alpha=alpha, weight=weight,
+                          ignore_index=self.ignore_index, multilabel=self.multilabel)
 
 
 class SoftJaccardLoss(_LossModule):
@@ -124,6 +144,7 @@ class SoftJaccardLoss(_LossModule):
         classes: Sequence[int] | None = None,
         per_image: bool = False,
         ignore_index: int | None = None,
+        multilabel: bool = False,
     ) -> None:
         super().__init__(ignore_index)
         if mode not in _JACCARD_MODES:
@@ -132,6 +153,7 @@ class SoftJaccardLoss(_LossModule):
         self.smooth = _check_smooth(smooth)
         self.classes = _check_classes(classes)
         self.per_image = bool(per_image)
+        self.multilabel = _check_multilabel(multilabel)
 
     def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
         """See :func:`soft_jaccard`."""
@@ -144,6 +166,7 @@ class SoftJaccardLoss(_LossModule):
             per_image=self.per_image,
             weight=weight,
             ignore_index=self.ignore_index,
+            multilabel=self.multilabel,
         )
 
 
@@ -156,11 +179,13 @@ class SoftDiceLoss(_LossModule):
         classes: Sequence[int] | None = None,
         per_image: bool = False,
         ignore_index: int | None = None,
+        multilabel: bool = False,
     ) -> None:
         super().__init__(ignore_index)
         self.smooth = _check_smooth(smooth)
         self.classes = _check_classes(classes)
         self.per_image = bool(per_image)
+        self.multilabel = _check_multilabel(multilabel)
 
     def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
         """See :func:`soft_dice`."""
@@ -172,11 +197,56 @@ class SoftDiceLoss(_LossModule):
             per_image=self.per_image,
             weight=weight,
             ignore_index=self.ignore_index,
+            multilabel=self.multilabel,
         )
 
 
+class GeneralizedDiceLoss(_LossModule):
+    """Module form of :func:`~segflow.training.losses.region.generalized_dice` (Sudre et al. 2017)."""
+
+    def __init__(self, smooth: float = 1e-5, per_image: bool = False, ignore_index: int | None = None,
+                 multilabel: bool = False) -> None:
+        super().__init__(ignore_index)
+        self.smooth = _check_smooth(smooth)
+        self.per_image = bool(per_image)
+        self.multilabel = _check_multilabel(multilabel)
+
+    def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+        """See :func:`~segflow.training.losses.region.generalized_dice`."""
+        return generalized_dice(logits, target, smooth=self.smooth, per_image=self.per_image, weight=weight,
+                                ignore_index=self.ignore_index, multilabel=self.multilabel)
+
+
+class TverskyLoss(_LossModule):
+    """Module form of :func:`~segflow.training.losses.region.tversky` (``alpha`` weighs FP, ``beta`` FN)."""
+
+    def __init__(self, alpha: float = 0.5, beta: float = 0.5, smooth: float = 1.0,
+                 classes: Sequence[int] | None = None, per_image: bool = False, ignore_index: int | None = None,
+                 multilabel: bool = False) -> None:
+        super().__init__(ignore_index)
+        self.alpha = _finite_float("alpha", alpha, low=0.0)
+        self.beta = _finite_float("beta", beta, low=0.0)
+        self.smooth = _check_smooth(smooth)
+        self.classes = _check_classes(classes)
+        self.per_image = bool(per_image)
+        self.multilabel = _check_multilabel(multilabel)
+
+    def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+        """See :func:`~segflow.training.losses.region.tversky`."""
+        return tversky(logits, target, alpha=self.alpha, beta=self.beta, smooth=self.smooth, classes=self.classes,
+                       per_image=self.per_image, weight=weight, ignore_index=self.ignore_index,
+                       multilabel=self.multilabel)
+
+
 class ComboLoss(_LossModule):
-    """Module form of :func:`combo_loss`: ``alpha * CE + (1 - alpha) * Jaccard``."""
+    """Module form of :func:`combo_loss`: ``alpha * CE + (1 - alpha) * Jaccard``, CE fitting the logits.
+
+    The subclasses fix the terms: :class:`BCEJaccardLoss` (``bce+jaccard``), :class:`BCEDiceLoss`
+    (``bce+dice``), :class:`CEJaccardLoss` (``ce+jaccard``), :class:`CEDiceLoss` (``ce+dice``).
+    """
+
+    region: RegionName = "jaccard"
+    pixel: PixelName | None = None
 
     def __init__(
         self,
@@ -184,13 +254,14 @@ class ComboLoss(_LossModule):
         mode: JaccardMode = "1-J",
         smooth: float = 1.0,
         ignore_index: int | None = None,
+        multilabel: bool = False,
     ) -> None:
         super().__init__(ignore_index)
         self.alpha = _finite_float("alpha", alpha, low=0.0, high=1.0)
-        if mode not in _JACCARD_MODES:
-            raise ConfigError(f"mode={mode!r}; expected one of {list(_JACCARD_MODES)}")
+        _check_combo(mode, self.region, self.pixel)
         self.mode: JaccardMode = mode
         self.smooth = _check_smooth(smooth)
+        self.multilabel = _check_multilabel(multilabel)
 
     def forward(self, logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
         """See :func:`combo_loss`."""
@@ -202,7 +273,39 @@ class ComboLoss(_LossModule):
             smooth=self.smooth,
             weight=weight,
             ignore_index=self.ignore_index,
+            multilabel=self.multilabel,
+            region=self.region,
+            pixel=self.pixel,
         )
+
+
+class BCEJaccardLoss(ComboLoss):
+    """``alpha * BCE + (1 - alpha) * soft Jaccard`` on sigmoid outputs (binary or multi-label)."""
+
+    pixel: PixelName | None = "bce"
+
+
+class CEJaccardLoss(ComboLoss):
+    """``alpha * CE + (1 - alpha) * soft Jaccard`` on softmax outputs."""
+
+    pixel: PixelName | None = "ce"
+
+
+class BCEDiceLoss(ComboLoss):
+    """``alpha * BCE + (1 - alpha) * soft Dice`` on sigmoid outputs (binary or multi-label)."""
+
+    region: RegionName = "dice"
+    pixel: PixelName | None = "bce"
+
+    def __init__(self, alpha: float = 0.5, smooth: float = 1.0, ignore_index: int | None = None,
+                 multilabel: bool = False) -> None:
+        super().__init__(alpha, "1-J", smooth, ignore_index, multilabel)
+
+
+class CEDiceLoss(BCEDiceLoss):
+    """``alpha * CE + (1 - alpha) * soft Dice`` on softmax outputs."""
+
+    pixel: PixelName | None = "ce"
 
 
 class CombinedLoss(nn.Module):

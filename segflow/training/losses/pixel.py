@@ -23,6 +23,7 @@ from ._common import (
     _finite_float,
     _float_logits,
     _is_binary,
+    _is_sigmoid,
     _match_classes,
     _multiclass_target,
     _pixel_weight,
@@ -95,14 +96,17 @@ def weighted_bce(
     ``loss_i = -(pos_weight * y_i * log σ(x_i) + neg_weight * (1 - y_i) * log(1 - σ(x_i)))``
     with ``log σ(x)`` and ``log(1 - σ(x)) = log σ(-x)`` computed by ``logsigmoid`` (no
     overflow for large ``|x|``). ``pos_weight = n_neg / n_pos`` is the usual choice for a
-    rare foreground.
+    rare foreground. With ``K > 1`` channels (multi-label) every channel is its own binary
+    problem and the mean runs over the valid ``(pixel, class)`` elements, as
+    ``torch.nn.functional.binary_cross_entropy_with_logits`` does over all of them.
 
     Parameters
     ----------
     logits : Tensor
-        ``(N, 1, *spatial)`` raw scores.
+        ``(N, 1, *spatial)`` (binary) or ``(N, K, *spatial)`` (multi-label) raw scores.
     target : Tensor
-        ``(N, 1, *spatial)`` or ``(N, *spatial)`` with values in ``[0, 1]`` or ``ignore_index``.
+        ``(N, 1, *spatial)`` or ``(N, *spatial)`` (binary), ``(N, K, *spatial)`` (multi-label),
+        with values in ``[0, 1]`` or ``ignore_index``.
     pos_weight, neg_weight : float
         Weights of the positive and negative terms (finite, >= 0).
     weight : Tensor, optional
@@ -118,16 +122,10 @@ def weighted_bce(
     pw = _finite_float("pos_weight", pos_weight, low=0.0)
     nw = _finite_float("neg_weight", neg_weight, low=0.0)
     _check_logits(logits)
-    if not _is_binary(logits):
-        raise InputError(
-            f"binary loss got logits {tuple(logits.shape)} with {logits.shape[1]} channels; "
-            "expected 1 channel; use cross_entropy for multi-class"
-        )
     logits = _float_logits(logits)
     y, valid = _binary_target(logits, target, _check_ignore_index(ignore_index))
     w = _pixel_weight(logits, weight)
-    x = logits[:, 0]
-    loss = -(pw * y * F.logsigmoid(x) + nw * (1.0 - y) * F.logsigmoid(-x))
+    loss = -(pw * y * F.logsigmoid(logits) + nw * (1.0 - y) * F.logsigmoid(-logits))
     return _weighted_mean(loss, valid, w)
 
 
@@ -143,9 +141,10 @@ def bce(
     Parameters
     ----------
     logits : Tensor
-        ``(N, 1, *spatial)`` raw scores.
+        ``(N, 1, *spatial)`` (binary) or ``(N, K, *spatial)`` (multi-label) raw scores.
     target : Tensor
-        ``(N, 1, *spatial)`` or ``(N, *spatial)`` with values in ``[0, 1]`` or ``ignore_index``.
+        ``(N, 1, *spatial)`` or ``(N, *spatial)`` (binary), ``(N, K, *spatial)`` (multi-label),
+        with values in ``[0, 1]`` or ``ignore_index``.
     weight : Tensor, optional
         Per-pixel weight map ``(N, *spatial)``.
     ignore_index : int, optional
@@ -203,28 +202,35 @@ def focal_loss(
     alpha: float | Sequence[float] | Tensor | None = None,
     weight: Tensor | None = None,
     ignore_index: int | None = None,
+    multilabel: bool = False,
 ) -> Tensor:
-    """Focal loss of Lin et al. (2017), binary or multi-class.
+    """Focal loss of Lin et al. (2017), sigmoid (binary, multi-label) or softmax (multi-class).
 
     ``loss_i = -alpha_t * (1 - p_t) ** gamma * log p_t`` where ``p_t`` is the predicted
     probability of the true class. With ``gamma=0`` and ``alpha=None`` it equals
-    :func:`bce` (binary) or :func:`cross_entropy` (multi-class).
+    :func:`bce` (sigmoid) or :func:`cross_entropy` (multi-class). Sigmoid: RetinaNet's
+    ``sigmoid_focal_loss`` per element, ``alpha_t = alpha`` for positives and ``1 - alpha`` for
+    negatives, averaged over the valid elements.
 
     Parameters
     ----------
     logits : Tensor
-        ``(N, 1, *spatial)`` (binary) or ``(N, C, *spatial)`` (multi-class, ``C >= 2``).
+        ``(N, 1, *spatial)`` (binary), ``(N, K, *spatial)`` (multi-label, with ``multilabel``)
+        or ``(N, C, *spatial)`` (multi-class, ``C >= 2``).
     target : Tensor
-        Binary: ``(N, [1,] *spatial)`` in ``[0, 1]``; multi-class: ``(N, *spatial)`` class indices.
+        Binary: ``(N, [1,] *spatial)`` in ``[0, 1]``; multi-label: ``(N, K, *spatial)`` 0/1;
+        multi-class: ``(N, *spatial)`` class indices.
     gamma : float
         Focusing parameter, >= 0.
     alpha : float or sequence of float, optional
-        Binary: weight of the positive class in ``[0, 1]`` (negatives get ``1 - alpha``).
+        Sigmoid: weight of the positives in ``[0, 1]`` (negatives get ``1 - alpha``).
         Multi-class: one weight per class.
     weight : Tensor, optional
         Per-pixel weight map ``(N, *spatial)``.
     ignore_index : int, optional
         Target value excluded from the loss.
+    multilabel : bool
+        ``C >= 2`` channels are independent sigmoids (targets ``(N, C, *spatial)``), not a softmax.
 
     Returns
     -------
@@ -236,14 +242,14 @@ def focal_loss(
     logits = _float_logits(logits)
     ignore_index = _check_ignore_index(ignore_index)
     w = _pixel_weight(logits, weight)
-    if _is_binary(logits):
+    if _is_sigmoid(logits, multilabel):
         if isinstance(a, Tensor):
             raise ConfigError(
-                f"alpha={a.tolist()} is per-class but the logits are binary; "
-                "pass a float in [0, 1] (weight of the positive class)"
+                f"alpha={a.tolist()} is per-class but the outputs are sigmoids; "
+                "pass a float in [0, 1] (weight of the positives, RetinaNet uses 0.25)"
             )
         y, valid = _binary_target(logits, target, ignore_index)
-        loss = _binary_focal(logits[:, 0], y, g, a)
+        loss = _binary_focal(logits, y, g, a)
     else:
         if isinstance(a, float):
             raise ConfigError(

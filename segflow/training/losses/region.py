@@ -1,7 +1,8 @@
-"""Region losses: soft Jaccard (IoU), soft Dice and the combination of cross-entropy and Jaccard.
+"""Region losses: soft Jaccard (IoU), soft Dice, Generalized Dice, Tversky, and combinations with cross-entropy.
 
 Soft overlaps of probabilities and one-hot targets summed over the batch (or per image), per
-class; logits ``(N, C, *spatial)``, targets ``(N, *spatial)``, see :mod:`segflow.training.losses`.
+class; logits ``(N, C, *spatial)``, targets ``(N, *spatial)`` (softmax) or ``(N, C, *spatial)``
+(multi-label sigmoid), see :mod:`segflow.training.losses`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from segflow.errors import ConfigError
+from segflow.errors import ConfigError, InputError
 
 from ._common import (
     _binary_target,
@@ -22,15 +23,18 @@ from ._common import (
     _finite_float,
     _float_logits,
     _is_binary,
+    _is_sigmoid,
     _multiclass_target,
     _pixel_weight,
 )
 from .pixel import bce, cross_entropy
 
-__all__ = ["JaccardMode", "combo_loss", "soft_dice", "soft_jaccard"]
+__all__ = ["JaccardMode", "combo_loss", "generalized_dice", "soft_dice", "soft_jaccard", "tversky"]
 
 JaccardMode = Literal["1-J", "-logJ"]
 _JACCARD_MODES = ("1-J", "-logJ")
+RegionName = Literal["jaccard", "dice"]
+PixelName = Literal["bce", "ce"]
 
 
 def _check_smooth(smooth: float) -> float:
@@ -54,38 +58,44 @@ def _region_sums(
     weight: Tensor | None,
     ignore_index: int | None,
     classes: tuple[int, ...] | None,
+    multilabel: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per image and class: ``sum(m*p*y)``, ``sum(m*p)``, ``sum(m*y)``, each ``(N, K)``.
 
-    ``m`` is the per-pixel weight times the valid mask; ``K`` is 1 (binary) or the
-    number of selected classes.
+    ``m`` is the per-pixel weight times the valid mask (per element for sigmoid targets); ``K``
+    is 1 (binary) or the number of selected classes. ``p`` is ``sigmoid(logits)`` for binary or
+    ``multilabel`` logits (each channel on its own), else ``softmax(logits, dim=1)``.
     """
     _check_logits(logits)
     logits = _float_logits(logits)
     ignore_index = _check_ignore_index(ignore_index)
     w = _pixel_weight(logits, weight)
-    if _is_binary(logits):
-        if classes is not None:
+    if classes is not None:
+        if _is_binary(logits):
             raise ConfigError(
                 f"classes={list(classes)} given for binary logits {tuple(logits.shape)}; "
-                "classes= applies to multi-class logits (C >= 2); drop it"
+                "classes= applies to multi-class or multi-label logits (C >= 2); drop it"
             )
+        bad = [c for c in classes if c >= logits.shape[1]]
+        if bad:
+            raise ConfigError(
+                f"classes contains {bad[0]} but the logits have {logits.shape[1]} classes; "
+                f"use indices in [0, {logits.shape[1]})"
+            )
+    if _is_sigmoid(logits, multilabel):
         y, valid = _binary_target(logits, target, ignore_index)
-        prob, onehot = torch.sigmoid(logits), y.unsqueeze(1)
+        prob, onehot = torch.sigmoid(logits), y
+        mask = valid.to(prob.dtype) if w is None else valid.to(prob.dtype) * w.unsqueeze(1)
+        if classes is not None:
+            prob, onehot, mask = prob[:, list(classes)], onehot[:, list(classes)], mask[:, list(classes)]
     else:
         yi, valid = _multiclass_target(logits, target, ignore_index)
         prob = torch.softmax(logits, dim=1)
         onehot = torch.zeros_like(prob).scatter_(1, yi.unsqueeze(1), 1.0)
         if classes is not None:
-            bad = [c for c in classes if c >= logits.shape[1]]
-            if bad:
-                raise ConfigError(
-                    f"classes contains {bad[0]} but the logits have {logits.shape[1]} classes; "
-                    f"use indices in [0, {logits.shape[1]})"
-                )
             prob, onehot = prob[:, list(classes)], onehot[:, list(classes)]
-    mask = valid.to(prob.dtype) if w is None else valid.to(prob.dtype) * w
-    mask = mask.unsqueeze(1)
+        mask = valid.to(prob.dtype) if w is None else valid.to(prob.dtype) * w
+        mask = mask.unsqueeze(1)
     dims = tuple(range(2, prob.ndim))
     return (mask * prob * onehot).sum(dims), (mask * prob).sum(dims), (mask * onehot).sum(dims)
 
@@ -112,8 +122,9 @@ def soft_jaccard(
     per_image: bool = False,
     weight: Tensor | None = None,
     ignore_index: int | None = None,
+    multilabel: bool = False,
 ) -> Tensor:
-    """Soft Jaccard (IoU) loss on sigmoid (binary) or softmax (multi-class) probabilities.
+    """Soft Jaccard (IoU) loss on sigmoid (binary, multi-label) or softmax (multi-class) probabilities.
 
     Per class ``J = (I + smooth) / (U + smooth)`` with ``I = sum(p*y)`` and
     ``U = sum(p) + sum(y) - I`` (sums over pixels, weighted by ``weight``);
@@ -124,21 +135,24 @@ def soft_jaccard(
     Parameters
     ----------
     logits : Tensor
-        ``(N, 1, *spatial)`` (binary) or ``(N, C, *spatial)`` (multi-class).
+        ``(N, 1, *spatial)`` (binary) or ``(N, C, *spatial)`` (multi-class or multi-label).
     target : Tensor
-        Binary: ``(N, [1,] *spatial)`` in ``[0, 1]``; multi-class: ``(N, *spatial)`` class indices.
+        Binary: ``(N, [1,] *spatial)`` in ``[0, 1]``; multi-label: ``(N, C, *spatial)`` 0/1 per
+        class; multi-class: ``(N, *spatial)`` class indices.
     mode : {"1-J", "-logJ"}
         Form of the loss.
     smooth : float
         Added to numerator and denominator, >= 0.
     classes : sequence of int, optional
-        Multi-class only: the classes to average over (default all ``C``, background included).
+        ``C >= 2`` only: the classes to average over (default all ``C``, background included).
     per_image : bool
         If True compute J per image and average; otherwise pool the batch into one volume.
     weight : Tensor, optional
         Per-pixel weight map ``(N, *spatial)``.
     ignore_index : int, optional
         Target value whose pixels are excluded.
+    multilabel : bool
+        ``C >= 2`` channels are independent sigmoids (targets ``(N, C, *spatial)``), not a softmax.
 
     Returns
     -------
@@ -148,7 +162,7 @@ def soft_jaccard(
     if mode not in _JACCARD_MODES:
         raise ConfigError(f"mode={mode!r}; expected one of {list(_JACCARD_MODES)}")
     s = _check_smooth(smooth)
-    sums = _region_sums(logits, target, weight, ignore_index, _check_classes(classes))
+    sums = _region_sums(logits, target, weight, ignore_index, _check_classes(classes), multilabel)
     inter, psum, ysum = _pool(*sums, per_image)
     jac = _ratio(inter + s, psum + ysum - inter + s)
     if mode == "1-J":
@@ -165,6 +179,7 @@ def soft_dice(
     per_image: bool = False,
     weight: Tensor | None = None,
     ignore_index: int | None = None,
+    multilabel: bool = False,
 ) -> Tensor:
     """Soft Dice loss ``1 - (2I + smooth) / (sum(p) + sum(y) + smooth)``, averaged over classes.
 
@@ -173,19 +188,22 @@ def soft_dice(
     Parameters
     ----------
     logits : Tensor
-        ``(N, 1, *spatial)`` (binary) or ``(N, C, *spatial)`` (multi-class).
+        ``(N, 1, *spatial)`` (binary) or ``(N, C, *spatial)`` (multi-class or multi-label).
     target : Tensor
-        Binary: ``(N, [1,] *spatial)`` in ``[0, 1]``; multi-class: ``(N, *spatial)`` class indices.
+        Binary: ``(N, [1,] *spatial)`` in ``[0, 1]``; multi-label: ``(N, C, *spatial)`` 0/1 per
+        class; multi-class: ``(N, *spatial)`` class indices.
     smooth : float
         Added to numerator and denominator, >= 0.
     classes : sequence of int, optional
-        Multi-class only: the classes to average over (default all).
+        ``C >= 2`` only: the classes to average over (default all).
     per_image : bool
         If True compute Dice per image and average; otherwise pool the batch.
     weight : Tensor, optional
         Per-pixel weight map ``(N, *spatial)``.
     ignore_index : int, optional
         Target value whose pixels are excluded.
+    multilabel : bool
+        ``C >= 2`` channels are independent sigmoids (targets ``(N, C, *spatial)``), not a softmax.
 
     Returns
     -------
@@ -193,9 +211,69 @@ def soft_dice(
         Scalar loss.
     """
     s = _check_smooth(smooth)
-    sums = _region_sums(logits, target, weight, ignore_index, _check_classes(classes))
+    sums = _region_sums(logits, target, weight, ignore_index, _check_classes(classes), multilabel)
     inter, psum, ysum = _pool(*sums, per_image)
     return (1.0 - _ratio(2.0 * inter + s, psum + ysum + s)).mean()
+
+
+def generalized_dice(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    smooth: float = 1e-5,
+    per_image: bool = False,
+    weight: Tensor | None = None,
+    ignore_index: int | None = None,
+    multilabel: bool = False,
+) -> Tensor:
+    """Generalized Dice loss (Sudre et al., DLMIA 2017): every class weighted by its inverse squared volume.
+
+    ``GDL = 1 - (2 sum_c w_c I_c + smooth) / (sum_c w_c (P_c + Y_c) + smooth)`` with
+    ``w_c = 1 / Y_c**2`` (``I``, ``P``, ``Y`` as in :func:`soft_jaccard`; the target volume ``Y_c``
+    carries no gradient). A class absent from the target (``Y_c = 0``) gets the largest weight of
+    the others, as MONAI's ``GeneralizedDiceLoss`` does (the tests compare with it). Pooled over the
+    batch, or per image and averaged (``per_image``); other arguments as :func:`soft_dice`. The
+    default ``smooth`` is MONAI's 1e-5: the weights are small (``1 / Y**2``), so a smooth of 1
+    would swamp the ratio.
+    """
+    s = _check_smooth(smooth)
+    sums = _region_sums(logits, target, weight, ignore_index, None, multilabel)
+    inter, psum, ysum = _pool(*sums, per_image)
+    w = 1.0 / ysum.detach() ** 2
+    absent = torch.isinf(w)
+    w = torch.where(absent, torch.zeros_like(w), w)
+    w = w + absent * w.max(dim=1, keepdim=True).values
+    numer = 2.0 * (w * inter).sum(1) + s
+    denom = (w * (psum + ysum)).sum(1) + s
+    return (1.0 - numer / denom).mean()
+
+
+def tversky(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    alpha: float = 0.5,
+    beta: float = 0.5,
+    smooth: float = 1.0,
+    classes: Sequence[int] | None = None,
+    per_image: bool = False,
+    weight: Tensor | None = None,
+    ignore_index: int | None = None,
+    multilabel: bool = False,
+) -> Tensor:
+    """Tversky loss (Salehi et al., MLMI 2017): ``1 - (I + smooth) / (I + alpha FP + beta FN + smooth)`` per class.
+
+    ``FP = P - I`` (predicted mass outside the class) and ``FN = Y - I`` (missed mass), averaged over
+    classes (and images, if ``per_image``); ``beta > alpha`` weighs misses more (recall).
+    ``alpha = beta = 0.5`` is :func:`soft_dice` with ``smooth`` doubled. Other arguments as
+    :func:`soft_dice`; MONAI's ``TverskyLoss`` gives the same values (the tests compare).
+    """
+    a = _finite_float("alpha", alpha, low=0.0)
+    b = _finite_float("beta", beta, low=0.0)
+    s = _check_smooth(smooth)
+    sums = _region_sums(logits, target, weight, ignore_index, _check_classes(classes), multilabel)
+    inter, psum, ysum = _pool(*sums, per_image)
+    return (1.0 - _ratio(inter + s, inter + a * (psum - inter) + b * (ysum - inter) + s)).mean()
 
 
 def combo_loss(
@@ -207,29 +285,40 @@ def combo_loss(
     smooth: float = 1.0,
     weight: Tensor | None = None,
     ignore_index: int | None = None,
+    multilabel: bool = False,
+    region: RegionName = "jaccard",
+    pixel: PixelName | None = None,
 ) -> Tensor:
-    """``alpha * CE + (1 - alpha) * Jaccard``.
+    """``alpha * CE + (1 - alpha) * region loss`` (Jaccard or Dice).
 
-    CE is :func:`bce` for binary logits and :func:`cross_entropy` for multi-class ones;
-    Jaccard is :func:`soft_jaccard` with ``mode`` and ``smooth``. ``weight`` and
-    ``ignore_index`` are passed to both terms.
+    CE is :func:`bce` for sigmoid (binary or ``multilabel``) logits and :func:`cross_entropy`
+    for softmax ones, or the one ``pixel`` names (``"bce"``, ``"ce"``; a mismatch with the logits
+    is an error); the region term is :func:`soft_jaccard` with ``mode`` and ``smooth`` (``region=
+    "jaccard"``) or :func:`soft_dice` with ``smooth`` (``"dice"``), on the same probabilities.
+    ``weight`` and ``ignore_index`` are passed to both terms.
 
     Parameters
     ----------
     logits : Tensor
-        ``(N, 1, *spatial)`` (binary) or ``(N, C, *spatial)`` (multi-class).
+        ``(N, 1, *spatial)`` (binary) or ``(N, C, *spatial)`` (multi-class or multi-label).
     target : Tensor
         As for the two terms.
     alpha : float
         Weight of the cross-entropy term, in ``[0, 1]``.
     mode : {"1-J", "-logJ"}
-        Jaccard form.
+        Jaccard form (``region="dice"`` takes ``"1-J"`` only).
     smooth : float
-        Jaccard smoothing, >= 0.
+        Region-term smoothing, >= 0.
     weight : Tensor, optional
         Per-pixel weight map ``(N, *spatial)``.
     ignore_index : int, optional
         Target value excluded from both terms.
+    multilabel : bool
+        ``C >= 2`` channels are independent sigmoids (targets ``(N, C, *spatial)``), not a softmax.
+    region : {"jaccard", "dice"}
+        The region term.
+    pixel : {"bce", "ce"}, optional
+        The cross-entropy term; by default the one that fits the logits.
 
     Returns
     -------
@@ -237,8 +326,30 @@ def combo_loss(
         Scalar loss.
     """
     a = _finite_float("alpha", alpha, low=0.0, high=1.0)
+    _check_combo(mode, region, pixel)
     _check_logits(logits)
-    ce_fn = bce if _is_binary(logits) else cross_entropy
+    sigmoid = _is_sigmoid(logits, multilabel)
+    if pixel is not None and (pixel == "bce") != sigmoid:
+        kind = "sigmoid" if sigmoid else "softmax"
+        raise InputError(f"{pixel}+{region} got {kind} logits {tuple(logits.shape)}; use "
+                         f"{'bce' if sigmoid else 'ce'}+{region} for {kind} outputs")
+    ce_fn = bce if sigmoid else cross_entropy
     ce = ce_fn(logits, target, weight=weight, ignore_index=ignore_index)
-    jac = soft_jaccard(logits, target, mode=mode, smooth=smooth, weight=weight, ignore_index=ignore_index)
-    return a * ce + (1.0 - a) * jac
+    if region == "dice":
+        overlap = soft_dice(logits, target, smooth=smooth, weight=weight, ignore_index=ignore_index,
+                            multilabel=multilabel)
+    else:
+        overlap = soft_jaccard(logits, target, mode=mode, smooth=smooth, weight=weight, ignore_index=ignore_index,
+                               multilabel=multilabel)
+    return a * ce + (1.0 - a) * overlap
+
+
+def _check_combo(mode: str, region: str, pixel: str | None) -> None:
+    if mode not in _JACCARD_MODES:
+        raise ConfigError(f"mode={mode!r}; expected one of {list(_JACCARD_MODES)}")
+    if region not in ("jaccard", "dice"):
+        raise ConfigError(f"region={region!r}; expected 'jaccard' or 'dice'")
+    if region == "dice" and mode != "1-J":
+        raise ConfigError(f"mode={mode!r} is a Jaccard form; a Dice term is 1 - Dice: drop mode")
+    if pixel not in (None, "bce", "ce"):
+        raise ConfigError(f"pixel={pixel!r}; expected 'bce', 'ce' or None (the one that fits the logits)")
