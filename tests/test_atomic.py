@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import subprocess
@@ -41,7 +43,8 @@ def test_missing_parent_directory_is_one_line_output_error(tmp_path: Path) -> No
     target = tmp_path / "missing" / "out.txt"
     with pytest.raises(OutputError, match="does not exist") as info:
         atomic_write_text(target, "x")
-    assert "\n" not in str(info.value) and str(tmp_path / "missing") in str(info.value)
+    assert str(info.value) == (f"cannot write {str(target)!r}: directory {str(tmp_path / 'missing')!r} does not exist; "
+                               "expected an existing, writable directory; create it or choose another path")
     assert _entries(tmp_path) == []
 
 
@@ -263,3 +266,170 @@ def _space() -> str:
     from segflow.io.publish import _process_space
 
     return _process_space()
+
+
+# --------------------------------------------------------------------------- errors: type, errno, one line with the fix
+
+@pytest.mark.parametrize(("error", "reason"), [
+    (OSError(errno.EIO, "Input/output error"), "Input/output error"),
+    (OSError("the network share went away"), "the network share went away"),  # no strerror: its text
+    (OSError(), "OSError"),  # no text at all: its type
+])
+def test_the_reason_of_an_os_error_is_always_named(tmp_path: Path, error: OSError, reason: str) -> None:
+    target = tmp_path / "t.txt"
+    with pytest.raises(OutputError) as info, atomic_path(target, hint="fix it") as tmp:
+        tmp.write_bytes(b"x")
+        raise error
+    assert str(info.value) == f"cannot write {target}: {reason}; fix it"
+    assert _entries(tmp_path) == []
+
+
+def test_the_write_helpers_pass_the_callers_hint_on(tmp_path: Path) -> None:
+    target = tmp_path / "taken"
+    (target / "inside").mkdir(parents=True)  # a non-empty folder where the file should go
+    for write in (lambda: atomic_write_bytes(target, b"x", hint="pick another name"),
+                  lambda: atomic_write_text(target, "x", hint="pick another name")):
+        with pytest.raises(OutputError) as info:
+            write()
+        assert str(info.value) == f"cannot write {target}: Is a directory; pick another name"
+        assert info.value.errno == errno.EISDIR
+    assert _entries(tmp_path) == ["taken"] and _entries(target) == ["inside"]
+
+
+def test_without_replace_the_error_names_the_existing_entry_and_a_new_directory_is_moved(tmp_path: Path) -> None:
+    target, staged = tmp_path / "cache", tmp_path / "staged"
+    _make_dir(target, {"a": "winner"})
+    _make_dir(staged, {"a": "new"})
+    with pytest.raises(FileExistsError) as info:
+        publish_path(staged, target, replace=False)
+    assert (info.value.errno, info.value.strerror, info.value.filename) == (
+        errno.EEXIST, os.strerror(errno.EEXIST), str(target))
+    publish_path(staged, tmp_path / "entry", replace=False)
+    assert _read_dir(tmp_path / "entry") == {"a": "new"} and _entries(tmp_path) == ["cache", "entry"]
+
+
+def test_without_replace_a_file_that_appears_meanwhile_is_not_clobbered(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    staged, final = tmp_path / "f.tmp", tmp_path / "f"
+    staged.write_text("loser", encoding="utf-8")
+    final.write_text("winner", encoding="utf-8")
+    monkeypatch.setattr(os.path, "lexists", lambda path: False)  # another process creates it right after the check
+    with pytest.raises(FileExistsError):
+        publish_path(staged, final, replace=False)
+    assert final.read_text(encoding="utf-8") == "winner" and staged.read_text(encoding="utf-8") == "loser"
+
+
+# ----------------------------------------------------------------------------- swapping directories
+
+linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="renameat2 is Linux only")
+
+
+@linux_only
+def test_a_failed_exchange_raises_the_system_error(tmp_path: Path) -> None:
+    staged, missing = tmp_path / "staged", tmp_path / "missing"
+    staged.mkdir()
+    with pytest.raises(FileNotFoundError) as info:
+        atomic._exchange(staged, missing)
+    assert (info.value.errno, info.value.strerror, info.value.filename) == (
+        errno.ENOENT, os.strerror(errno.ENOENT), str(missing))
+    assert _entries(tmp_path) == ["staged"]
+
+
+@linux_only
+def test_a_directory_is_swapped_in_one_step_by_relative_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # `segflow run -o out` gives relative paths
+    _make_dir(tmp_path / "out.zarr", {"old": "1"})
+    _make_dir(tmp_path / "staged", {"new": "2"})
+    renames: list[str] = []
+    real = os.replace
+
+    def spy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        renames.append(str(dst))
+        real(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", spy)
+    publish_path("staged", "out.zarr")
+    assert renames == [] and _read_dir(tmp_path / "out.zarr") == {"new": "2"} and _entries(tmp_path) == ["out.zarr"]
+
+
+def _refusing(code: int) -> object:
+    def renameat2(*args: object) -> int:
+        ctypes.set_errno(code)
+        return -1
+    return renameat2
+
+
+@pytest.mark.parametrize("renameat2", [None, _refusing(errno.ENOSYS), _refusing(errno.EINVAL),
+                                       _refusing(errno.EOPNOTSUPP)],
+                         ids=["no-renameat2", "ENOSYS", "EINVAL", "EOPNOTSUPP"])
+def test_where_directories_cannot_be_exchanged_the_new_one_still_replaces_the_old(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, renameat2: object) -> None:
+    monkeypatch.setattr(atomic, "_renameat2", lambda: renameat2)  # another system, or a filesystem that refuses
+    target = tmp_path / "pkg"
+    _make_dir(target, {"model.yaml": "old"})
+    with atomic_path(target) as staging:
+        _make_dir(staging, {"model.yaml": "new"})
+    assert _read_dir(target) == {"model.yaml": "new"} and _entries(tmp_path) == ["pkg"]
+
+
+def test_an_old_directory_that_cannot_be_deleted_does_not_fail_the_publication(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "pkg"
+    _make_dir(target, {"model.yaml": "old", "busy.bin": "held open on a network share"})
+    real = os.unlink
+
+    def unlink(path: str | os.PathLike[str], *args: object, **kwargs: object) -> None:
+        if os.path.basename(os.fsdecode(path)) == "busy.bin":
+            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), path)
+        real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(atomic.os, "unlink", unlink)
+    with atomic_path(target) as staging:
+        _make_dir(staging, {"model.yaml": "new"})
+    assert _read_dir(target) == {"model.yaml": "new"}
+
+
+# ----------------------------------------------------------------------------- fsync
+
+def _fsynced(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the inode of everything passed to os.fsync from now on."""
+    inodes: list[int] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        inodes.append(os.fstat(fd).st_ino)
+        real(fd)
+
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    return inodes
+
+
+def test_a_written_file_then_its_directory_are_flushed_to_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inodes = _fsynced(monkeypatch)
+    target = atomic_write_bytes(tmp_path / "a.bin", b"data")
+    assert inodes == [target.stat().st_ino, tmp_path.stat().st_ino]
+
+
+def test_every_file_and_folder_of_a_published_directory_is_flushed(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    inodes = _fsynced(monkeypatch)
+    target = tmp_path / "pkg"
+    with atomic_path(target) as staging:
+        _make_dir(staging, {"a": "1", "b": "2"})
+        _make_dir(staging / "sub", {"c": "3"})
+    tree = [target, target / "a", target / "b", target / "sub", target / "sub" / "c"]
+    assert sorted(inodes[:-1]) == sorted(p.stat().st_ino for p in tree)
+    assert inodes[-1] == tmp_path.stat().st_ino, "then the rename in the parent"
+
+
+@pytest.mark.parametrize("name", ["é" * 120 + ".json", "a" * 250 + ".txt", "ü" * 127])
+def test_a_long_non_ascii_name_that_the_file_system_takes_is_written(tmp_path: Path, name: str) -> None:
+    """The temporary sibling's name is cut by bytes (a file name holds 255), never half a character, so every name
+    the file system takes directly can be written atomically too."""
+    assert len(name.encode()) <= 255
+    target = tmp_path / name
+    atomic_write_text(target, "x")
+    assert target.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == [name]
+    sibling = temporary_sibling(target)
+    assert len(os.fsencode(sibling.name)) <= 255 and sibling.name.startswith("." + name[:50])
+    sibling.write_text("y")  # the file system takes it

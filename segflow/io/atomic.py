@@ -39,6 +39,9 @@ OLD_PREFIX = ".segflow-old-"
 _HINT = "check the directory, its permissions and free space"
 
 
+_NAME_MAX = 255  # bytes in one file name (Linux, macOS)
+
+
 def temporary_sibling(path: str | os.PathLike[str]) -> Path:
     """A fresh hidden name ``.{name}.{pid}.{uuid12}.tmp`` in the directory of ``path``.
 
@@ -50,12 +53,19 @@ def temporary_sibling(path: str | os.PathLike[str]) -> Path:
             f"cannot write {str(path)!r}: directory {str(path.parent)!r} does not exist; "
             "expected an existing, writable directory; create it or choose another path"
         )
-    return path.with_name(f".{path.name[:200]}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    tail = f".{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"
+    room = _NAME_MAX - 1 - len(tail.encode())  # bytes left for the name in a 255-byte file name
+    name = os.fsencode(path.name)[:room].decode(errors="ignore")  # never half a character
+    return path.with_name(f".{name}{tail}")
 
 
 def _remove(path: Path) -> None:
     """Delete a file, link or directory tree; missing is fine, failures are ignored."""
-    if path.is_dir() and not path.is_symlink():
+    try:
+        tree = path.is_dir() and not path.is_symlink()
+    except OSError:  # e.g. a name too long to look up: nothing of that name can exist
+        return
+    if tree:
         shutil.rmtree(path, ignore_errors=True)
     else:
         try:
