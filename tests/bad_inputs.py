@@ -313,6 +313,17 @@ def train_missing_file(c: Case) -> Args:
     return train(c, train_config(c, named=False, data={"pairs": [pair]}))
 
 
+def train_encoder_weights_builtin(c: Case) -> Args:
+    """ImageNet weights for a network whose encoder is the built-in one (not torchvision's layout)."""
+    weights = c.tmp / "resnet18.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, weights)
+    config = train_config(c, named=False)
+    data = yaml.safe_load(config.read_text())
+    data["model"]["encoder_weights"] = str(weights)
+    config.write_text(yaml.safe_dump(data))
+    return train(c, config)
+
+
 # ----------------------------------------------------------------------------- outputs
 
 

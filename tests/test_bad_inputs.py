@@ -123,6 +123,12 @@ BAD = [  # builder (tests/bad_inputs.py, or inline), exit code, words the one li
     P(lambda c: b.train(c, b.train_config(c, batch_size="eight")), 2, ("batch_size", "valid integer", "'eight'"),
       id="config-wrong-type"),
     P(b.train_missing_file, 2, ("not found", "check the path in the training config"), id="config-missing-file"),
+    P(lambda c: b.train(c, b.train_config(c, named=False, loss="bce")), 2,
+      ("loss 'bce' does not fit a softmax model", "ce is its softmax counterpart", "losses for softmax outputs"),
+      id="config-loss-for-another-output"),
+    P(b.train_encoder_weights_builtin, 2, ("encoder weights need a network with one torchvision-layout encoder",
+                                           "set the architecture's option encoder"),
+      id="config-encoder-weights-builtin-encoder"),
     P(lambda c: b.train(c, c.named("absent.yaml")), 2, ("cannot read training config", "No such file or directory"),
       id="config-not-found"),
     # ------------------------------------------------------------------ outputs (exit 4)

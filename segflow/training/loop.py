@@ -31,8 +31,10 @@ from typing import Literal
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..errors import ConfigError, OutputError
+from ..models.arch import build_architecture
 from ..models.arch.encoder_weights import load_encoder_weights
 from ..models.loading import build_network
 from ..models.package import Normalization
@@ -44,6 +46,7 @@ from .config import TrainConfig
 from .data import _batches, _Data, _describe, _prepare_data
 from .evaluation import Metrics, accumulator_for, evaluate_chips, evaluate_sliding_window
 from .finetune import apply_init, load_init
+from .output_config import output_channels
 from .report import _quality_sentence, _test_text, _training_section
 from .run import EpochRecord, _build_loss, _build_run, _Run
 from .schedule import ScheduleSpan
@@ -235,6 +238,14 @@ def _epoch(run: _Run, data: _Data, epoch: int, progress: Progress | None, pool: 
     return record
 
 
+def _network(config: TrainConfig) -> nn.Module:
+    """The configured network, built only to check a file against it (the run builds its own, seeded)."""
+    arch = config.model.architecture
+    return build_architecture(arch.name, spatial_dims=config.model.spatial_dims, in_channels=len(config.model.bands),
+                              out_channels=output_channels(config.model.output, len(config.model.classes)),
+                              **arch.args)
+
+
 def train(config: TrainConfig, *, progress: Progress | None = None, command: str | None = None) -> TrainResult:
     """Train the configured model and write its model package.
 
@@ -267,6 +278,8 @@ def train(config: TrainConfig, *, progress: Progress | None = None, command: str
     state = _load_checkpoint(config) if config.resume else None
     init = load_init(config) if config.init is not None and state is None else None
     normalization = Normalization.model_validate(state["normalization"]) if state is not None else None
+    if state is None and config.model.encoder_weights is not None:  # refused before any data is read
+        load_encoder_weights(_network(config), config.model.encoder_weights)
     data = _prepare_data(config, normalization or (init.normalization if init is not None else None))
     try:
         run = _build_run(config, device, config.chips_per_epoch // config.batch_size,
