@@ -382,8 +382,11 @@ def test_a_journal_of_an_older_segflow_without_identities_is_completed(tmp_path:
     assert sorted(p.name for p in out.iterdir()) == sorted(SET)
 
 
+@pytest.mark.parametrize("keep_on_error", [True, False])
 def test_a_failed_rename_says_where_the_staged_outputs_are_and_the_next_run_completes_them(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, keep_on_error: bool) -> None:
+    """Once the journal is written and an entry swapped in, the staging survives a failed rename even without
+    ``keep_on_error``: discarding it would leave the output a mix of old and new."""
     out = tmp_path / "out"
     _publish_set(out, 0)
     real = publish.publish_path
@@ -394,9 +397,10 @@ def test_a_failed_rename_says_where_the_staged_outputs_are_and_the_next_run_comp
         real(staged, final)
 
     monkeypatch.setattr(publish, "publish_path", full)
-    with pytest.raises(OutputError) as info, Staging(out, "run-2", keep_on_error=True) as staging:
+    with pytest.raises(OutputError) as info, Staging(out, "run-2", keep_on_error=keep_on_error) as staging:
         _write_set(staging.path, 1)
         staging.publish(SET)
+    assert staging.path.is_dir()
     assert str(info.value) == (f"cannot publish {out / 'labels.tif'} (No space left on device); the staged outputs "
                                f"stay in {staging.path} and the next run into {out} completes the publication")
     assert info.value.exit_code == 4

@@ -213,6 +213,7 @@ class Staging:
             try:
                 publish_path(self.path / name, self.output / name)
             except OSError as exc:
+                self.keep_on_error = True  # the journal's next run completes this publication from the staging
                 raise OutputError(f"cannot publish {self.output / name} ({exc.strerror or exc}); the staged outputs "
                                   f"stay in {self.path} and the next run into {self.output} completes the "
                                   "publication") from None
