@@ -65,6 +65,23 @@ def check_same_grid(pred: LabelRaster, truth: LabelRaster) -> None:
                            names=("prediction", "truth"), paths=(pred.path, truth.path), nodata=NODATA)
 
 
+def check_same_classes(pred: LabelRaster, truth: LabelRaster) -> None:
+    """Refuse a truth whose class names (its ``classes`` / ``class_names`` tag) put a class of the prediction at
+    another label: the scores would compare different classes under one name. Names that differ only in
+    spelling (``bg`` / ``background``) are not judged."""
+    if not pred.class_names or not truth.class_names:
+        return
+    theirs = {n.strip().lower(): k for k, n in enumerate(truth.class_names)}
+    for k, name in enumerate(pred.class_names):
+        j = theirs.get(name.strip().lower())
+        if j is not None and j != k:
+            raise InputError(
+                f"class {name!r} is label {k} in the prediction {pred.path} but label {j} in the truth {truth.path} "
+                f"(prediction classes {', '.join(pred.class_names)}; truth classes {', '.join(truth.class_names)}); "
+                "remap the truth's labels to the prediction's (e.g. gdal_calc.py), or evaluate a prediction of the "
+                "model whose classes the truth uses")
+
+
 # --------------------------------------------------------------------------- thing classes
 
 
@@ -188,6 +205,8 @@ def evaluate(pred: str | os.PathLike[str], truth: str | os.PathLike[str], *,
         t = open_labels(truth, "truth")
         stack.callback(t.close)
         check_same_grid(p, t)
+        if class_names is None:
+            check_same_classes(p, t)
         for _, box in ChunkGrid.create(p.shape, block):
             rows, cols = (box.start[0], box.stop[0]), (box.start[1], box.stop[1])
             cm.update(p.read(rows, cols), t.read(rows, cols))

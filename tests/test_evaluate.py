@@ -519,3 +519,18 @@ def test_an_ignored_class_leaves_the_means_of_a_volume_too(tmp_path: Path) -> No
     assert report.mean_dice == pytest.approx(2 * 96 / (96 + 144))  # class 1 alone; was (0 + 0.8) / 2
     assert re.search(r"^class_0\s+ignored", report.format_table(), re.M)
     assert report.as_dict()["classes"][0]["ignored"] is True
+
+
+def test_a_truth_that_puts_a_class_of_the_prediction_at_another_label_is_refused(tmp_path: Path) -> None:
+    """A binary building model scored against sample-scene's four-class truth: label 1 is building in the prediction
+    and water in the truth. Scores would compare buildings with water under the name building; refused in one line.
+    Names that differ only in spelling (bg / background) are not judged."""
+    pred = label_tif(tmp_path / "p.tif", (PRED > 0).astype(np.uint8), tags={"class_names": "background,building"})
+    truth = label_tif(tmp_path / "t.tif", TRUTH, tags={"classes": "background,water,vegetation,building"})
+    with pytest.raises(InputError, match=r"class 'building' is label 1 in the prediction .* but label 3 in the "
+                                         r"truth .*remap the truth's labels") as caught:
+        evaluate(pred, truth)
+    assert "\n" not in str(caught.value)
+    assert evaluate(pred, truth, class_names=["background", "building"]).rows[1].name == "building"  # the user says
+    renamed = label_tif(tmp_path / "r.tif", PRED, tags={"class_names": "bg,water,veg"})
+    assert [r.name for r in evaluate(renamed, truth).rows][:3] == ["bg", "water", "veg"]

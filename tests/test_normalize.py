@@ -65,3 +65,18 @@ def test_raw_integer_bands_become_float32_inputs(norm: Normalization, dtype: typ
     else:
         expected = wide
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_a_mode_alone_in_model_yaml_is_that_mode() -> None:
+    """``normalization: none`` in model.yaml means ``{mode: none}``; a mode that needs values says which."""
+    from segflow.models.package import ModelSpec
+
+    base = {"name": "x", "spatial_dims": 2, "weights": "m.ts", "tile": 64, "classes": [{"name": "a"}, {"name": "b"}]}
+
+    def spec(norm: object) -> ModelSpec:
+        bands = [{"name": "r", "index": 1}]
+        return ModelSpec.model_validate({**base, "input": {"bands": bands, "normalization": norm}})
+
+    assert spec("none").input.normalization == Normalization(mode="none")
+    with pytest.raises(ValidationError, match="needs both 'mean' and 'std'"):
+        spec("meanstd")

@@ -93,6 +93,12 @@ class InputSpec(_Strict):
 
     bands: list[BandSpec] = Field(min_length=1)
     normalization: Normalization = Normalization()
+
+    @field_validator("normalization", mode="before")
+    @classmethod
+    def _mode_alone(cls, value: Any) -> Any:
+        """``normalization: none`` (a mode alone) means ``{mode: none}``; a mode that needs values says which."""
+        return {"mode": value} if isinstance(value, str) else value
     values: Literal["scaled", "raw"] = "scaled"
     expects: ExpectsSpec | None = None
 
