@@ -71,3 +71,99 @@ def test_store_write_sets_nan_where_not_valid_and_keeps_the_rest(tmp_path: Path)
     np.testing.assert_array_equal(np.asarray(reread.scores[:, :20, 25:]), scores.astype(np.float16))
     untouched = np.asarray(reread.scores[:, :, :25])  # never written: the fill values
     assert np.isnan(untouched).all() and (reread.read_labels(Box((0, 0), (40, 25))) == LABEL_NODATA).all()
+
+
+@pytest.mark.parametrize(("shape", "chunk", "thresholds"), [
+    ((1030, 2100), (1024, 2048), None),            # shards of 512² inner chunks
+    ((700, 900), (512, 512), None),                # 512 is not > 512: plain chunks
+    ((700, 900), (1536, 1000), None),              # 1000 is not a multiple of 512: plain chunks
+    ((40, 300, 260), (128, 128, 128), None),       # a volume
+    ((1030, 2100), (1024, 1024), (0.5, 0.3, 0.8)),  # multi-label planes
+])
+def test_the_store_on_disk_is_what_readers_are_promised(tmp_path: Path, shape: tuple[int, ...],
+                                                        chunk: tuple[int, ...],
+                                                        thresholds: tuple[float, ...] | None) -> None:
+    """Read back with plain zarr (as a GIS or napari user would): zarr v3, attributes, dtypes, fill values,
+    dimension names and chunking exactly as the README's mask.zarr section says."""
+    names = ["background", "cloud", "shadow"]
+    store = MaskStore.create(tmp_path / "mask.zarr", shape, chunk, names, save_scores=True,
+                             attrs={"crs": "EPSG:32633", "run_fingerprint": "f"}, thresholds=thresholds)
+    group = zarr.open_group(str(tmp_path / "mask.zarr"), mode="r")
+    assert group.metadata.zarr_format == 3
+    spatial = ["z", "y", "x"][-len(shape):]
+    kind = {"label_kind": "single"} if thresholds is None else {"label_kind": "multilabel",
+                                                                  "thresholds": list(thresholds)}
+    assert dict(group.attrs) == {"crs": "EPSG:32633", "run_fingerprint": "f", "nodata": 255, "class_names": names,
+                                 "axes": "".join(spatial).upper(), "chunk": list(chunk), **kind}
+    tiled = all(c % 512 == 0 and c > 512 for c in chunk)
+    planes = "labels" if thresholds is None else "present"
+    lead = () if thresholds is None else (1,)
+    for name, dims, dtype in ((planes, spatial if thresholds is None else ["class", *spatial], "uint8"),
+                              ("scores", ["class", *spatial], "float16")):
+        array = group[name]
+        assert isinstance(array, zarr.Array) and array.dtype == np.dtype(dtype)
+        assert list(array.metadata.dimension_names) == dims
+        assert array.shape == (tuple(shape) if name == planes and thresholds is None else (3, *shape))
+        fill = array.metadata.fill_value
+        assert (np.isnan(fill) if dtype == "float16" else fill == 255)
+        own_lead = lead if name == planes else (1,)
+        if tiled:
+            assert array.shards == (*own_lead, *chunk) and array.chunks == (*own_lead, *(512,) * len(chunk))
+        else:
+            assert array.shards is None and array.chunks == (*own_lead, *chunk)
+    assert (tmp_path / "mask.zarr" / ".segflow-done").is_dir() and store.multilabel == (thresholds is not None)
+    assert MaskStore.open(tmp_path / "mask.zarr").thresholds == thresholds
+
+
+def test_thresholds_must_be_one_per_class(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="2 thresholds for 3 classes"):
+        MaskStore.create(tmp_path / "m.zarr", (8, 8), (8, 8), ["a", "b", "c"], save_scores=False, attrs={},
+                         thresholds=(0.5, 0.5))
+    assert not (tmp_path / "m.zarr").exists()
+
+
+def test_completion_records_round_trip_and_a_bad_one_does_not_hide_the_others(tmp_path: Path) -> None:
+    store = MaskStore.create(tmp_path / "m.zarr", (4, 8, 8), (2, 4, 4), ["a", "b"], save_scores=False, attrs={})
+    records = {(0, 1, 0): {"windows": 3}, (1, 0, 1): {"windows": 5, "note": "é"}, (0, 0, 0): {}}
+    for index, record in records.items():
+        store.mark_done(index, record)
+    (tmp_path / "m.zarr" / ".segflow-done" / "0_0_1.json").write_text("{broken")  # a torn record: not finished
+    (tmp_path / "m.zarr" / ".segflow-done" / "0_x_1.json").write_text("{}")  # not a chunk's name
+    for name in sorted(p.name for p in (tmp_path / "m.zarr" / ".segflow-done").iterdir()):
+        assert name.endswith(".json")
+    assert MaskStore.open(tmp_path / "m.zarr").done() == records
+
+
+def test_multilabel_planes_are_written_whole_and_a_single_map_is_refused(tmp_path: Path) -> None:
+    store = MaskStore.create(tmp_path / "m.zarr", (6, 10), (6, 10), ["a", "b", "c"], save_scores=True, attrs={},
+                             thresholds=(0.5, 0.5, 0.5))
+    box = Box((2, 3), (5, 9))
+    planes = np.random.default_rng(0).integers(0, 2, size=(3, 3, 6), dtype=np.uint8)
+    scores = np.random.default_rng(1).random((3, 3, 6)).astype(np.float32)
+    valid = np.ones((3, 6), bool)
+    valid[0, 0] = False
+    store.write(box, planes, scores, valid)
+    assert np.array_equal(store.read_present(box), planes) and np.array_equal(store.read_present(box, 2), planes[2])
+    assert np.all(np.asarray(store.present)[:, :2] == LABEL_NODATA)
+    stored = np.asarray(store.scores)[:, 2:5, 3:9]
+    assert stored.dtype == np.float16 and np.isnan(stored[:, 0, 0]).all()
+    np.testing.assert_array_equal(stored[:, valid], scores[:, valid].astype(np.float16))
+    with pytest.raises(ValueError, match=r"takes planes of shape \(3, 3, 6\) for .* got \(3, 6\)"):
+        store.write(box, planes[0])
+
+
+def test_scores_given_to_a_store_without_scores_are_dropped(tmp_path: Path) -> None:
+    store = MaskStore.create(tmp_path / "m.zarr", (4, 4), (4, 4), ["a", "b"], save_scores=False, attrs={})
+    store.write(Box((0, 0), (4, 4)), np.ones((4, 4), np.uint8), np.zeros((2, 4, 4), np.float32))
+    assert store.scores is None and "scores" not in zarr.open_group(str(tmp_path / "m.zarr"), mode="r")
+
+
+def test_opening_something_else_names_it(tmp_path: Path) -> None:
+    from segflow.errors import InputError
+
+    zarr.open_group(str(tmp_path / "other.zarr"), mode="w")
+    with pytest.raises(InputError, match=r"other.zarr is not a segflow mask store \(.+\)$"):
+        MaskStore.open(tmp_path / "other.zarr")
+    MaskStore.create(tmp_path / "m.zarr", (4, 4), (4, 4), ["a", "b"], save_scores=False, attrs={})
+    with pytest.raises(Exception, match=r"read.only|ReadOnly"):
+        MaskStore.open(tmp_path / "m.zarr").labels[0, 0] = 1  # "r" by default: nothing is changed by a reader
