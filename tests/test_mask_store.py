@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import zarr
 
+from segflow.errors import InputError
 from segflow.io.mask_store import MaskStore
 from segflow.labels import LABEL_NODATA
 from segflow.tile_infer import TileInferParams, tile_infer
@@ -167,3 +168,18 @@ def test_opening_something_else_names_it(tmp_path: Path) -> None:
     MaskStore.create(tmp_path / "m.zarr", (4, 4), (4, 4), ["a", "b"], save_scores=False, attrs={})
     with pytest.raises(Exception, match=r"read.only|ReadOnly"):
         MaskStore.open(tmp_path / "m.zarr").labels[0, 0] = 1  # "r" by default: nothing is changed by a reader
+
+
+def test_create_replaces_what_was_at_the_path(tmp_path: Path) -> None:
+    """A new store keeps nothing of an earlier one at its path: no arrays, no completion records."""
+    old = MaskStore.create(tmp_path / "m.zarr", (4, 4), (4, 4), ["a", "b"], save_scores=True, attrs={"x": 1})
+    old.group.create_array("instances", shape=(4, 4), dtype="uint32")
+    old.mark_done((0, 0), {"index": [0, 0]})
+    new = MaskStore.create(tmp_path / "m.zarr", (4, 4), (4, 4), ["a", "b"], save_scores=False, attrs={})
+    assert sorted(new.group.keys()) == ["labels"] and new.done() == {} and "x" not in new.group.attrs
+
+
+def test_open_error_gives_the_cause(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"is not a segflow mask store \(No group found in store") as caught:
+        MaskStore.open(tmp_path)
+    assert "(None)" not in str(caught.value)
