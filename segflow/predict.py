@@ -44,7 +44,7 @@ def _flip(x: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
     return torch.flip(x, axes) if axes else x
 
 
-class _Normalize(nn.Module):
+class InputNormalize(nn.Module):
     """The package's normalisation as a torch module (same arithmetic as segflow.normalize)."""
 
     mean: torch.Tensor
@@ -129,7 +129,7 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.module = module.to(self.device).eval()
         channels = len(spec.input.bands)
-        self.normalize = _Normalize(spec.input.normalization, channels, spec.spatial_dims).to(self.device)
+        self.normalize = InputNormalize(spec.input.normalization, channels, spec.spatial_dims).to(self.device)
         self.cuda = self.device.type == "cuda"
         self.optimize_pending = optimize and not self.cuda
         self.compile_pending = compile and can_compile(self.module)  # segflow.compiled: instead of freezing

@@ -19,6 +19,7 @@ from ._failpoints import failpoint
 from ._memory import limit_heap_fragmentation
 from .bands import assemble_scene, parse_inputs
 from .crf_pass import crf_fingerprint
+from .detect import check_run as check_detector_run
 from .devices import check_window_memory, resolve_device
 from .engine import Execution, PredictorFactory, RunSpec, input_identity, make_plan, run_fingerprint, run_plan
 from .engine.spill import SPILL_FOLDER, spill_bytes
@@ -166,6 +167,7 @@ def _prepare(input_path: InputPaths, params: TileInferParams, execution: Executi
     scene = assemble_scene(spec, scenes, params.bands)
     check_expected_input(spec, scene)  # e.g. an MR volume given to a CT model: refused, asking for --model
     check_multilabel_run(spec, params)  # options that need one class per pixel, for a model whose classes overlap
+    check_detector_run(spec, params, execution.distributed)  # options that need blended probabilities
     if params.crf is not None and scene.spatial_dims != 2:
         raise ConfigError("--crf refines 2D rasters; leave it out for volumes")
     for name in ("opening", "closing"):
@@ -286,6 +288,8 @@ class _Masks:
 def _masks(job: _Job, store: MaskStore, staging: Staging, progress: Progress | None) -> _Masks:
     """Compute the chunks of ``store`` that have no completion record, then the passes over the whole store."""
     grid, chunks, params = job.grid, job.chunks, job.params
+    if job.package.spec.instances:  # an instance model: every window, then the merged instances
+        return _detected(job, store, progress)
     engine_store = store if job.grid_map is None else _work_store(staging.path / MODEL_GRID_STORE, job)
     reused = set(engine_store.done())
     plan = make_plan(grid, chunks, reused)
@@ -330,6 +334,29 @@ def _masks(job: _Job, store: MaskStore, staging: Staging, progress: Progress | N
 
         smooth_store(store, len(job.package.spec.classes), opening=params.opening, closing=params.closing)
     return _Masks(evaluated, outcome.skipped, len(plan.merged), len(reused), outcome.workers)
+
+
+def _detected(job: _Job, store: MaskStore, progress: Progress | None) -> _Masks:
+    from .detect import detect_store, detector_for
+
+    total, finished = len(job.out_chunks), 0
+
+    def on_chunk() -> None:
+        nonlocal finished
+        finished += 1
+        if progress is not None:
+            progress(finished, total)
+        failpoint("chunk")
+
+    try:
+        detector = detector_for(job.package, device=job.device, batch=job.params.batch, precision=job.precision)
+        found = detect_store(job.work, store, job.grid, detector, on_chunk=on_chunk)
+    finally:
+        close_datasets()
+    if found.evaluated + found.skipped != len(job.grid) or len(store.done()) != total:
+        raise RuntimeError(f"engine error: {found.evaluated} + {found.skipped} windows of {len(job.grid)}, "
+                           f"{len(store.done())} chunks recorded of {total}")
+    return _Masks(found.evaluated, found.skipped, total, 0, "in process (instance model)")
 
 
 def _compute(job: _Job, store: MaskStore, staging: Staging, progress: Progress | None, final: bool) -> RunResult:

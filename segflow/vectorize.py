@@ -76,6 +76,8 @@ class TracedObject:
     pixels: int
     score_sum: float
     polygon: shapely.Polygon
+    value: int = 0  # the traced value (a class, or an instance's value)
+    number: int | None = None  # the instance id of an instance model's object (else 1 + first)
 
 
 _Piece = TracedObject  # a piece has what an object has, for its part
@@ -164,8 +166,8 @@ def _chunk_pieces(labels: np.ndarray, values: np.ndarray, scores: np.ndarray | N
                                         ("top", 1, y0, bounds[n, 1] == y0), ("bottom", 1, y1, bounds[n, 3] == y1)):
             if reaches:
                 getattr(edges, side).extend((a, b, number) for a, b in _side(ring, axis, at))
-    pieces = [_Piece(first, int(c), int(area), math.nan, polygon)
-              for first, c, polygon, area in zip(firsts, classes, polygons.tolist(), areas.tolist(), strict=True)]
+    pieces = [_Piece(first, int(c), int(area), math.nan, polygon, v) for first, c, polygon, area, v
+              in zip(firsts, classes, polygons.tolist(), areas.tolist(), traced, strict=True)]
     if scores is not None and pieces:
         ids = rasterio.features.rasterize(((p.polygon, n + 1) for n, p in enumerate(pieces)), out_shape=labels.shape,
                                           transform=origin, dtype="int32")
@@ -203,7 +205,7 @@ def _finish(pieces: list[_Piece]) -> TracedObject:
     # (a coverage union needs the shared edges noded alike: segmentizing them first cost 3x more, measured)
     polygon = shapely.simplify(shapely.union_all([p.polygon for p in pieces]), 0.0, preserve_topology=True)
     return TracedObject(min(p.first for p in pieces), pieces[0].class_id, sum(p.pixels for p in pieces),
-                        sum(p.score_sum for p in pieces), polygon)
+                        sum(p.score_sum for p in pieces), polygon, pieces[0].value)
 
 
 def _valid(polygons: np.ndarray) -> np.ndarray:
@@ -320,7 +322,8 @@ def _features(objects: list[TracedObject], transform: Affine, class_names: Seque
     batch.geometry = list(geometry)
     classes = [o.class_id for o in objects]
     batch.columns.update(
-        instance_id=[o.first + 1 for o in objects], class_id=classes, class_name=[class_names[c] for c in classes],
+        instance_id=[o.first + 1 if o.number is None else o.number for o in objects], class_id=classes,
+        class_name=[class_names[c] for c in classes],
         kind=[kinds[c] for c in classes], area=shapely.area(geometry).tolist(),
         area_px=[o.pixels for o in objects], perimeter=shapely.length(geometry).tolist(),
         mean_score=[None if math.isnan(o.score_sum) else o.score_sum / o.pixels for o in objects],
@@ -345,6 +348,29 @@ def _separated(store: MaskStore, chunk: Sequence[int], kinds: Sequence[str], opt
         out = _class_values(box, labels).astype(np.int32)
         instance = np.asarray(ids[box.slices]).astype(np.int32)
         return np.where(instance > 0, instance + len(kinds), out)
+
+    return values
+
+
+def _detected(store: MaskStore) -> tuple[Any, np.ndarray] | None:
+    """The ``instances`` array and the scores of an instance model's run (segflow.detect), else None."""
+    from .detect.paint import INSTANCE_SCORES, SOURCE
+
+    if "instances" not in store.group or store.group["instances"].attrs.get("source") != SOURCE:
+        return None
+    scores: Any = store.group[INSTANCE_SCORES]
+    return store.group["instances"], np.asarray(scores[...], dtype=np.float64)
+
+
+def _instance_values(ids: Any, offset: int) -> Values:
+    """Trace values of an instance model's objects: ``offset + instance id`` on their pixels."""
+    if int(ids.attrs.get("count", 0)) + offset >= np.iinfo(np.int32).max:
+        raise OutputError(f"{ids.attrs.get('count')} instances: more than tracing can number")
+
+    def values(box: Box, labels: np.ndarray) -> np.ndarray:
+        out = _class_values(box, labels).astype(np.int32)
+        instance = np.asarray(ids[box.slices]).astype(np.int32)
+        return np.where(instance > 0, instance + offset, out)
 
     return values
 
@@ -382,8 +408,14 @@ def vectorize(store: MaskStore, chunk: Sequence[int], transform: Affine, class_n
                           "multi-label (its classes may overlap); use --separate none")
     if options.separate == "watershed":
         values = _separated(store, chunk, kinds, options, store.group if work is None else work)
+    detected = _detected(store)
+    if detected is not None:
+        values = _instance_values(detected[0], len(kinds))
     pending: list[TracedObject] = []
     for obj in _objects(store, chunk, values, len(class_names)):
+        if detected is not None:  # an instance model's object: its id and its detection score
+            obj.number = obj.value - len(kinds)
+            obj.score_sum = float(detected[1][obj.number - 1]) * obj.pixels
         if obj.class_id >= len(class_names):
             raise InputError(f"the mask holds label {obj.class_id} but the model has {len(class_names)} classes; "
                              "vectorize with the model the run used (--model)")

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from segflow.models.package import Normalization
 from segflow.normalize import normalize_array
-from segflow.predict import _Normalize
+from segflow.predict import InputNormalize
 
 MODES = [
     Normalization(mode="none"),
@@ -24,7 +24,7 @@ MODES = [
 def test_predictor_and_training_normalise_alike(norm: Normalization, spatial: tuple[int, ...]) -> None:
     x = np.random.default_rng(0).uniform(-1200, 3000, size=(2, *spatial)).astype(np.float32)
     ours = normalize_array(x, norm)
-    theirs = _Normalize(norm, 2, len(spatial))(torch.from_numpy(x)[None])[0].numpy()
+    theirs = InputNormalize(norm, 2, len(spatial))(torch.from_numpy(x)[None])[0].numpy()
     np.testing.assert_allclose(ours, theirs, rtol=1e-6, atol=1e-6)
 
 

@@ -44,9 +44,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from rasterio.crs import CRS
 
+from ..detect.paint import INSTANCE_SCORES, SOURCE
 from ..errors import InputError, OutputError
 from ..geometry import VolumeGeometry
-from ..instances import Instances, Reader, label_instances
+from ..instances import Instances, Reader, label_instances, measure_instances
 from ..tiling import Box, ChunkGrid
 from .atomic import atomic_write_text
 from .mask_store import MaskStore
@@ -150,6 +151,25 @@ def _score_reader(store: MaskStore) -> Reader:
     return read
 
 
+def _detected(store: MaskStore) -> bool:
+    """Whether the store's instances come from an instance model (segflow.detect), numbered already."""
+    return "instances" in store.group and store.group["instances"].attrs.get("source") == SOURCE
+
+
+def _measured(store: MaskStore, scene: Scene, chunk: tuple[int, ...]) -> tuple[Any, Instances]:
+    """The detected instances' measures; their score is the detection score (``instance_scores``)."""
+    ids = store.group["instances"]
+    instances = measure_instances(ids, store.labels, chunk, values={INTENSITY: _intensity_reader(scene)})
+    stored: Any = store.group[INSTANCE_SCORES]
+    scores = np.asarray(stored[...], dtype=np.float64)
+    if len(scores) != len(instances):
+        raise InputError(f"{store.path} holds {len(instances)} detected instances but {len(scores)} scores; run "
+                         "tile-infer again")
+    instances.sums[SCORE] = scores * instances.voxels
+    instances.maxima[SCORE] = scores
+    return ids, instances
+
+
 def _verify(path: Path, header: list[str], rows: list[list[str]], ids: Any, chunk: tuple[int, ...],
             voxels: np.ndarray) -> None:
     """``instances.csv`` parses back to exactly ``rows``; the ids array decodes, with the table's voxel counts."""
@@ -187,12 +207,9 @@ class InstancesSink:
     def entries(self) -> tuple[str, ...]:
         return (self.name,)
 
-    def write(self, store: MaskStore, folder: Path) -> Path:
-        if tuple(self.scene.spatial_shape) != store.shape:
-            raise InputError(f"the scene is {self.scene.spatial_shape} but the mask store is {store.shape}; "
-                             "pass the scene the store was made from")
+    def _labelled(self, store: MaskStore, chunk: tuple[int, ...]) -> tuple[Any, Instances]:
+        """Connected components of the thing classes, labelled into a new ``instances`` array."""
         things = [i for i, c in enumerate(self.spec.classes) if c.kind == "thing"]
-        chunk = labelling_chunk(store.labels.chunks)
         spatial_names = ["z", "y", "x"][-len(store.shape):]
         ids = store.group.create_array("instances", shape=store.shape, dtype="uint32", chunks=chunk, fill_value=0,
                                        dimension_names=spatial_names, overwrite=True)
@@ -201,8 +218,22 @@ class InstancesSink:
             values[SCORE] = _score_reader(store)
         instances = label_instances(store.labels, ids, chunk, things, connectivity=self.connectivity, values=values)
         ids.attrs.update({"things": [self.spec.classes[t].name for t in things], "connectivity": self.connectivity,
-                          "count": len(instances), "table": self.name})
-        header, rows = instance_rows(instances, self.spec.class_names, self.scene, scores=store.scores is not None)
+                          "count": len(instances)})
+        return ids, instances
+
+    def write(self, store: MaskStore, folder: Path) -> Path:
+        if tuple(self.scene.spatial_shape) != store.shape:
+            raise InputError(f"the scene is {self.scene.spatial_shape} but the mask store is {store.shape}; "
+                             "pass the scene the store was made from")
+        chunk = labelling_chunk(store.labels.chunks)
+        if _detected(store):
+            ids, instances = _measured(store, self.scene, chunk)
+            scored = True
+        else:
+            ids, instances = self._labelled(store, chunk)
+            scored = store.scores is not None
+        ids.attrs.update({"table": self.name})
+        header, rows = instance_rows(instances, self.spec.class_names, self.scene, scores=scored)
         text = io.StringIO()
         csv.writer(text, lineterminator="\n").writerows([header, *rows])
         path = atomic_write_text(folder / self.name, text.getvalue())

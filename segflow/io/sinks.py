@@ -78,7 +78,9 @@ def sinks_for(scene: Scene, spec: ModelSpec, *, meshes: bool = False, vectors: S
     A multi-label model (:mod:`segflow.multilabel`) gets the exports that can show overlapping classes
     (labels.tif with a band per class, polygons per class, a 4D labels.nii.gz, a SEG with overlapping
     segments); ``quicklook.png`` and a volume's ``instances.csv``, which show one class per pixel, are
-    not made (the options that ask for such outputs are refused by :func:`segflow.multilabel.check_run`)."""
+    not made (the options that ask for such outputs are refused by :func:`segflow.multilabel.check_run`).
+    An instance model's raster run (:mod:`segflow.detect`) also gets ``instances.csv``: its objects, with
+    their detection scores."""
     geometry = scene.geometry
     if meshes:
         from .meshes import MeshesSink  # checks the scene and the model before anything runs
@@ -90,6 +92,10 @@ def sinks_for(scene: Scene, spec: ModelSpec, *, meshes: bool = False, vectors: S
 
         extra.append(PanopticSink.for_scene(scene, spec))
     if isinstance(geometry, RasterGeometry):
+        if spec.instances:  # an instance model's objects, numbered already: their table too
+            from .instances_sink import InstancesSink
+
+            extra.append(InstancesSink(scene, spec))
         cog = LabelCOGSink(geometry, tuple(spec.class_names), tuple(c.color for c in spec.classes))
         if vectors is None or spec.multilabel:
             return [cog, *extra, *([] if vectors is None else [vectors])]

@@ -33,6 +33,10 @@ def _build_architecture(spec: ModelSpec) -> nn.Module:
             return build_spectral_index([b.name.lower() for b in spec.input.bands], **args)
         if spec.architecture.name == "hounsfield":
             return build_hounsfield(len(spec.input.bands), len(spec.classes), **args)
+        if spec.instances:
+            from .maskrcnn import build_maskrcnn
+
+            return build_maskrcnn(len(spec.input.bands), len(spec.classes), args)
         from .arch import build_architecture
 
         return build_architecture(

@@ -143,6 +143,28 @@ def _check_volume_contract(spec: ModelSpec) -> None:
                          f"direction of voxel +x, +y, +z (e.g. RAS, LPS), got {code!r}")
 
 
+def _check_instance_contract(spec: ModelSpec) -> None:
+    """An instance output (``activation: instances``) is Mask R-CNN's: 2D, parameters, class 0 the background."""
+    maskrcnn = spec.architecture is not None and spec.architecture.name.strip().lower() == "maskrcnn"
+    if spec.output.activation == "instances" and not maskrcnn:
+        raise ValueError("activation instances is the output of an instance-segmentation network; declare "
+                         "architecture: {name: maskrcnn}")
+    if not maskrcnn:
+        return
+    if spec.output.activation != "instances":
+        raise ValueError("architecture maskrcnn finds objects, not per-pixel classes: declare output: {activation: "
+                         "instances} (and optionally score_threshold)")
+    if spec.spatial_dims != 2:
+        raise ValueError("architecture maskrcnn is 2D: set spatial_dims: 2")
+    if spec.weights is not None and Path(spec.weights).suffix.lower() not in (".safetensors", ".pt", ".pth"):
+        raise ValueError(f"architecture maskrcnn needs its parameters (.safetensors, .pt or .pth), not "
+                         f"{spec.weights!r}: its detections have data-dependent shapes, so it is not exported")
+    things = [c.name for c in spec.classes[1:] if c.kind != "thing"]
+    if spec.classes[0].kind != "stuff" or things:
+        raise ValueError("architecture maskrcnn: class 0 is the background (kind stuff) and every other class an "
+                         f"object class (kind thing); fix the kinds of {[spec.classes[0].name, *things]}")
+
+
 _AXIS_OF = {"R": "LR", "L": "LR", "A": "PA", "P": "PA", "S": "SI", "I": "SI"}
 
 
@@ -198,6 +220,7 @@ class ModelSpec(_Strict):
         if self.weights is None and self.architecture is None:
             raise ValueError("declare 'weights' (a file in the package) or an 'architecture' (or both)")
         _check_volume_contract(self)
+        _check_instance_contract(self)
         return self
 
     @property
@@ -219,6 +242,11 @@ class ModelSpec(_Strict):
     def output_channels(self) -> int:
         """Channels the network returns: 1 for a binary sigmoid model, else one per class."""
         return 1 if self.output.activation == "sigmoid" and not self.output.multilabel else len(self.classes)
+
+    @property
+    def instances(self) -> bool:
+        """Whether the network finds objects (``activation: instances``, Mask R-CNN) rather than classifying pixels."""
+        return self.output.activation == "instances"
 
     @property
     def multilabel(self) -> bool:

@@ -559,3 +559,22 @@ def test_encoder_weights_config_and_refusals(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(builtin))
     none = runner.invoke(train_cmd, ["--config", str(path), "--encoder-weights", str(weights), "-q"])
     assert isinstance(none.exception, ConfigError) and "encoder" in str(none.exception)
+
+
+@pytest.mark.parametrize(("name", "channels"), [("resnet18", (16, 16, 32, 64, 128)),
+                                                ("resnet50", (16, 64, 128, 256, 512))])
+def test_slim_resnet_trunks(name: str, channels: tuple[int, ...]) -> None:
+    trunk = build_encoder(name, 2, base_width=16)
+    assert trunk.channels == channels
+    features = trunk(torch.zeros(1, 2, 64, 64))
+    assert [f.shape[1] for f in features] == list(channels)
+    assert [64 // f.shape[-1] for f in features] == [2, 4, 8, 16, 32]
+    full = sum(p.numel() for p in build_encoder(name, 2).parameters())
+    assert sum(p.numel() for p in trunk.parameters()) < full / 12
+
+
+def test_base_width_is_refused_where_it_cannot_apply() -> None:
+    with pytest.raises(ConfigError, match="base_width is for ResNet encoders"):
+        build_encoder("vgg11", 3, base_width=32)
+    with pytest.raises(ConfigError, match="base_width=2 is invalid"):
+        build_encoder("resnet18", 3, base_width=2)

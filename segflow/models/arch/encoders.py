@@ -150,26 +150,34 @@ _DILATE = {32: (False, False, False), 16: (False, False, True), 8: (False, True,
 
 
 class ResNetTrunk(TorchvisionEncoder):
-    """ResNet-18/34/50 without ``avgpool``/``fc``: features of the stem and of ``layer1`` .. ``layer4``."""
+    """ResNet-18/34/50 without ``avgpool``/``fc``: features of the stem and of ``layer1`` .. ``layer4``.
+
+    ``base_width`` (64 in the paper and torchvision) sets the stem's channels and ``layer1``'s planes,
+    doubled at each later layer; only 64 takes torchvision's ImageNet weights, a smaller one makes a slim
+    trunk (16: about 1/16 of the parameters) for small models."""
 
     first_conv = "conv1.weight"
     classifier_prefixes = ("fc.",)
 
-    def __init__(self, name: str, in_channels: int, output_stride: int = 32) -> None:
+    def __init__(self, name: str, in_channels: int, output_stride: int = 32, base_width: int = 64) -> None:
         super().__init__(name, in_channels)
+        if isinstance(base_width, bool) or not isinstance(base_width, int) or base_width < 4:
+            raise ConfigError(f"base_width={base_width!r} is invalid for encoder {name!r}; use an int >= 4 (64 as "
+                              "torchvision)")
         block, layers = _RESNETS[name]
-        self._inplanes, self._dilation = 64, 1
-        self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        b = base_width
+        self._inplanes, self._dilation = b, 1
+        self.conv1 = nn.Conv2d(in_channels, b, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(b)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         dilate = _DILATE[output_stride]
-        self.layer1 = self._make_layer(block, 64, layers[0], 1, False)
-        self.layer2 = self._make_layer(block, 128, layers[1], 2, dilate[0])
-        self.layer3 = self._make_layer(block, 256, layers[2], 2, dilate[1])
-        self.layer4 = self._make_layer(block, 512, layers[3], 2, dilate[2])
-        width = 64 * block.expansion
-        self.channels = (64, width, 2 * width, 4 * width, 8 * width)
+        self.layer1 = self._make_layer(block, b, layers[0], 1, False)
+        self.layer2 = self._make_layer(block, 2 * b, layers[1], 2, dilate[0])
+        self.layer3 = self._make_layer(block, 4 * b, layers[2], 2, dilate[1])
+        self.layer4 = self._make_layer(block, 8 * b, layers[3], 2, dilate[2])
+        width = b * block.expansion
+        self.channels = (b, width, 2 * width, 4 * width, 8 * width)
         self.reductions = tuple(min(r, output_stride) for r in (2, 4, 8, 16, 32))
         self._init_weights()
 
@@ -243,13 +251,16 @@ class VGG11Trunk(TorchvisionEncoder):
         return out
 
 
-def build_encoder(name: str, in_channels: int, *, output_stride: int = 32) -> TorchvisionEncoder:
+def build_encoder(name: str, in_channels: int, *, output_stride: int = 32, base_width: int = 64
+                  ) -> TorchvisionEncoder:
     """Trunk ``name`` (one of :data:`ENCODER_NAMES`) for ``in_channels`` input bands, randomly initialised
-    as torchvision does; ``output_stride`` 32, 16 or 8."""
+    as torchvision does; ``output_stride`` 32, 16 or 8; ``base_width`` for ResNets only (see ResNetTrunk)."""
     if output_stride not in _OUTPUT_STRIDES:
         raise ConfigError(f"output_stride={output_stride!r} is invalid for encoder {name!r}; use 32, 16 or 8")
     if name in _RESNETS:
-        return ResNetTrunk(name, in_channels, output_stride)
+        return ResNetTrunk(name, in_channels, output_stride, base_width)
+    if base_width != 64:
+        raise ConfigError(f"base_width is for ResNet encoders; {name!r} has torchvision's widths")
     if name == "vgg11":
         return VGG11Trunk(name, in_channels, output_stride)
     raise ConfigError(f"unknown encoder {name!r}; known: {', '.join(ENCODER_NAMES)}")

@@ -26,8 +26,8 @@ boolean filtering, per-level routing of RoIs, a sparse CSR matmul in RoIAlign), 
 path is not exportable to ONNX or ``torch.jit.trace`` as it stands; this has not been attempted.
 """
 
-from segflow.models.maskrcnn.model import MaskRCNN, MaskRCNNConfig, paste_masks
+from segflow.models.maskrcnn.model import MaskRCNN, MaskRCNNConfig, build_maskrcnn, config_args, paste_masks
 from segflow.models.maskrcnn.roi_heads import RoISettings
 from segflow.models.maskrcnn.rpn import RPNSettings
 
-__all__ = ["MaskRCNN", "MaskRCNNConfig", "RPNSettings", "RoISettings", "paste_masks"]
+__all__ = ["MaskRCNN", "MaskRCNNConfig", "RPNSettings", "RoISettings", "build_maskrcnn", "config_args", "paste_masks"]

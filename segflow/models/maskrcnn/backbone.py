@@ -24,9 +24,10 @@ class ResNetFPN(nn.Module):
     """``forward(x)`` -> ``[P2, P3, P4, P5, P6]``, each ``(N, width, Y / s, X / s)`` for s in
     :data:`FPN_STRIDES`."""
 
-    def __init__(self, depth: str = "resnet18", in_channels: int = 3, width: int = 64) -> None:
+    def __init__(self, depth: str = "resnet18", in_channels: int = 3, width: int = 64, trunk_width: int = 64
+                 ) -> None:
         super().__init__()
-        body = build_encoder(depth, in_channels)
+        body = build_encoder(depth, in_channels, base_width=trunk_width)
         assert isinstance(body, ResNetTrunk)
         self.body = body
         self.width = width

@@ -7,8 +7,9 @@ coordinates of the unpadded input (pixel ``(i, j)`` covers ``[j, j + 1) x [i, i 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,7 @@ from segflow.models.maskrcnn.ops import clip_boxes
 from segflow.models.maskrcnn.roi_heads import RoIHeads, RoISettings
 from segflow.models.maskrcnn.rpn import RPN, RPNSettings
 
-__all__ = ["MaskRCNN", "MaskRCNNConfig", "paste_masks"]
+__all__ = ["MaskRCNN", "MaskRCNNConfig", "build_maskrcnn", "config_args", "paste_masks"]
 
 _DEPTHS = ("resnet18", "resnet34", "resnet50")
 _MULTIPLE = 32
@@ -29,12 +30,14 @@ _MULTIPLE = 32
 @dataclass(frozen=True)
 class MaskRCNNConfig:
     """``num_classes`` counts the background (class 0): thing classes + 1. ``mask_threshold`` binarises
-    the pasted mask probabilities (0.5 in the paper)."""
+    the pasted mask probabilities (0.5 in the paper). ``trunk_width``: the ResNet's base width (64 as
+    torchvision, whose ImageNet weights then load into ``backbone.body``; 16 for a slim model)."""
 
     num_classes: int = 2
     in_channels: int = 3
     depth: str = "resnet18"
     fpn_width: int = 64
+    trunk_width: int = 64
     rpn: RPNSettings = field(default_factory=RPNSettings)
     roi: RoISettings = field(default_factory=RoISettings)
     mask_threshold: float = 0.5
@@ -50,6 +53,51 @@ class MaskRCNNConfig:
         if len(self.rpn.anchor_sizes) != len(FPN_STRIDES):
             raise ConfigError(f"maskrcnn: rpn.anchor_sizes needs {len(FPN_STRIDES)} sizes (P2..P6), "
                               f"got {self.rpn.anchor_sizes}")
+
+
+def _settings(kind: type[Any], given: Any, where: str) -> Any:
+    if given is None:
+        return kind()
+    if not isinstance(given, Mapping):
+        raise ConfigError(f"maskrcnn: {where} must be a mapping of settings, got {given!r}")
+    known = {f.name: f for f in fields(kind)}
+    unknown = sorted(set(given) - set(known))
+    if unknown:
+        raise ConfigError(f"maskrcnn: unknown {where} settings {unknown}; known: {', '.join(known)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
+    return kind(**values)
+
+
+def build_maskrcnn(in_channels: int, num_classes: int, args: Mapping[str, Any]) -> MaskRCNN:
+    """The network of a package's ``architecture: {name: maskrcnn, args: ...}``.
+
+    ``args``: ``depth`` (resnet18 | resnet34 | resnet50), ``fpn_width``, ``trunk_width``, ``mask_threshold`` and the
+    mappings ``rpn`` and ``roi`` of :class:`RPNSettings` / :class:`RoISettings` fields (lists for tuples);
+    ``num_classes`` counts the background (the package's classes).
+    """
+    args = dict(args)
+    rpn = _settings(RPNSettings, args.pop("rpn", None), "rpn")
+    roi = _settings(RoISettings, args.pop("roi", None), "roi")
+    known = {"depth", "fpn_width", "trunk_width", "mask_threshold"}
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise ConfigError(f"maskrcnn: unknown args {unknown}; known: depth, fpn_width, trunk_width, mask_threshold, "
+                          "rpn, roi")
+    return MaskRCNN(MaskRCNNConfig(num_classes=num_classes, in_channels=in_channels, rpn=rpn, roi=roi, **args))
+
+
+def config_args(config: MaskRCNNConfig) -> dict[str, Any]:
+    """``architecture.args`` that :func:`build_maskrcnn` turns back into ``config`` (settings that differ
+    from the defaults only, tuples as lists)."""
+    out: dict[str, Any] = {"depth": config.depth, "fpn_width": config.fpn_width, "trunk_width": config.trunk_width}
+    if config.mask_threshold != 0.5:
+        out["mask_threshold"] = config.mask_threshold
+    for name, value, default in (("rpn", config.rpn, RPNSettings()), ("roi", config.roi, RoISettings())):
+        changed = {f.name: list(v) if isinstance(v := getattr(value, f.name), tuple) else v
+                   for f in fields(value) if getattr(value, f.name) != getattr(default, f.name)}
+        if changed:
+            out[name] = changed
+    return out
 
 
 def paste_masks(probs: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -80,7 +128,7 @@ class MaskRCNN(nn.Module):
     def __init__(self, config: MaskRCNNConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or MaskRCNNConfig()
-        self.backbone = ResNetFPN(config.depth, config.in_channels, config.fpn_width)
+        self.backbone = ResNetFPN(config.depth, config.in_channels, config.fpn_width, config.trunk_width)
         self.rpn = RPN(config.fpn_width, config.rpn)
         self.roi_heads = RoIHeads(config.fpn_width, config.num_classes, config.roi)
 
