@@ -362,3 +362,16 @@ def test_maskrcnn_args_round_trip_and_unknown_args() -> None:
         build_maskrcnn(2, 2, {"widht": 3})
     with pytest.raises(ConfigError, match=r"unknown roi settings \['size'\]"):
         build_maskrcnn(2, 2, {"roi": {"size": 3}})
+
+
+def test_an_instance_package_is_not_exported(tmp_path: Path) -> None:
+    import yaml
+
+    from segflow.errors import ModelError
+    from segflow.models.export import export_package
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "model.yaml").write_text(yaml.safe_dump(instance_spec().model_dump(exclude_none=True)))
+    with pytest.raises(ModelError, match="instance model .* not exported"):
+        export_package(tmp_path / "pkg", tmp_path / "out", "onnx")
+    assert not (tmp_path / "out").exists()

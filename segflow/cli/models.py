@@ -44,6 +44,8 @@ def models_show_cmd(name_or_path: str) -> None:
         spacing = "not declared" if spec.spacing is None else f"{list(spec.spacing)} mm"
         click.echo(f"  spacing (dz, dy, dx): {spacing}   orientation: {spec.orientation or 'not declared'}")
     kind = "" if spec.thresholds is None else f", multi-label, thresholds {list(spec.thresholds)}"
+    if spec.instances:
+        kind = f" (objects scoring >= {spec.output.min_score:g} are kept)"
     click.echo(f"  output: {spec.output.activation}{kind}   weights: {spec.weights or 'none'}"
                + (f" (sha256 {package.weights_sha256[:12]})" if package.weights_sha256 else ""))
     click.echo(f"  precisions: {', '.join(spec.precisions) if spec.precisions else 'fp32 (none declared)'}")

@@ -151,6 +151,9 @@ def export_package(source: str | os.PathLike[str], output_dir: str | os.PathLike
     output = Path(output_dir)
     package = resolve_package(os.fspath(source))
     spec = package.spec
+    if spec.instances:
+        raise ModelError(f"model {spec.name!r} is an instance model (Mask R-CNN), whose detections have "
+                         "data-dependent shapes: it is not exported; use the package as it is")
     module = load_module(package)
     if isinstance(module, OnnxModule):
         raise ModelError(
