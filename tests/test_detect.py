@@ -372,6 +372,6 @@ def test_an_instance_package_is_not_exported(tmp_path: Path) -> None:
 
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "model.yaml").write_text(yaml.safe_dump(instance_spec().model_dump(exclude_none=True)))
-    with pytest.raises(ModelError, match="instance model .* not exported"):
+    with pytest.raises(ModelError, match=r"instance model .* not exported"):
         export_package(tmp_path / "pkg", tmp_path / "out", "onnx")
     assert not (tmp_path / "out").exists()
