@@ -375,3 +375,4 @@ def test_an_instance_package_is_not_exported(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"instance model .* not exported"):
         export_package(tmp_path / "pkg", tmp_path / "out", "onnx")
     assert not (tmp_path / "out").exists()
+

@@ -204,3 +204,24 @@ def test_box_coder_round_trip_and_closed_form(weights: tuple[float, float, float
 def test_clip_boxes() -> None:
     got = clip_boxes(torch.tensor([[-5.0, 3, 70, 90]]), (64, 48))
     torch.testing.assert_close(got, torch.tensor([[0.0, 3, 48, 64]]))
+
+
+def test_reduced_precision_samples_and_decodes_in_float32() -> None:
+    """Under bf16 autocast RoIAlign samples the (bf16) features at float32 coordinates and box deltas decode
+    in float32: bf16's 8 bits would put a box at x = 500 two pixels off."""
+    from segflow.models.maskrcnn.ops import BoxCoder, roi_align
+
+    g = torch.Generator().manual_seed(0)
+    features = torch.rand(1, 3, 40, 40, generator=g).to(torch.bfloat16)
+    rois = torch.tensor([[0, 3.3, 4.7, 30.1, 21.9], [0, 10.25, 0.5, 11.0, 39.5]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = roi_align(features, rois, 7, 1.0, 2)
+    want = roi_align(features.float(), rois, 7, 1.0, 2)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.to(torch.bfloat16).float(), rtol=0, atol=0)
+    coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
+    deltas = torch.tensor([[0.01, 0.0, 0.0, 0.0]], dtype=torch.bfloat16)
+    boxes = coder.decode(deltas, torch.tensor([[400.0, 10.0, 600.0, 20.0]]))
+    assert boxes.dtype == torch.float32
+    torch.testing.assert_close(boxes, torch.tensor([[400.0 + 200 * float(deltas[0, 0]), 10.0,
+                                                     600.0 + 200 * float(deltas[0, 0]), 20.0]]))

@@ -63,6 +63,12 @@ def roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: int | tup
     k = rois.shape[0]
     if k == 0 or c == 0:
         return features.new_zeros((k, c, oh, ow))
+    if torch.is_autocast_enabled(features.device.type) or features.dtype in (torch.bfloat16, torch.float16):
+        # reduced precision: sample in float32 (bf16 holds 8 bits, coordinates would be 2 px off at 500) and
+        # outside autocast (the sparse product has no bf16 kernel); the bins come back in the features' dtype
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            return roi_align(features.float(), rois.float(), (oh, ow), spatial_scale, sampling_ratio,
+                             aligned).to(features.dtype)
     rois = rois.detach().to(features.dtype)
     offset = 0.5 if aligned else 0.0
     x1 = rois[:, 1] * spatial_scale - offset
@@ -219,6 +225,8 @@ class BoxCoder:
         """Boxes from ``deltas`` ``(K, 4 * M)`` (M boxes per reference, e.g. one per class) and
         ``reference`` ``(K, 4)``: ``(K, 4 * M)``."""
         wx, wy, ww, wh = self.weights
+        if deltas.dtype in (torch.bfloat16, torch.float16):  # a head run under autocast: boxes in float32
+            deltas = deltas.float()
         reference = reference.to(deltas.dtype)
         aw, ah = reference[:, 2:3] - reference[:, 0:1], reference[:, 3:4] - reference[:, 1:2]
         ax, ay = reference[:, 0:1] + 0.5 * aw, reference[:, 1:2] + 0.5 * ah
