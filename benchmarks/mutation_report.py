@@ -8,7 +8,10 @@ diff; those judged equivalent or harmless are listed with the reason, from
 
 Run by ``make mutate`` after ``mutmut run``, from the repository root:
 
-    python benchmarks/mutation_report.py [--output F] [--tests "tests/a.py ..."] [--time-limit S] MODULE.py ...
+    python benchmarks/mutation_report.py [--output F] [--tests "tests/a.py ..."] [--time-limit S] [--keep] MODULE.py ...
+
+``--keep`` keeps the rows and sections of the modules the existing report holds and this run did not check
+(mutmut's state in ``mutants/`` is local to a checkout; the report is what is committed).
 """
 
 from __future__ import annotations
@@ -137,7 +140,25 @@ def score(counts: Counter[str], equivalent: int) -> str:
     return f"{100 * sum(counts[s] for s in KILLED) / real:.1f} %"
 
 
-def report(modules: list[str], tests: str, time_limit: str | None, notes: list[str] | None = None) -> str:
+def earlier(text: str) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """From an earlier report: each module's table row and its section (lines), to keep where a run skips it."""
+    rows: dict[str, str] = {}
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("| `"):
+            rows[line.split("`")[1]] = line
+        if line.startswith("## "):
+            current = sections.setdefault(line.split("`")[1], []) if line.startswith("## `") else None
+        if current is not None:
+            current.append(line)
+    return rows, sections
+
+
+def report(modules: list[str], tests: str, time_limit: str | None, notes: list[str] | None = None,
+           keep: str | None = None) -> str:
+    """The report of ``modules``; with ``keep`` (an earlier report's text) the modules it has that this run did
+    not check keep their rows and sections, first."""
     equivalent = load_equivalent()
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     out = [
@@ -158,6 +179,11 @@ def report(modules: list[str], tests: str, time_limit: str | None, notes: list[s
         "|---|---|---|---|---|---|---|---|---|",
     ]
     sections: list[str] = []
+    if keep is not None:
+        rows, kept = earlier(keep)
+        for module in [m for m in rows if m not in modules]:
+            out.append(rows[module])
+            sections += kept.get(module, [])
     for module in modules:
         mutants = load_mutants(module)
         counts = Counter(m.status for m in mutants)
@@ -205,12 +231,15 @@ def main() -> None:
     parser.add_argument("--tests", default="", help="the test files the run selected (for the report)")
     parser.add_argument("--time-limit", default=None, help="the run's time limit in seconds (for the report)")
     parser.add_argument("--note", action="append", default=[], help="a line to add to the report's head")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the modules of the existing --output that this run did not check")
     args = parser.parse_args()
     os.chdir(ROOT)  # mutmut reads mutants/ relative to the working directory
     modules = args.modules or tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]["only_mutate"]
     every_test = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("**/test_*.py"))
     tests = "" if sorted(args.tests.split()) == every_test else args.tests
-    text = report(modules, tests, args.time_limit, args.note)
+    keep = args.output.read_text(encoding="utf-8") if args.keep and args.output.exists() else None
+    text = report(modules, tests, args.time_limit, args.note, keep)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text, encoding="utf-8")
     print(f"wrote {args.output}")
