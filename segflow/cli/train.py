@@ -112,8 +112,9 @@ def _reporter(quiet: bool) -> Iterator[Callable[[Any], None] | None]:
 
         def line(event: Any) -> None:
             if event.phase == "validate":
-                click.echo(f"epoch {event.epoch}/{event.epochs}: loss {event.loss:.4f}, validation mean IoU "
-                           f"{event.val_miou:.4f}, {event.seconds:.1f} s", err=True)
+                click.echo(f"epoch {event.epoch}/{event.epochs}: loss {event.loss:.4f}, validation "
+                           f"{getattr(event, 'metric', 'mean IoU')} {event.val_miou:.4f}, {event.seconds:.1f} s",
+                           err=True)
 
         yield line
         return

@@ -36,13 +36,14 @@ from .sources import ChipSource, Start
 __all__ = ["check_instances", "chip_border"]
 
 
-def check_instances(sources: Sequence[ChipSource]) -> None:
-    """Raise ConfigError naming the first source without instance ids (border weights need them)."""
+def check_instances(sources: Sequence[ChipSource], who: str = "border_weights need",
+                    remedy: str = "remove border_weights") -> None:
+    """Raise ConfigError naming the first source without instance ids (``who``, e.g. border weights, needs them)."""
     for source in sources:
         if not source.has_instances:
-            raise ConfigError(f"border_weights need instance ids, which {source.description} does not have; give "
+            raise ConfigError(f"{who} instance ids, which {source.description} does not have; give "
                               "its pair an 'instances' raster (ids on the labels' grid), use vector labels or "
-                              "synthetic scenes, or remove border_weights")
+                              f"synthetic scenes, or {remedy}")
 
 
 def chip_border(source: ChipSource, start: Start, shape: tuple[int, ...], border: BorderWeightsConfig

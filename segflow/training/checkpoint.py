@@ -49,18 +49,26 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def _fingerprint(config: TrainConfig) -> dict[str, Any]:
     fingerprint: dict[str, Any] = plain(config.model_dump(mode="json", exclude=_RESUMABLE))
     # keys added after checkpoints existed are left out at their defaults, so those checkpoints still resume
-    if fingerprint["model"].get("output") == {"activation": "softmax", "multilabel": False, "thresholds": None}:
+    output = fingerprint["model"].get("output")
+    if isinstance(output, dict) and "score_threshold" in output and output["score_threshold"] is None:
+        del output["score_threshold"]  # added with instance outputs
+    if output == {"activation": "softmax", "multilabel": False, "thresholds": None}:
         del fingerprint["model"]["output"]
     if fingerprint.get("border_weights") is None:
         fingerprint.pop("border_weights", None)
+    if fingerprint.get("optimizer", {}).get("momentum", 0) is None:
+        del fingerprint["optimizer"]["momentum"]
     if fingerprint["model"].get("encoder_weights") is None:
         fingerprint["model"].pop("encoder_weights", None)
     return fingerprint
 
 
-def _save_checkpoint(path: Path, run: _Run, data: _Data, partial: tuple[int, float, float] | None = None) -> None:
+def _save_checkpoint(path: Path, run: _Run, data: _Data, partial: tuple[int, float, float] | None = None,
+                     records: list[dict[str, Any]] | None = None) -> None:
     """Write the checkpoint and ``history.json``; ``partial`` = (steps done, their summed loss, seconds) of the
-    epoch after ``run.epoch`` for a mid-epoch checkpoint."""
+    epoch after ``run.epoch`` for a mid-epoch checkpoint; ``records``: the epoch history as dicts when it is
+    not ``run.history`` (instance training keeps records of its own metrics)."""
+    records = [r.to_dict() for r in run.history] if records is None else records
     rng: dict[str, Any] = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -74,7 +82,7 @@ def _save_checkpoint(path: Path, run: _Run, data: _Data, partial: tuple[int, flo
         "rng": rng,
         "best": {"metric": run.best_metric, "epoch": run.best_epoch, "model": run.best_state},
         "normalization": data.normalization.model_dump(),
-        "history": [r.to_dict() for r in run.history],
+        "history": records,
         "config": _fingerprint(data.config),
         "schedule": run.span.to_dict() if run.span is not None else None,
         "partial": None if partial is None else {"step": partial[0], "loss": partial[1], "seconds": partial[2]},
@@ -83,7 +91,7 @@ def _save_checkpoint(path: Path, run: _Run, data: _Data, partial: tuple[int, flo
     with atomic_path(path, hint=_WRITE_HINT) as tmp:
         torch.save(state, tmp)
     rule = data.config.early_stopping
-    history: dict[str, Any] = {"epochs": [r.to_dict() for r in run.history], "best_epoch": run.best_epoch}
+    history: dict[str, Any] = {"epochs": records, "best_epoch": run.best_epoch}
     if partial is not None:
         history["partial_epoch"] = {"epoch": run.epoch + 1, "steps_done": partial[0], "steps": run.steps}
     if run.class_weight_values is not None:
@@ -125,7 +133,8 @@ def _load_checkpoint(config: TrainConfig) -> dict[str, Any]:
     return state
 
 
-def _restore(run: _Run, state: dict[str, Any]) -> None:
+def _restore(run: _Run, state: dict[str, Any], *, history: bool = True) -> None:
+    """Put the checkpoint's state into ``run`` (its epoch history too, unless ``history`` is False)."""
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
@@ -138,7 +147,8 @@ def _restore(run: _Run, state: dict[str, Any]) -> None:
     run.best_metric = float(state["best"]["metric"])
     run.best_epoch = int(state["best"]["epoch"])
     run.best_state = state["best"]["model"]
-    run.history = [EpochRecord.from_dict(r) for r in state["history"]]
+    if history:
+        run.history = [EpochRecord.from_dict(r) for r in state["history"]]
     partial = state.get("partial")
     if partial is not None:  # a mid-epoch checkpoint: continue with the next step of epoch ``epoch + 1``
         run.resume_step, run.resume_loss = int(partial["step"]), float(partial["loss"])

@@ -72,6 +72,7 @@ from ..errors import ConfigError
 from ..models.package import MAX_CLASSES, ArchitectureSpec, BandSpec, ClassSpec, Normalization, OutputSpec
 from ..synthetic import BANDS as SCENE_BANDS
 from .data_config import DataConfig, ValidationConfig, _Strict
+from .instance_config import check_instance_training
 from .output_config import BorderWeightsConfig, check_model_output, check_train_output
 from .run_config import EarlyStoppingConfig, OptimizerConfig, SamplingConfig
 
@@ -281,6 +282,7 @@ class TrainConfig(_Strict):
         if self.chips_per_epoch < self.batch_size:
             raise ValueError(f"chips_per_epoch ({self.chips_per_epoch}) must be >= batch_size ({self.batch_size})")
         check_train_output(self)
+        check_instance_training(self)
         if self.init is not None and self.model.encoder_weights is not None:
             raise ValueError("give init (a whole package to fine-tune from) or model.encoder_weights (an ImageNet "
                              "encoder), not both: init replaces every weight")

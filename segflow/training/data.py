@@ -37,6 +37,7 @@ from .sources import ChipSource
 from .split_check import validation_warnings
 
 _STATS_CHIPS = 32
+_INSTANCE_USER = ("architecture maskrcnn needs", "train a semantic architecture")
 
 
 @dataclass
@@ -57,6 +58,8 @@ class _Data:
     class_counts: ClassCounts | None = None  # over the sampled training chips (segflow.training.balance)
     class_weights: list[float] | None = None  # class_weights as used: the list, or balanced's resolved
     notes: list[str] = field(default_factory=list)  # one-line warnings of the run (history.json "warnings")
+    instances: bool = False  # chips carry instance ids (Mask R-CNN): batches hold (images, labels, ids)
+    val_ids: torch.Tensor | None = None  # instance ids (N, Y, X) int64 of the validation chips, with instances
 
     def chip(self, epoch: int, index: int) -> tuple[np.ndarray, ...]:
         """Training chip ``index`` of ``epoch``: normalised, augmented image and labels (and border term)."""
@@ -65,6 +68,10 @@ class _Data:
         shape = self.config.model.chip_shape
         chip = self.sources[source].read(start, shape)
         image = np.where(chip.valid, normalize_array(chip.image, self.normalization), np.float32(0))
+        if self.instances:  # ids move with the labels
+            ids = self.sources[source].read_instances(start, shape)
+            image, both = augment(image, np.stack([chip.labels.astype(np.int64), ids]), rng, self.augment)
+            return image, both[0].astype(np.uint8), both[1]
         if self.border is None:
             return augment(image, chip.labels, rng, self.augment)
         term = chip_border(self.sources[source], start, shape, self.border)
@@ -78,6 +85,8 @@ class _Data:
         pairs = [self.chip(epoch, step * size + k) for k in range(size)]
         images = torch.from_numpy(np.stack([p[0] for p in pairs]))
         labels = torch.from_numpy(np.stack([p[1] for p in pairs]).astype(np.int64))
+        if self.instances:
+            return images, labels, torch.from_numpy(np.stack([p[2] for p in pairs]))
         if self.border is None:
             return images, labels
         return images, labels, torch.from_numpy(np.stack([p[2] for p in pairs]))
@@ -155,11 +164,12 @@ def _describe(sources: list[ChipSource], limit: int = 6) -> str:
     return "\n".join(lines)
 
 
-def _prepare_data(config: TrainConfig, normalization: Normalization | None) -> _Data:
+def _prepare_data(config: TrainConfig, normalization: Normalization | None, *, instances: bool = False) -> _Data:
+    """The run's data; with ``instances`` every source must have instance ids, which chips then carry."""
     sources = build_sources(config.data, config.model)
-    if config.border_weights is not None:
+    if config.border_weights is not None or instances:
         try:
-            check_instances(sources)
+            check_instances(sources, *(_INSTANCE_USER if instances else ()))
         except BaseException:
             for source in sources:
                 source.close()
@@ -168,6 +178,8 @@ def _prepare_data(config: TrainConfig, normalization: Normalization | None) -> _
     val_sources, holdout, cells = _validation_cells(config, sources, target)
     target = target or target_of(val_sources)
     try:
+        if instances:
+            check_instances(val_sources, *_INSTANCE_USER)
         _check_rotations(config, target)
         sampler = ChipSampler(sources, config.model.chip_shape, holdout,
                               foreground=config.sampling.fraction(config.model.spatial_dims))
@@ -176,11 +188,13 @@ def _prepare_data(config: TrainConfig, normalization: Normalization | None) -> _
                                       len(config.model.classes), stats=norm is None)
         norm = norm or stats
         assert norm is not None
-        images, labels = [], []
+        images, labels, ids = [], [], []
         for i, start in cells:
             chip = val_sources[i].read(start, config.model.chip_shape)
             images.append(np.where(chip.valid, normalize_array(chip.image, norm), np.float32(0)))
             labels.append(chip.labels)
+            if instances:
+                ids.append(val_sources[i].read_instances(start, config.model.chip_shape))
     except BaseException:
         for source in [*sources, *val_sources]:
             source.close()
@@ -192,7 +206,8 @@ def _prepare_data(config: TrainConfig, normalization: Normalization | None) -> _
     data = _Data(config, sources, sampler, norm, torch.from_numpy(np.stack(images)),
                  torch.from_numpy(np.stack(labels)), val_sources if holdout is None else [], where,
                  AugmentParams(flips=a.flips, rot90=a.rot90, gain=a.gain, offset=a.offset, noise=a.noise), target,
-                 config.border_weights, class_counts=counts)
+                 config.border_weights, class_counts=counts, instances=instances,
+                 val_ids=torch.from_numpy(np.stack(ids)) if ids else None)
     _check_split(data, labels, holdout)
     return data
 

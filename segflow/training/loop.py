@@ -46,6 +46,8 @@ from .config import TrainConfig
 from .data import _batches, _Data, _describe, _prepare_data
 from .evaluation import Metrics, accumulator_for, evaluate_chips, evaluate_sliding_window
 from .finetune import apply_init, load_init
+from .instance_config import is_instance_model
+from .instance_loop import InstanceTrainResult, train_instances
 from .output_config import output_channels
 from .report import _quality_sentence, _test_text, _training_section
 from .run import EpochRecord, _build_loss, _build_run, _Run
@@ -62,7 +64,7 @@ class TrainProgress:
     ``phase`` is ``"train"`` after a training step and ``"validate"`` after an epoch's
     validation; ``loss`` is the running mean loss of the epoch; ``val_miou`` the latest
     validation mean IoU (None before the first validation); ``lr`` the learning rate the step
-    used (NaN after a validation).
+    used (NaN after a validation); ``metric`` names what ``val_miou`` holds (``mask AP`` for Mask R-CNN).
     """
 
     phase: Literal["train", "validate"]
@@ -74,6 +76,7 @@ class TrainProgress:
     val_miou: float | None
     seconds: float = 0.0
     lr: float = math.nan
+    metric: str = "mean IoU"
 
 
 Progress = Callable[[TrainProgress], None]
@@ -246,7 +249,8 @@ def _network(config: TrainConfig) -> nn.Module:
                               **arch.args)
 
 
-def train(config: TrainConfig, *, progress: Progress | None = None, command: str | None = None) -> TrainResult:
+def train(config: TrainConfig, *, progress: Progress | None = None, command: str | None = None
+          ) -> TrainResult | InstanceTrainResult:
     """Train the configured model and write its model package.
 
     Parameters
@@ -261,14 +265,17 @@ def train(config: TrainConfig, *, progress: Progress | None = None, command: str
 
     Returns
     -------
-    TrainResult
-        Package path, history (time per epoch included), validation and test metrics.
+    TrainResult or InstanceTrainResult
+        Package path, history (time per epoch included), validation and test metrics; a Mask R-CNN
+        (``model.architecture.name: maskrcnn``) is trained by :func:`~segflow.training.instance_loop.train_instances`.
 
     Raises
     ------
     ConfigError, InputError, OutputError, DeviceError
         One-line messages naming the bad value and how to fix it.
     """
+    if is_instance_model(config):
+        return train_instances(config, progress=progress, command=command)
     device = resolve_device(config.device)
     _build_loss(config)  # a loss that does not fit the model's outputs is refused before any data is read
     try:

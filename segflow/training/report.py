@@ -18,7 +18,7 @@ from ..models.writer import plain
 from .config import TrainConfig
 from .data import _Data
 from .evaluation import Metrics
-from .run import _Run
+from .run import _Run, optimizer_text
 from .sources import ChipSource
 
 
@@ -54,7 +54,7 @@ def _training_section(config: TrainConfig, run: _Run, data: _Data, command: str 
                               if run.class_weight_values is not None else "")
         + (f", U-Net border weights from instances (w0 {config.border_weights.w0}, sigma "
            f"{config.border_weights.sigma} px)" if config.border_weights is not None else ""),
-        f"- AdamW lr {config.optimizer.lr}, weight decay {config.optimizer.weight_decay}, "
+        f"- {optimizer_text(config)}, "
         + (run.span.describe(config.epochs) if run.span is not None else f"{config.optimizer.schedule} schedule")
         + (f", gradients clipped to L2 norm {config.optimizer.clip_grad_norm}" if config.optimizer.clip_grad_norm
            else "") + f"; mixed precision: {'yes' if run.amp else 'no'}",

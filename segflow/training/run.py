@@ -24,7 +24,7 @@ from .output_config import output_channels, output_kind
 from .schedule import ScheduleSpan, lr_factor
 from .sources import IGNORE
 
-__all__ = ["EpochRecord"]
+__all__ = ["EpochRecord", "build_optimizer", "optimizer_text"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,22 @@ def _build_loss(config: TrainConfig) -> nn.Module:
     return loss
 
 
+def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """``config.optimizer``'s AdamW or SGD (momentum 0.9 unless given) over ``model``'s parameters."""
+    opt = config.optimizer
+    if opt.name == "sgd":
+        momentum = 0.9 if opt.momentum is None else opt.momentum
+        return torch.optim.SGD(model.parameters(), lr=opt.lr, momentum=momentum, weight_decay=opt.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+
+
+def optimizer_text(config: TrainConfig) -> str:
+    """The optimiser in words for a README: ``AdamW lr ..., weight decay ...`` (or SGD with its momentum)."""
+    opt = config.optimizer
+    name = "AdamW" if opt.name == "adamw" else f"SGD (momentum {0.9 if opt.momentum is None else opt.momentum})"
+    return f"{name} lr {opt.lr}, weight decay {opt.weight_decay}"
+
+
 def _build_run(config: TrainConfig, device: torch.device, steps: int, *, span: ScheduleSpan | None = None,
                class_weights: Sequence[float] | None = None) -> _Run:
     """The run of ``config``: ``span`` is the schedule's planned length (a new run's by default, a
@@ -116,8 +132,7 @@ def _build_run(config: TrainConfig, device: torch.device, steps: int, *, span: S
                                in_channels=len(config.model.bands),
                                out_channels=output_channels(config.model.output, len(config.model.classes)),
                                **arch.args).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optimizer.lr,
-                                  weight_decay=config.optimizer.weight_decay)
+    optimizer = build_optimizer(config, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(span))
     amp = config.amp and device.type == "cuda"
     weights = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .data_config import _Strict
 
@@ -38,13 +38,20 @@ class EarlyStoppingConfig(_Strict):
 
 
 class OptimizerConfig(_Strict):
-    """AdamW with a constant, cosine or poly learning rate after a linear warm-up (see
-    :mod:`segflow.training.schedule`); ``clip_grad_norm``: clip the gradients' global L2 norm to it
-    before each step (nnU-Net uses 12; default none)."""
+    """AdamW (or SGD with ``momentum``, default 0.9) with a constant, cosine or poly learning rate after a
+    linear warm-up (see :mod:`segflow.training.schedule`); ``clip_grad_norm``: clip the gradients' global
+    L2 norm to it before each step (nnU-Net uses 12; default none)."""
 
-    name: Literal["adamw"] = "adamw"
+    name: Literal["adamw", "sgd"] = "adamw"
+    momentum: float | None = Field(default=None, ge=0.0, lt=1.0)  # SGD only (None: 0.9)
     lr: float = Field(default=1e-3, gt=0.0, le=1.0)
     weight_decay: float = Field(default=1e-4, ge=0.0, le=1.0)
     schedule: Literal["cosine", "constant", "poly"] = "cosine"
     warmup: float = Field(default=0.03, ge=0.0, lt=1.0)
     clip_grad_norm: float | None = Field(default=None, gt=0.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> OptimizerConfig:
+        if self.momentum is not None and self.name != "sgd":
+            raise ValueError("momentum is for optimizer name: sgd (AdamW has betas); remove momentum")
+        return self
