@@ -1,7 +1,9 @@
 """Write merged instances into a run's ``mask.zarr``: labels, instance ids and per-instance scores.
 
-Where instances overlap, the higher score takes the pixel (ties: the one merged first), as panoptic
-fusion of Mask R-CNN outputs does. Per chunk of the store:
+Where instances overlap, the higher score takes the pixel (ties: the one merged first), and an instance
+more than half of whose pixels are taken by higher-scoring ones is dropped (what is left of it is a
+sliver of a duplicate), as Detectron2's panoptic fusion of Mask R-CNN outputs does (``overlap_threshold``
+0.5). Per chunk of the store:
 
 - ``labels``: the class of the instance holding the pixel, 0 (background) elsewhere, the label nodata
   where the scene is nodata;
@@ -28,12 +30,41 @@ from ..labels import LABEL_NODATA
 from ..tiling import Box, ChunkGrid
 from .merge import Instance
 
-__all__ = ["INSTANCE_SCORES", "SOURCE", "paint_instances"]
+__all__ = ["INSTANCE_SCORES", "MAX_TAKEN", "SOURCE", "paint_instances", "resolve_overlaps"]
 
 SOURCE = "detector"  # the ``source`` attribute of the ``instances`` array a detector run writes
 INSTANCE_SCORES = "instance_scores"
 
 ValidReader = Callable[[Box], np.ndarray | None]
+MAX_TAKEN = 0.5  # the largest fraction of an instance's pixels higher-scoring instances may take
+_CELL = 256  # the spatial index's cell, pixels
+
+
+def resolve_overlaps(instances: Sequence[Instance], max_taken: float = MAX_TAKEN) -> list[Instance]:
+    """The instances to keep, by decreasing score (ties: input order): each one whose pixels are taken by
+    higher-scoring kept ones for more than ``max_taken`` of its own is dropped. Their masks are not cut: painting
+    by score gives each kept instance what is left to it."""
+    order = sorted(range(len(instances)), key=lambda n: -instances[n].score)
+    kept: list[Instance] = []
+    cells: dict[tuple[int, int], list[int]] = {}
+    for n in order:
+        inst = instances[n]
+        box = inst.box
+        span = [range(box.start[a] // _CELL, (box.stop[a] - 1) // _CELL + 1) for a in range(2)]
+        near = {k for r in span[0] for c in span[1] for k in cells.get((r, c), [])}
+        taken = np.zeros(inst.mask.shape, dtype=bool)
+        for k in sorted(near):
+            part = kept[k].box.intersect(box)
+            if part is not None:
+                taken[part.relative_to(box)] |= kept[k].mask[part.relative_to(kept[k].box)]
+        area = int(np.count_nonzero(inst.mask))
+        if area == 0 or np.count_nonzero(inst.mask & taken) > max_taken * area:
+            continue
+        for r in span[0]:
+            for c in span[1]:
+                cells.setdefault((r, c), []).append(len(kept))
+        kept.append(inst)
+    return kept
 
 
 def _buckets(instances: Sequence[Instance], grid: ChunkGrid) -> dict[tuple[int, ...], list[int]]:
@@ -49,7 +80,8 @@ def paint_instances(store: MaskStore, instances: Sequence[Instance], valid: Vali
     """Write ``instances`` into ``store`` (module docstring); ``valid(box)`` gives the scene's validity over a
     chunk (None: all valid). Returns the number of instance ids given."""
     grid = ChunkGrid.create(store.shape, store.spatial_chunk)
-    order = sorted(range(len(instances)), key=lambda n: -instances[n].score)  # stable: ties keep merge order
+    instances = resolve_overlaps(instances)
+    order = list(range(len(instances)))  # by decreasing score already
     rank = np.empty(len(instances), dtype=np.int64)
     rank[order] = np.arange(len(instances))  # provisional id - 1: 0 = the highest score
     labels_of = np.array([0, *(instances[n].label for n in order)], dtype=np.uint8)
