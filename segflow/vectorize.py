@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +48,7 @@ from .features import FeatureBatch, VectorOptions
 from .io.mask_store import MaskStore
 from .labels import LABEL_NODATA
 from .tiling import Box, ChunkGrid
+from .trace_values import Values, class_values, detected_instances, instance_values, present_values, separated_values
 
 __all__ = ["TracedObject", "VectorOptions", "trace_objects", "tracing_chunk", "vectorize"]
 
@@ -223,26 +224,12 @@ def _valid(polygons: np.ndarray) -> np.ndarray:
     return shapely.normalize(polygons)
 
 
-Values = Callable[[Box, np.ndarray], np.ndarray]
-"""What to trace in a box, given its labels: an int32 image whose connected regions of one non-zero value
-are the pieces (by default the labels, nodata as 0; with separated instances, their ids)."""
-
-
-def _class_values(box: Box, labels: np.ndarray) -> np.ndarray:
-    nodata = labels == LABEL_NODATA
-    return np.where(nodata, 0, labels).astype(np.uint8) if nodata.any() else labels
-
-
-def _present_values(box: Box, labels: np.ndarray) -> np.ndarray:
-    return (labels != LABEL_NODATA).astype(np.uint8)
-
-
 def _plane_labels(store: MaskStore, box: Box, plane: int) -> np.ndarray:
     """Class ``plane``'s pixels of a multi-label store as labels: ``plane`` where present, else nodata."""
     return np.where(store.read_present(box, plane) == 1, plane, LABEL_NODATA).astype(np.uint8)
 
 
-def trace_objects(store: MaskStore, chunk: Sequence[int], values: Values = _class_values, *,
+def trace_objects(store: MaskStore, chunk: Sequence[int], values: Values = class_values, *,
                   plane: int | None = None) -> Iterator[TracedObject]:
     """Every object of the store's 2D labels, each exactly once, as soon as it is complete.
 
@@ -266,7 +253,7 @@ def trace_objects(store: MaskStore, chunk: Sequence[int], values: Values = _clas
             classes = slice(None) if plane is None else slice(plane, plane + 1)
             score = None if scores is None else np.asarray(scores[(classes, *box.slices)], dtype=np.float32)
             labels = store.read_labels(box) if plane is None else _plane_labels(store, box, plane)
-            image = values(box, labels) if plane is None else _present_values(box, labels)
+            image = values(box, labels) if plane is None else present_values(box, labels)
             pieces, edges, traced = _chunk_pieces(labels, image, score, box, width, state.count + 1)
             for k, (piece, value) in enumerate(zip(pieces, traced, strict=True), start=state.count + 1):
                 state.pieces[k] = piece
@@ -331,50 +318,6 @@ def _features(objects: list[TracedObject], transform: Affine, class_names: Seque
     return batch
 
 
-def _separated(store: MaskStore, chunk: Sequence[int], kinds: Sequence[str], options: VectorOptions,
-               work: Any) -> Values:
-    """Trace values with touching thing objects split: ``len(kinds) + instance id`` on thing pixels."""
-    from .postprocess import separate
-
-    things = [i for i, k in enumerate(kinds) if k == "thing" and i > 0]
-    arrays = [work.create_array(name, shape=store.shape, dtype="uint32", chunks=tuple(chunk), fill_value=0,
-                                overwrite=True) for name in ("components", "separated")]
-    found = separate(store.labels, arrays[0], arrays[1], chunk, things=things, min_distance=options.min_distance)
-    if len(found.instances) + len(kinds) >= np.iinfo(np.int32).max:
-        raise OutputError(f"{len(found.instances)} instances: more than tracing can number; use --separate none")
-    ids = arrays[1]
-
-    def values(box: Box, labels: np.ndarray) -> np.ndarray:
-        out = _class_values(box, labels).astype(np.int32)
-        instance = np.asarray(ids[box.slices]).astype(np.int32)
-        return np.where(instance > 0, instance + len(kinds), out)
-
-    return values
-
-
-def _detected(store: MaskStore) -> tuple[Any, np.ndarray] | None:
-    """The ``instances`` array and the scores of an instance model's run (segflow.detect), else None."""
-    from .detect.paint import INSTANCE_SCORES, SOURCE
-
-    if "instances" not in store.group or store.group["instances"].attrs.get("source") != SOURCE:
-        return None
-    scores: Any = store.group[INSTANCE_SCORES]
-    return store.group["instances"], np.asarray(scores[...], dtype=np.float64)
-
-
-def _instance_values(ids: Any, offset: int) -> Values:
-    """Trace values of an instance model's objects: ``offset + instance id`` on their pixels."""
-    if int(ids.attrs.get("count", 0)) + offset >= np.iinfo(np.int32).max:
-        raise OutputError(f"{ids.attrs.get('count')} instances: more than tracing can number")
-
-    def values(box: Box, labels: np.ndarray) -> np.ndarray:
-        out = _class_values(box, labels).astype(np.int32)
-        instance = np.asarray(ids[box.slices]).astype(np.int32)
-        return np.where(instance > 0, instance + offset, out)
-
-    return values
-
-
 def _objects(store: MaskStore, chunk: Sequence[int], values: Values, num_classes: int) -> Iterator[TracedObject]:
     """The objects of a single-label store; of a multi-label one, class after class, their first pixel offset
     by ``class_id * rows * cols`` so that their ids differ across classes."""
@@ -402,15 +345,15 @@ def vectorize(store: MaskStore, chunk: Sequence[int], transform: Affine, class_n
     """
     pixel_area = abs(transform.a * transform.e - transform.b * transform.d)
     constants = {"scene_id": scene_id, "model": model, "model_version": model_version, "run_id": run_id}
-    values: Values = _class_values
+    values: Values = class_values
     if store.multilabel and options.separate != "none":
         raise ConfigError(f"--separate {options.separate} splits objects of one label map, but this run is "
                           "multi-label (its classes may overlap); use --separate none")
     if options.separate == "watershed":
-        values = _separated(store, chunk, kinds, options, store.group if work is None else work)
-    detected = _detected(store)
+        values = separated_values(store, chunk, kinds, options.min_distance, store.group if work is None else work)
+    detected = detected_instances(store)
     if detected is not None:
-        values = _instance_values(detected[0], len(kinds))
+        values = instance_values(detected[0], len(kinds))
     pending: list[TracedObject] = []
     for obj in _objects(store, chunk, values, len(class_names)):
         if detected is not None:  # an instance model's object: its id and its detection score

@@ -462,3 +462,34 @@ def test_tile_infer_writes_instances_of_a_nifti_volume(tmp_path: Path) -> None:
                                ndimage.sum_labels(np.ones(ref.shape), ref, index)
                                * abs(np.linalg.det(affine[:3, :3])) / 1000, rtol=1e-9)
     assert all(float(r["mean_score"]) == 1.0 for r in rows)  # the stand-in is certain
+
+
+def test_measures_of_numbered_instances_equal_those_of_labelling() -> None:
+    """measure_instances over ids numbered as label_instances numbers them gives label_instances' measures,
+    whatever the chunk; ids out of raster order, or one id over two classes, are refused."""
+    from segflow.errors import InputError
+    from segflow.instances_numbered import measure_instances
+
+    rng = np.random.default_rng(3)
+    labels = np.where(rng.random((61, 47)) > 0.55, 2, 0).astype(np.uint8)
+    labels[rng.random(labels.shape) > 0.85] = 1
+    value = rng.random(labels.shape)
+    ids = np.zeros(labels.shape, np.uint32)
+    want = label_instances(labels, ids, (16, 20), [1, 2], values={"v": value})
+    for chunk in ((7, 9), (61, 47), (30, 5)):
+        got = measure_instances(ids, labels, chunk, values={"v": value})
+        for name in ("class_id", "voxels", "first", "bbox_start", "bbox_stop"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+        np.testing.assert_allclose(got.centroid, want.centroid)
+        np.testing.assert_allclose(got.sums["v"], want.sums["v"])
+        np.testing.assert_array_equal(got.maxima["v"], want.maxima["v"])
+    swapped = ids.copy()
+    swapped[ids == 1], swapped[ids == 2] = 2, 1
+    with pytest.raises(InputError, match=r"not 1\.\.\d+ in raster order"):
+        measure_instances(swapped, labels, (16, 16))
+    big = int(np.argmax(np.bincount(ids.ravel())[1:])) + 1  # an instance of several pixels
+    mixed = labels.copy()
+    y, x = np.argwhere(ids == big)[-1]
+    mixed[y, x] = 3 - mixed[y, x]  # one of its pixels of the other class
+    with pytest.raises(InputError, match="holds pixels of two classes"):
+        measure_instances(ids, mixed, (16, 16))

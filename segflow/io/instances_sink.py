@@ -44,11 +44,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from rasterio.crs import CRS
 
-from ..detect.paint import INSTANCE_SCORES, SOURCE
 from ..errors import InputError, OutputError
 from ..geometry import VolumeGeometry
-from ..instances import Instances, Reader, label_instances, measure_instances
+from ..instances import Instances, Reader, label_instances
+from ..instances_numbered import measure_instances
 from ..tiling import Box, ChunkGrid
+from ..trace_values import detected_instances
 from .atomic import atomic_write_text
 from .mask_store import MaskStore
 
@@ -151,17 +152,11 @@ def _score_reader(store: MaskStore) -> Reader:
     return read
 
 
-def _detected(store: MaskStore) -> bool:
-    """Whether the store's instances come from an instance model (segflow.detect), numbered already."""
-    return "instances" in store.group and store.group["instances"].attrs.get("source") == SOURCE
-
-
-def _measured(store: MaskStore, scene: Scene, chunk: tuple[int, ...]) -> tuple[Any, Instances]:
-    """The detected instances' measures; their score is the detection score (``instance_scores``)."""
-    ids = store.group["instances"]
+def _measured(store: MaskStore, scene: Scene, chunk: tuple[int, ...], detected: tuple[Any, np.ndarray]
+              ) -> tuple[Any, Instances]:
+    """The measures of an instance model's instances; their score is the detection score."""
+    ids, scores = detected
     instances = measure_instances(ids, store.labels, chunk, values={INTENSITY: _intensity_reader(scene)})
-    stored: Any = store.group[INSTANCE_SCORES]
-    scores = np.asarray(stored[...], dtype=np.float64)
     if len(scores) != len(instances):
         raise InputError(f"{store.path} holds {len(instances)} detected instances but {len(scores)} scores; run "
                          "tile-infer again")
@@ -226,8 +221,9 @@ class InstancesSink:
             raise InputError(f"the scene is {self.scene.spatial_shape} but the mask store is {store.shape}; "
                              "pass the scene the store was made from")
         chunk = labelling_chunk(store.labels.chunks)
-        if _detected(store):
-            ids, instances = _measured(store, self.scene, chunk)
+        detected = detected_instances(store)
+        if detected is not None:
+            ids, instances = _measured(store, self.scene, chunk, detected)
             scored = True
         else:
             ids, instances = self._labelled(store, chunk)
