@@ -33,7 +33,8 @@ bench: setup
 # tests of MUTATE_TESTS that call the mutated function. Results accumulate in mutants/: a later full
 # run checks only mutants of changed functions (naming a subset in MUTATE_MODULES re-checks all of
 # its mutants). MUTATE_TIME (seconds) stops the run early: the rest stays "not checked". The report,
-# with the machine and the date, goes to MUTATE_REPORT. E.g.
+# with the machine and the date, goes to MUTATE_REPORT. MUTATE_PYTEST adds pytest options (e.g. -m 'not slow'
+# to leave end-to-end tests out when unit tests cover the module). E.g.
 #   make mutate MUTATE_MODULES=segflow/tiling.py MUTATE_TESTS="tests/test_tiling.py tests/test_stitch.py"
 MUTATE_ALL = $(shell $(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["tool"]["mutmut"]["only_mutate"])')
 MUTATE_MODULES ?= $(MUTATE_ALL)
@@ -41,11 +42,12 @@ EVERY_TEST_FILE = $(wildcard tests/test_*.py tests/*/test_*.py)
 MUTATE_TESTS ?= $(EVERY_TEST_FILE)
 MUTATE_JOBS ?= $(shell nproc)
 MUTATE_TIME ?=
+MUTATE_PYTEST ?=
 MUTATE_REPORT ?= benchmarks/results/mutation.md
 MUTATE_NAMES = $(if $(filter-out $(MUTATE_MODULES),$(MUTATE_ALL)),$(foreach m,$(MUTATE_MODULES),'$(subst /,.,$(m:.py=)).*'))
 
 mutate: setup
-	-PYTEST_ADDOPTS="$(addprefix --ignore=,$(filter-out $(MUTATE_TESTS),$(EVERY_TEST_FILE)))" \
+	-PYTEST_ADDOPTS="$(addprefix --ignore=,$(filter-out $(MUTATE_TESTS),$(EVERY_TEST_FILE))) $(MUTATE_PYTEST)" \
 		nice -n 19 $(if $(MUTATE_TIME),timeout -s INT $(MUTATE_TIME)) \
 		$(BIN)/mutmut run --max-children $(MUTATE_JOBS) $(MUTATE_NAMES)
 	$(BIN)/python benchmarks/mutation_report.py --output $(MUTATE_REPORT) --tests "$(MUTATE_TESTS)" \

@@ -293,6 +293,7 @@ def detector_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.nda
     return folder / "out", value
 
 
+@pytest.mark.slow
 def test_tile_infer_with_an_instance_model_writes_labels_table_and_polygons(detector_run: tuple[Path, np.ndarray]
                                                                           ) -> None:
     import csv
@@ -325,6 +326,7 @@ def test_tile_infer_with_an_instance_model_writes_labels_table_and_polygons(dete
     assert record["windows"]["evaluated"] == record["windows"]["total"]
 
 
+@pytest.mark.slow
 def test_the_real_network_plugs_in() -> None:
     from segflow.models.maskrcnn import build_maskrcnn
 
@@ -390,6 +392,7 @@ def test_an_instance_package_is_not_exported(tmp_path: Path) -> None:
 
 
 
+@pytest.mark.slow
 def test_the_demo_instance_package_finds_the_buildings_of_an_unseen_scene(tmp_path: Path) -> None:
     """demo-maskrcnn-2d through tile inference on a fresh synthetic scene (seed never trained on): its objects
     match the truth buildings, touching pairs included (each a building of its own)."""
