@@ -76,7 +76,9 @@ def test_threads_processes_and_a_cluster_give_identical_outputs(scene: Path, pac
 
 def test_a_real_float32_package_is_identical_on_every_scheduler(demo_scene: Path, cluster: Any,
                                                                 tmp_path: Path) -> None:
-    params = TileInferParams(model="demo-unet-2d", chunk=192, batch=4)
+    # fp32 pinned: demo-unet-2d declares bf16 too, which auto picks on a CPU with native bf16 (AMX), while a
+    # remote cluster's auto is fp32 (its workers' hardware is unknown when the run is planned)
+    params = TileInferParams(model="demo-unet-2d", chunk=192, batch=4, precision="fp32")
     labels = {}
     for name, execution in {"threads": Execution(), "processes": Execution(workers=2),
                             "cluster": Execution(address=cluster.scheduler_address)}.items():
@@ -89,7 +91,7 @@ def test_a_real_float32_package_is_identical_on_every_scheduler(demo_scene: Path
 
 def test_a_worker_killed_mid_run_changes_nothing(demo_scene: Path, tmp_path: Path) -> None:
     reference = tmp_path / "reference"
-    params = TileInferParams(model="demo-unet-2d", chunk=128, batch=2)
+    params = TileInferParams(model="demo-unet-2d", chunk=128, batch=2, precision="fp32")  # as above
     tile_infer(demo_scene, reference, params)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                                   dashboard_address=None, silence_logs=50) as c, distributed.Client(c) as client:
