@@ -15,11 +15,12 @@ transitively (union-find), so an object spanning four windows becomes one group.
 **Composing** (the group's mask). Every scene pixel is *owned* by the window whose centre is nearest
 along each axis (the window boundaries are the midpoints between consecutive window centres, which
 lie in the overlaps), the same partition as cutting each window's margins at half the overlap. A
-pixel belongs to the instance when the member detection of its owning window has it; where the
-owning window has no member (it missed the object), any member that has it decides. An object inside
-one window's owned region is exactly that window's detection; an object cut by seams is stitched
-from the views that see each part most centrally, without gaps or doubled edges. The instance's
-score is its members' highest, and its class that member's.
+pixel belongs to the instance when the member detection of its owning window has it: the most central
+view decides, also where it sees nothing (a view from a window's margin, where a network sees least
+context, never adds pixels the central view left out; a group with no pixel in its members' own regions
+is dropped). An object inside one window's owned region is exactly that window's detection; an object
+cut by seams is stitched from the views that see each part most centrally, without gaps or doubled
+edges. The instance's score is its members' highest, and its class that member's.
 
 Memory: detections are merged as the windows arrive, row of windows by row of windows; a group is
 finished (composed and handed on) as soon as no later window can reach any of its members.
@@ -188,16 +189,10 @@ class Merger:
         rows = _owners(self.bounds[0], box.start[0], box.stop[0])
         cols = _owners(self.bounds[1], box.start[1], box.stop[1])
         out = np.zeros(box.shape, dtype=bool)
-        covered = np.zeros(box.shape, dtype=bool)
-        anyone = np.zeros(box.shape, dtype=bool)
         for det in members:
-            placed = np.zeros(box.shape, dtype=bool)
-            placed[det.box.relative_to(box)] = det.mask
-            own = (rows == det.window[0])[:, None] & (cols == det.window[1])[None, :]
-            out |= placed & own
-            covered |= own
-            anyone |= placed
-        out |= anyone & ~covered
+            own = (rows[det.box.relative_to(box)[0]] == det.window[0])[:, None] \
+                & (cols[det.box.relative_to(box)[1]] == det.window[1])[None, :]
+            out[det.box.relative_to(box)] |= det.mask & own
         best = max(members, key=lambda d: d.score)
         r = np.flatnonzero(out.any(axis=1))
         if not len(r):
