@@ -285,6 +285,21 @@ class _Masks:
     scheduler: Any
 
 
+@dataclass
+class _Counter:
+    """Counts finished chunks for ``progress`` (and passes the ``chunk`` failpoint of the tests)."""
+
+    progress: Progress | None
+    total: int
+    finished: int = 0
+
+    def step(self, record: dict[str, Any] | None = None) -> None:
+        self.finished += 1
+        if self.progress is not None:
+            self.progress(self.finished, self.total)
+        failpoint("chunk")
+
+
 def _masks(job: _Job, store: MaskStore, staging: Staging, progress: Progress | None) -> _Masks:
     """Compute the chunks of ``store`` that have no completion record, then the passes over the whole store."""
     grid, chunks, params = job.grid, job.chunks, job.params
@@ -298,14 +313,8 @@ def _masks(job: _Job, store: MaskStore, staging: Staging, progress: Progress | N
                   factory=job.factory, store=engine_store.path, fingerprint=job.fingerprint,
                   save_scores=params.save_scores or job.grid_map is not None, to_host=job.execution.distributed,
                   spill=parts, thresholds=job.package.spec.thresholds)
-    finished, total = len(reused), len(chunks) + (0 if job.grid_map is None else len(job.out_chunks))
-
-    def on_chunk(record: dict[str, Any] | None = None) -> None:
-        nonlocal finished
-        finished += 1
-        if progress is not None:
-            progress(finished, total)
-        failpoint("chunk")
+    counter = _Counter(progress, len(chunks) + (0 if job.grid_map is None else len(job.out_chunks)), len(reused))
+    on_chunk = counter.step
 
     try:
         if parts is not None:
@@ -313,7 +322,7 @@ def _masks(job: _Job, store: MaskStore, staging: Staging, progress: Progress | N
         outcome = run_plan(plan, job.work, run, job.execution, on_chunk=on_chunk,
                            cuda=job.device.startswith("cuda"))
         if job.grid_map is not None:  # the model grid's scores back onto the input grid
-            finished += len(store.done())
+            counter.finished += len(store.done())
             to_input_grid(job.grid_map, engine_store, store, job.scene, job.out_chunks,
                           save_scores=params.save_scores, on_chunk=on_chunk, thresholds=job.package.spec.thresholds)
     finally:
@@ -339,18 +348,10 @@ def _masks(job: _Job, store: MaskStore, staging: Staging, progress: Progress | N
 def _detected(job: _Job, store: MaskStore, progress: Progress | None) -> _Masks:
     from .detect import detect_store, detector_for
 
-    total, finished = len(job.out_chunks), 0
-
-    def on_chunk() -> None:
-        nonlocal finished
-        finished += 1
-        if progress is not None:
-            progress(finished, total)
-        failpoint("chunk")
-
+    total = len(job.out_chunks)
     try:
         detector = detector_for(job.package, device=job.device, batch=job.params.batch, precision=job.precision)
-        found = detect_store(job.work, store, job.grid, detector, on_chunk=on_chunk)
+        found = detect_store(job.work, store, job.grid, detector, on_chunk=_Counter(progress, total).step)
     finally:
         close_datasets()
     if found.evaluated + found.skipped != len(job.grid) or len(store.done()) != total:

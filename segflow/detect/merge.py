@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..tiling import Box, WindowGrid
-from .windows import Detection, Index
+from .windows import Detection, Index, mask_box
 
 __all__ = ["Instance", "Merger", "owner_bounds", "shared_iou"]
 
@@ -52,7 +52,7 @@ class Instance:
 
     @property
     def box(self) -> Box:
-        return Box(self.start, (self.start[0] + self.mask.shape[0], self.start[1] + self.mask.shape[1]))
+        return mask_box(self.start, self.mask)
 
 
 def owner_bounds(starts: np.ndarray, tile: int, size: int) -> np.ndarray:

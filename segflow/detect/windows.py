@@ -23,9 +23,14 @@ from ..precision import autocast_dtype, precision_for
 from ..predict import InputNormalize
 from ..tiling import Box
 
-__all__ = ["Detection", "Detector", "crop_detection"]
+__all__ = ["Detection", "Detector", "crop_detection", "mask_box"]
 
 Index = tuple[int, ...]
+
+
+def mask_box(start: Sequence[int], mask: np.ndarray) -> Box:
+    """The scene box of a cropped ``mask`` whose first row and column are at ``start``."""
+    return Box(tuple(start), tuple(int(s) + n for s, n in zip(start, mask.shape, strict=True)))
 
 
 @dataclass
@@ -41,7 +46,7 @@ class Detection:
 
     @property
     def box(self) -> Box:
-        return Box(self.start, (self.start[0] + self.mask.shape[0], self.start[1] + self.mask.shape[1]))
+        return mask_box(self.start, self.mask)
 
     @property
     def pixels(self) -> int:
