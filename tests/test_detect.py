@@ -215,6 +215,22 @@ def test_shared_iou_counts_only_the_shared_region() -> None:
     assert shared_iou(a, c, shared) == pytest.approx(4 / 16)
 
 
+def test_shared_iou_of_partial_masks_and_views_of_two_classes() -> None:
+    a_mask = np.zeros((4, 6), bool)
+    a_mask[:, :3] = True  # columns 6..8
+    b_mask = np.zeros((4, 6), bool)
+    b_mask[:, 2:] = True  # columns 8..11
+    a = detection((0, 0), (0, 6), a_mask)
+    b = detection((0, 1), (0, 6), b_mask)
+    assert shared_iou(a, b, Box((0, 6), (16, 10))) == pytest.approx(4 / (12 + 8 - 4))  # b has 8 px in 6..9
+    grid = WindowGrid((16, 20), (16, 12), (16, 8))
+    merger = Merger(grid)
+    merger.add((0, 0), [detection((0, 0), (0, 8), np.ones((4, 4)), label=1)])
+    merger.add((0, 1), [detection((0, 1), (0, 8), np.ones((4, 4)), label=2)])  # the same pixels, another class
+    assert sorted((i.label, i.start, i.mask.shape) for i in merger.finish()) == [(1, (0, 8), (4, 2)),
+                                                                               (2, (0, 10), (4, 2))]
+
+
 def test_touching_neighbours_of_one_class_stay_apart() -> None:
     grid = WindowGrid((16, 20), (16, 12), (16, 8))  # windows at columns 0 and 8
     merger = Merger(grid)
