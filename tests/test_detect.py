@@ -203,7 +203,7 @@ def test_windows_that_do_not_overlap_are_refused(tmp_path: Path) -> None:
 
 def detection(window: tuple[int, int], start: tuple[int, int], mask: np.ndarray, label: int = 1,
               score: float = 0.9) -> Detection:
-    return Detection(window, start, np.asarray(mask, bool), label, score)
+    return Detection(start, np.asarray(mask, bool), label, score, window=window)
 
 
 def test_shared_iou_counts_only_the_shared_region() -> None:

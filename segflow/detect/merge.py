@@ -29,30 +29,15 @@ finished (composed and handed on) as soon as no later window can reach any of it
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 import numpy as np
 
 from ..tiling import Box, WindowGrid
-from .windows import Detection, Index, mask_box
+from .windows import Detection, Index, Instance
 
 __all__ = ["Instance", "Merger", "owner_bounds", "shared_iou"]
 
 DEFAULT_IOU = 0.5
-
-
-@dataclass
-class Instance:
-    """One object of the scene: ``mask`` (bool) over rows / columns from ``start``, tight around its pixels."""
-
-    start: tuple[int, int]
-    mask: np.ndarray
-    label: int
-    score: float
-
-    @property
-    def box(self) -> Box:
-        return mask_box(self.start, self.mask)
 
 
 def owner_bounds(starts: np.ndarray, tile: int, size: int) -> np.ndarray:

@@ -10,7 +10,7 @@ every mask (a detection left with none is dropped), and detections scoring below
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,22 +23,16 @@ from ..precision import autocast_dtype, precision_for
 from ..predict import InputNormalize
 from ..tiling import Box
 
-__all__ = ["Detection", "Detector", "crop_detection", "mask_box"]
+__all__ = ["Detection", "Detector", "Instance", "crop_detection"]
 
 Index = tuple[int, ...]
 
 
-def mask_box(start: Sequence[int], mask: np.ndarray) -> Box:
-    """The scene box of a cropped ``mask`` whose first row and column are at ``start``."""
-    return Box(tuple(start), tuple(int(s) + n for s, n in zip(start, mask.shape, strict=True)))
-
-
 @dataclass
-class Detection:
-    """One object found in one window: ``mask`` (bool ``(h, w)``) covers scene rows ``start[0] ..
-    start[0] + h`` and columns ``start[1] .. start[1] + w``, the tight box of its pixels."""
+class Instance:
+    """One object of the scene: ``mask`` (bool ``(h, w)``) covers scene rows ``start[0] .. start[0] + h`` and
+    columns ``start[1] .. start[1] + w``, the tight box of its pixels."""
 
-    window: Index
     start: tuple[int, int]
     mask: np.ndarray
     label: int
@@ -46,11 +40,18 @@ class Detection:
 
     @property
     def box(self) -> Box:
-        return mask_box(self.start, self.mask)
+        return Box(tuple(self.start), tuple(int(s) + n for s, n in zip(self.start, self.mask.shape, strict=True)))
 
     @property
     def pixels(self) -> int:
         return int(np.count_nonzero(self.mask))
+
+
+@dataclass
+class Detection(Instance):
+    """One object as one window (``window``, its grid index) saw it."""
+
+    window: Index = field(kw_only=True)
 
 
 def crop_detection(window: Index, origin: Sequence[int], mask: np.ndarray, label: int, score: float
@@ -62,8 +63,8 @@ def crop_detection(window: Index, origin: Sequence[int], mask: np.ndarray, label
         return None
     cols = np.flatnonzero(mask.any(axis=0))
     r0, r1, c0, c1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    return Detection(tuple(window), (int(origin[0]) + r0, int(origin[1]) + c0),
-                     np.ascontiguousarray(mask[r0:r1, c0:c1]), int(label), float(score))
+    return Detection((int(origin[0]) + r0, int(origin[1]) + c0), np.ascontiguousarray(mask[r0:r1, c0:c1]),
+                     int(label), float(score), window=tuple(window))
 
 
 class Detector:
