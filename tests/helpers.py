@@ -130,3 +130,42 @@ def threshold_package(root: Path, t: float, *, band: int | None = None, tile: in
                         second or {"name": "bright", "color": [255, 0, 0]}]}
     (root / "model.yaml").write_text(yaml.safe_dump(spec))
     return root
+
+
+def train_one_epoch(tmp_path: Path, architecture: dict[str, Any]) -> nn.Module:
+    """``segflow train --config`` for one tiny epoch of ``architecture`` on synthetic 4-band scenes (4 classes,
+    chip 32, tile 48); checks the run's history and returns the written package's network, loaded."""
+    import json
+
+    from click.testing import CliRunner
+
+    from segflow.cli.train import train_cmd
+    from segflow.models import load_module, resolve_package
+
+    config = {
+        "model": {
+            "name": f"tiny-{architecture['name']}",
+            "architecture": architecture,
+            "bands": [{"name": n, "index": i + 1} for i, n in enumerate(("blue", "green", "red", "nir"))],
+            "chip": 32,
+            "tile": 48,
+            "classes": [{"name": n} for n in ("background", "water", "vegetation", "building")],
+        },
+        "data": {"synthetic": {"kind": "scenes", "count": 2, "size": 128, "seed": 1}},
+        "validation": {"chips": 4},
+        "epochs": 1,
+        "batch_size": 4,
+        "chips_per_epoch": 8,
+        "device": "cpu",
+        "output": str(tmp_path / "run"),
+    }
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(train_cmd, ["--config", str(path), "-q"])
+    assert result.exit_code == 0, result.output
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [e["epoch"] for e in history["epochs"]] == [1]
+    assert np.isfinite(history["epochs"][0]["train_loss"])
+    package = resolve_package(tmp_path / "run" / "package")
+    assert package.spec.architecture is not None and package.spec.architecture.name == architecture["name"]
+    return load_module(package).eval()

@@ -4,7 +4,6 @@ sizes, gradients) run in ``test_arch.py``."""
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any
@@ -13,16 +12,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
-from click.testing import CliRunner
 
-from segflow.cli.train import train_cmd
 from segflow.errors import ConfigError
-from segflow.models import load_module
 from segflow.models.arch import build_architecture
 from segflow.models.arch.hrnet import HRModule, HRNet
 from segflow.models.arch.layers import BasicBlock
-from segflow.models.package import resolve_package
+from tests.helpers import train_one_epoch
 
 
 def hrnet(**kwargs: Any) -> HRNet:
@@ -181,32 +176,6 @@ def test_bad_options_raise_one_line_config_errors(options: dict[str, Any], fragm
 
 @pytest.mark.filterwarnings("ignore:validation:segflow.errors.SegflowWarning")  # a tiny validation set, on purpose
 def test_segflow_train_runs_an_epoch_and_writes_a_loadable_package(tmp_path: Path) -> None:
-    config = {
-        "model": {
-            "name": "tiny-hrnet",
-            "architecture": {"name": "hrnet", "args": {"width": 4}},
-            "bands": [{"name": n, "index": i + 1} for i, n in enumerate(("blue", "green", "red", "nir"))],
-            "chip": 32,
-            "tile": 48,
-            "classes": [{"name": n} for n in ("background", "water", "vegetation", "building")],
-        },
-        "data": {"synthetic": {"kind": "scenes", "count": 2, "size": 128, "seed": 1}},
-        "validation": {"chips": 4},
-        "epochs": 1,
-        "batch_size": 4,
-        "chips_per_epoch": 8,
-        "device": "cpu",
-        "output": str(tmp_path / "run"),
-    }
-    path = tmp_path / "train.yaml"
-    path.write_text(yaml.safe_dump(config))
-    result = CliRunner().invoke(train_cmd, ["--config", str(path), "-q"])
-    assert result.exit_code == 0, result.output
-    history = json.loads((tmp_path / "run" / "history.json").read_text())
-    assert [e["epoch"] for e in history["epochs"]] == [1]
-    assert np.isfinite(history["epochs"][0]["train_loss"])
-    package = resolve_package(tmp_path / "run" / "package")
-    assert package.spec.architecture is not None and package.spec.architecture.name == "hrnet"
-    module = load_module(package).eval()
+    module = train_one_epoch(tmp_path, {"name": "hrnet", "args": {"width": 4}})
     with torch.no_grad():
         assert module(torch.randn(1, 4, 48, 48)).shape == (1, 4, 48, 48)
