@@ -295,6 +295,64 @@ def test_paint_gives_overlaps_to_the_higher_score_and_numbers_by_first_pixel(tmp
     assert scores[2, 4, 4] == pytest.approx(0.9, abs=1e-3) and scores[0, 4, 4] == pytest.approx(0.1, abs=1e-3)
 
 
+def test_paint_arrays_and_records(tmp_path: Path) -> None:
+    """The ``instances`` array's layout, the per-class scores, the chunk records, and painting again over an
+    earlier run's arrays (a re-run into the same store)."""
+    store = MaskStore.create(tmp_path / "m.zarr", (6, 9), (3, 4), ["background", "a", "b"], save_scores=True,
+                             attrs={})
+    valid = np.ones((6, 9), bool)
+    valid[5, 8] = False
+    one = Instance((0, 0), np.ones((2, 2), bool), 1, 0.6)
+    two = Instance((3, 5), np.ones((2, 3), bool), 2, 0.8)
+    for _ in range(2):
+        assert paint_instances(store, [one, two], lambda box: valid[box.slices], things=["a", "b"]) == 2
+    ids = store.group["instances"]
+    assert ids.dtype == np.uint32 and ids.chunks == store.labels.chunks
+    assert tuple(ids.metadata.dimension_names) == ("y", "x")
+    scores = np.asarray(store.scores[...], dtype=np.float32)
+    assert scores.shape == (3, 6, 9)
+    np.testing.assert_allclose(scores[:, 0, 0], [0.4, 0.6, 0.0], atol=1e-3)
+    np.testing.assert_allclose(scores[:, 3, 5], [0.2, 0.0, 0.8], atol=1e-3)
+    np.testing.assert_allclose(scores[:, 2, 2], [1.0, 0.0, 0.0])
+    done = store.done()
+    assert done[(1, 2)] == {"index": [1, 2], "box": [[3, 8], [6, 9]], "valid_pixels": 2}
+    assert done[(0, 0)] == {"index": [0, 0], "box": [[0, 0], [3, 4]], "valid_pixels": 12}
+    everywhere = MaskStore.create(tmp_path / "n.zarr", (6, 9), (3, 4), ["background", "a", "b"], save_scores=False,
+                                  attrs={})
+    paint_instances(everywhere, [one], lambda box: None, things=["a"])
+    assert everywhere.done()[(1, 2)]["valid_pixels"] == 3
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ids_follow_the_raster_order_of_first_pixels(tmp_path: Path, seed: int) -> None:
+    """Scattered squares in chunks of every offset: ids are scipy's component numbering (raster order of the
+    first pixel), whatever the scores; an instance wholly in nodata gets no id and no score."""
+    rng = np.random.default_rng(seed)
+    shape = (24, 30)
+    free = np.ones(shape, bool)
+    found: list[Instance] = []
+    for _ in range(40):
+        r, c = int(rng.integers(0, 22)), int(rng.integers(0, 28))
+        h, w = (int(v) for v in rng.integers(1, 3, size=2))
+        if free[max(r - 1, 0):r + h + 1, max(c - 1, 0):c + w + 1].all():
+            free[max(r - 1, 0):r + h + 1, max(c - 1, 0):c + w + 1] = False
+            found.append(Instance((r, c), np.ones((h, w), bool), int(rng.integers(1, 3)), float(rng.random())))
+    valid = np.ones(shape, bool)
+    gone = found[len(found) // 2]
+    valid[gone.box.slices] = False
+    store = MaskStore.create(tmp_path / "m.zarr", shape, (5, 7), ["background", "a", "b"], save_scores=False,
+                             attrs={})
+    count = paint_instances(store, found, lambda box: valid[box.slices], things=["a", "b"])
+    ids = np.asarray(store.group["instances"][...])
+    want, n = ndimage.label(ids > 0)
+    np.testing.assert_array_equal(ids, want)
+    assert count == n == len(found) - 1 == store.group["instances"].attrs["count"]
+    scores = store.group[INSTANCE_SCORES][...]
+    for inst in found:
+        if inst is not gone:
+            assert scores[ids[inst.start] - 1] == np.float32(inst.score)
+
+
 def test_instances_mostly_under_higher_scores_are_dropped() -> None:
     """Detectron2's panoptic rule: more than half of an instance taken by higher-scoring kept ones: dropped."""
     top = Instance((0, 0), np.ones((4, 10), bool), 1, 0.9)
@@ -319,6 +377,37 @@ def test_crop_detection_and_score_threshold() -> None:
     value[0, 0, 8:10, 8:12] = 2
     found = detector.detect([(0, 0)], [(0, 0)], value)
     assert [(d.label, d.start, d.mask.shape) for d in found] == [(2, (8, 8), (2, 4))]
+
+
+class AutocastProbe(Components):
+    """Components that records the autocast dtype and the device it ran under."""
+
+    def forward(self, x: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        self.seen = (x.device, torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return super().forward(x.float())
+
+
+def test_detector_device_precision_and_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``auto`` resolves the device and the fastest precision the package declares; that precision's autocast
+    runs the network; batch sizes below 1 become 1."""
+    from segflow import precision
+    from segflow.devices import resolve_device
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    spec = instance_spec().model_copy(update={"precisions": ["bf16"]})
+    probe = AutocastProbe()
+    detector = Detector(probe, spec)
+    assert detector.device == resolve_device("auto") and detector.batch_size == 4
+    if detector.device.type == "cpu":
+        assert detector.precision == "bf16" and detector.amp_dtype == torch.bfloat16
+        value = np.zeros((1, 1, 8, 8), np.float32)
+        value[0, 0, 2:4, 2:4] = 1
+        assert len(detector.detect([(0, 0)], [(0, 0)], value)) == 1
+        assert probe.seen == (torch.device("cpu"), torch.bfloat16)
+    fp32 = Detector(probe, spec, device="cpu", precision="fp32", batch_size=0)
+    assert fp32.amp_dtype is None and fp32.batch_size == 1
+    fp32.detect([(0, 0)], [(0, 0)], np.zeros((1, 1, 8, 8), np.float32))
+    assert probe.seen == (torch.device("cpu"), None)
 
 
 @pytest.mark.parametrize(("option", "params"), [

@@ -121,11 +121,11 @@ def paint_instances(store: MaskStore, instances: Sequence[Instance], valid: Vali
                                        "valid_pixels": int(box.size if ok is None else np.count_nonzero(ok))})
         if on_chunk is not None:
             on_chunk()
-    return _renumber(store, ids, grid, first, labels_of, score_of, things)
+    return _renumber(store, ids, grid, first, score_of, things)
 
 
-def _renumber(store: MaskStore, ids: Any, grid: ChunkGrid, first: np.ndarray, labels_of: np.ndarray,
-              score_of: np.ndarray, things: Sequence[str]) -> int:
+def _renumber(store: MaskStore, ids: Any, grid: ChunkGrid, first: np.ndarray, score_of: np.ndarray,
+              things: Sequence[str]) -> int:
     """Provisional ids (by score) → final ids (by first pixel); returns the count."""
     present = np.flatnonzero(first[1:] < np.iinfo(np.int64).max) + 1
     present = present[np.argsort(first[present], kind="stable")]
