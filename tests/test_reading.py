@@ -22,10 +22,12 @@ from rasterio.enums import ColorInterp
 
 from segflow.bands import assemble_scene
 from segflow.errors import InputError
+from segflow.io.geotiff import cap_gdal_cache, gdal_cache_limit, open_geotiff
 from segflow.io.readers import open_scene
 from segflow.models.package import ModelSpec, resolve_package
 from segflow.scene import Scene
 from segflow.tile_infer import TileInferParams, tile_infer
+from segflow.tiling import Box
 
 from .helpers import make_spec, random_image, write_geotiff
 
@@ -144,6 +146,50 @@ def test_alpha_band_is_never_fed_to_a_model_unless_picked(tmp_path: Path) -> Non
     np.testing.assert_array_equal(chosen.data.compute(), image[1:])
 
 
+def test_mask_band_and_alpha_together_in_chunked_windows(tmp_path: Path) -> None:
+    """A 7-band file with an internal mask band and an alpha band: a pixel is valid where both say so, read
+    as dask chunks smaller than the file (each window reads its own part of the mask), in the file's dtype."""
+    image = random_image((7, 48, 64), seed=9, dtype="uint8")
+    image[6] = 255
+    image[6, 30:40, :] = 0
+    mask = np.full((48, 64), 255, dtype=np.uint8)
+    mask[:, 50:60] = 0
+    mask[2:5, 3:9] = 0
+    path = tmp_path / "both.tif"
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(path, "w", driver="GTiff", width=64, height=48, count=7, dtype="uint8", tiled=True,
+                           blockxsize=16, blockysize=16) as dst:
+            dst.write(image)
+            dst.write_mask(mask)
+    set_alpha(path, 7)
+    scene = open_geotiff(path, chunk=16)
+    assert scene.data.chunks[1:] == ((16,) * 3, (16,) * 4)
+    want = (mask > 0) & (image[6] > 0)
+    np.testing.assert_array_equal(valid_of(scene), want)
+    box = Box((20, 24), (46, 62))
+    data, valid = scene.read(box)
+    assert data.dtype == np.uint8 and valid is not None
+    np.testing.assert_array_equal(data, image[(slice(None), *box.slices)])
+    np.testing.assert_array_equal(valid, want[box.slices])
+
+
+def test_gdal_cache_cap_lowers_but_never_raises_and_the_limit_restores() -> None:
+    from rasterio.env import get_gdal_config, set_gdal_config
+
+    before = get_gdal_config("GDAL_CACHEMAX")
+    try:
+        set_gdal_config("GDAL_CACHEMAX", 1 << 30)
+        cap_gdal_cache(256 << 20)
+        assert get_gdal_config("GDAL_CACHEMAX") == 256 << 20
+        cap_gdal_cache(512 << 20)
+        assert get_gdal_config("GDAL_CACHEMAX") == 256 << 20, "a lower cache is kept"
+        with gdal_cache_limit(64 << 20):
+            assert get_gdal_config("GDAL_CACHEMAX") == 64 << 20
+        assert get_gdal_config("GDAL_CACHEMAX") == 256 << 20
+    finally:
+        set_gdal_config("GDAL_CACHEMAX", before)
+
+
 # ----------------------------------------------------------------------------- NaN
 
 
@@ -193,6 +239,27 @@ def gdal_unscaled(path: Path, out: Path) -> np.ndarray:
 
 
 @pytest.mark.services
+@pytest.mark.parametrize(("scale", "offset"), [(2.0, 0.0), (1.0, 5.0), (1.0, 0.0)])
+def test_a_scale_alone_or_an_offset_alone_is_applied(scale: float, offset: float) -> None:
+    stored = np.arange(12, dtype=np.uint16).reshape(1, 3, 4)
+    scene = Scene.from_array(stored, scales=(scale,), offsets=(offset,))
+    physical = scene.scaled()
+    np.testing.assert_array_equal(physical.data.compute(), stored * scale + offset)
+    assert (physical is scene) == (scale == 1.0 and offset == 0.0)
+
+
+def test_selected_bands_keep_their_alpha_roles_scales_and_offsets() -> None:
+    stored = np.arange(4 * 6, dtype=np.uint16).reshape(4, 2, 3)
+    plain = Scene.from_array(stored, alpha_bands=(3,))
+    picked = plain.select_bands([3, 1])
+    assert picked.alpha_bands == (0,) and picked.scales == () and picked.offsets == ()
+    assert picked.band_names == ("band4", "band2")
+    np.testing.assert_array_equal(picked.data.compute(), stored[[3, 1]])
+    scaled = Scene.from_array(stored, scales=(1.0, 2.0, 3.0, 4.0), offsets=(0.5, 0.0, 0.25, 0.0))
+    again = scaled.select_bands([2, 0])
+    assert again.scales == (3.0, 1.0) and again.offsets == (0.25, 0.5) and again.alpha_bands == ()
+
+
 def test_scale_and_offset_are_applied_as_gdal_does(tmp_path: Path) -> None:
     image = random_image((3, 30, 40), seed=9)
     path = write_scaled(tmp_path / "dn.tif", image, [0.0001, 0.0002, 1.0], [-0.1, 0.05, 0.0])
