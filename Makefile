@@ -34,7 +34,9 @@ bench: setup
 # run checks only mutants of changed functions (naming a subset in MUTATE_MODULES re-checks all of
 # its mutants). MUTATE_TIME (seconds) stops the run early: the rest stays "not checked". The report,
 # with the machine and the date, goes to MUTATE_REPORT. MUTATE_PYTEST adds pytest options (e.g. -m 'not slow'
-# to leave end-to-end tests out when unit tests cover the module). E.g.
+# to leave end-to-end tests out when unit tests cover the module). MUTATE_PENDING=1 checks only the mutants
+# of MUTATE_MODULES still pending (not checked, survived, no tests): it goes on after a time-limited run,
+# or re-checks survivors after new tests. E.g.
 #   make mutate MUTATE_MODULES=segflow/tiling.py MUTATE_TESTS="tests/test_tiling.py tests/test_stitch.py"
 MUTATE_ALL = $(shell $(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["tool"]["mutmut"]["only_mutate"])')
 MUTATE_MODULES ?= $(MUTATE_ALL)
@@ -44,7 +46,8 @@ MUTATE_JOBS ?= $(shell nproc)
 MUTATE_TIME ?=
 MUTATE_PYTEST ?=
 MUTATE_REPORT ?= benchmarks/results/mutation.md
-MUTATE_NAMES = $(if $(filter-out $(MUTATE_MODULES),$(MUTATE_ALL)),$(foreach m,$(MUTATE_MODULES),'$(subst /,.,$(m:.py=)).*'))
+MUTATE_PENDING ?=
+MUTATE_NAMES = $(if $(MUTATE_PENDING),$(shell $(BIN)/python benchmarks/mutation_report.py --pending $(MUTATE_MODULES)),$(if $(filter-out $(MUTATE_MODULES),$(MUTATE_ALL)),$(foreach m,$(MUTATE_MODULES),'$(subst /,.,$(m:.py=)).*')))
 
 mutate: setup
 	-PYTEST_ADDOPTS="$(addprefix --ignore=,$(filter-out $(MUTATE_TESTS),$(EVERY_TEST_FILE))) $(MUTATE_PYTEST)" \

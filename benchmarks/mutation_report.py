@@ -10,6 +10,10 @@ Run by ``make mutate`` after ``mutmut run``, from the repository root:
 
     python benchmarks/mutation_report.py [--output F] [--tests "tests/a.py ..."] [--time-limit S] [--keep] MODULE.py ...
 
+``--pending`` prints, instead, the names of the modules' mutants still to check (not checked, survived or
+without tests, less the listed equivalents), for ``make mutate MUTATE_PENDING=1`` to go on where a
+time-limited run stopped, or to re-check survivors after new tests.
+
 ``--keep`` keeps the rows and sections of the modules the existing report holds and this run did not check
 (mutmut's state in ``mutants/`` is local to a checkout; the report is what is committed).
 """
@@ -224,6 +228,13 @@ def report(modules: list[str], tests: str, time_limit: str | None, notes: list[s
     return "\n".join([*out, "", *sections]).rstrip() + "\n"
 
 
+def pending(modules: list[str]) -> list[str]:
+    """Mutants of ``modules`` not checked, surviving or without tests, less the listed equivalents."""
+    equivalent = load_equivalent()
+    return [m.name for module in modules for m in load_mutants(module)
+            if m.status in ("not checked", "survived", "no tests") and m.name not in equivalent]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", help="source files, e.g. segflow/tiling.py (default: only_mutate)")
@@ -233,9 +244,13 @@ def main() -> None:
     parser.add_argument("--note", action="append", default=[], help="a line to add to the report's head")
     parser.add_argument("--keep", action="store_true",
                         help="keep the modules of the existing --output that this run did not check")
+    parser.add_argument("--pending", action="store_true", help="print the names of the mutants still to check")
     args = parser.parse_args()
     os.chdir(ROOT)  # mutmut reads mutants/ relative to the working directory
     modules = args.modules or tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]["only_mutate"]
+    if args.pending:
+        print(*pending(modules))
+        return
     every_test = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("**/test_*.py"))
     tests = "" if sorted(args.tests.split()) == every_test else args.tests
     keep = args.output.read_text(encoding="utf-8") if args.keep and args.output.exists() else None

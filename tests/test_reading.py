@@ -248,6 +248,18 @@ def test_a_scale_alone_or_an_offset_alone_is_applied(scale: float, offset: float
     assert (physical is scene) == (scale == 1.0 and offset == 0.0)
 
 
+def test_scaled_values_keep_the_validity_of_the_stored_ones() -> None:
+    """Nodata is a stored value: after scaling, a physical value equal to it is data (the scene's nodata is
+    gone, its validity kept as the mask) and the scene declares no scale any more."""
+    stored = np.array([[[0, 3, 5], [3, 0, 7]]], dtype=np.int16)
+    scene = Scene.from_array(stored, nodata=0, scales=(1.0,), offsets=(-3.0,))
+    physical = scene.scaled()
+    assert physical.nodata is None and physical.scales == () and physical.offsets == ()
+    np.testing.assert_array_equal(physical.data.compute(), stored - 3.0)
+    np.testing.assert_array_equal(physical.valid.compute(), stored[0] != 0)
+    assert physical.scaled() is physical
+
+
 def test_selected_bands_keep_their_alpha_roles_scales_and_offsets() -> None:
     stored = np.arange(4 * 6, dtype=np.uint16).reshape(4, 2, 3)
     plain = Scene.from_array(stored, alpha_bands=(3,))
