@@ -190,6 +190,47 @@ def test_gdal_cache_cap_lowers_but_never_raises_and_the_limit_restores() -> None
         set_gdal_config("GDAL_CACHEMAX", before)
 
 
+@pytest.mark.parametrize(("block", "shape", "target", "want"), [
+    ((256, 256), (10000, 9000), 1024, (1024, 1024)),  # tiles: whole tiles, the target a side
+    ((300, 200), (10000, 9000), 1024, (900, 1000)),  # the most whole tiles within the target
+    ((512, 512), (10000, 9000), 256, (512, 512)),  # a tile larger than the target: one tile
+    ((512, 512), (400, 300), 1024, (400, 300)),  # one tile covers the file
+    ((512, 512), (512, 512), 256, (512, 512)),  # exactly one tile
+    ((1, 10000), (5000, 10000), 1024, (104, 10000)),  # one-row strips: about target² pixels of rows
+    ((16, 10000), (5000, 10000), 1024, (96, 10000)),  # 16-row strips: whole strips
+    ((16, 100000), (5000, 100000), 1024, (16, 100000)),  # a strip over target²: one strip
+    ((1, 3000), (50, 3000), 1024, (50, 3000)),  # a short file of long rows: every row
+    ((64, 64), (4096, 4096), 1000, (960, 960)),
+])
+def test_dask_chunks_are_whole_blocks_near_the_target(block: tuple[int, int], shape: tuple[int, int], target: int,
+                                                     want: tuple[int, int]) -> None:
+    from segflow.io.geotiff import _chunking
+
+    got = _chunking(block, *shape, target)
+    assert got == want
+    assert all(isinstance(v, int) for v in got)
+
+
+def test_each_thread_reuses_its_dataset_until_they_are_closed(tmp_path: Path) -> None:
+    import threading
+
+    from segflow.io.geotiff import _dataset, close_datasets
+
+    path = str(write_geotiff(tmp_path / "a.tif", random_image((1, 8, 8), seed=1)))
+    first = _dataset(path)
+    assert _dataset(path) is first and not first.closed
+    other: list[Any] = []
+    thread = threading.Thread(target=lambda: other.append(_dataset(path)))
+    thread.start()
+    thread.join()
+    assert other[0] is not first, "GDAL handles are not shared across threads"
+    close_datasets()
+    assert first.closed and other[0].closed
+    again = _dataset(path)
+    assert again is not first and not again.closed
+    close_datasets()
+
+
 # ----------------------------------------------------------------------------- NaN
 
 

@@ -182,8 +182,8 @@ class _WindowReader:
 def _chunking(block_shape: tuple[int, int], height: int, width: int, target: int) -> tuple[int, int]:
     """Dask chunk size: a whole number of the file's blocks, close to ``target`` pixels a side."""
     bh, bw = block_shape
-    ch = max(bh, (target // bh) * bh) if bh < height else height
-    cw = max(bw, (target // bw) * bw) if bw < width else width
+    ch = min(height, max(bh, (target // bh) * bh))
+    cw = min(width, max(bw, (target // bw) * bw))
     if ch * cw > 4 * target * target:  # strips: long rows, keep about target² pixels
         ch = max(1, min(height, (target * target) // cw // max(bh, 1) * max(bh, 1) or bh))
     return ch, cw
