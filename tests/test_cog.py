@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 import rasterio
+from rasterio.enums import ColorInterp
 from rasterio.transform import Affine
 
 from segflow.geometry import RasterGeometry
@@ -120,6 +121,44 @@ def test_overviews_hold_only_class_ids_and_nodata_each_taken_from_its_footprint(
         found = (footprints == pixels[:, None, :, None]).any(axis=(1, 3))
         assert found.all(), (f"overview 1/{f}: {int((~found).sum())} pixels hold a value found nowhere in the "
                              "pixels they stand for (resampled by averaging, not nearest)")
+
+
+def test_labels_tif_is_a_deflate_cog_of_512_tiles_with_its_class_tags(tmp_path: Path) -> None:
+    """What GDAL's COG driver was asked for, read back: layout, compression, tiles, nodata, the band's name and
+    class tags; the raw file written before it is gone. Uneven sizes: the last row of windows is short."""
+    labels = np.random.default_rng(3).integers(0, 4, (1100, 700)).astype(np.uint8)
+    labels[:5] = LABEL_NODATA
+    path = label_cog(tmp_path, labels)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".tif") == ["labels.tif"]
+    with rasterio.open(path) as ds:
+        structure = ds.tags(ns="IMAGE_STRUCTURE")
+        assert structure["LAYOUT"] == "COG" and structure["COMPRESSION"] == "DEFLATE"
+        assert ds.block_shapes == [(512, 512)] and ds.is_tiled
+        assert ds.count == 1 and ds.dtypes == ("uint8",) and ds.nodata == LABEL_NODATA
+        assert ds.descriptions == ("labels",) and ds.colorinterp == (ColorInterp.palette,)
+        assert ds.overviews(1) == [2, 4], "overviews down to one 512 tile (OVERVIEWS=AUTO)"
+        assert ds.tags()["class_names"] == ",".join(CLASSES)
+        assert ds.tags(1) == {f"class_{i}": n for i, n in enumerate(CLASSES)}
+        assert ds.crs == rasterio.crs.CRS.from_user_input(CRS) and ds.transform == NORTH_UP
+        np.testing.assert_array_equal(ds.read(1), labels)
+
+
+def test_a_failed_write_leaves_neither_the_raw_file_nor_a_cog(tmp_path: Path) -> None:
+    store = MaskStore.create(tmp_path / "mask.zarr", (300, 40), (256, 256), CLASSES, save_scores=False, attrs={})
+    store.write(Box((0, 0), (300, 40)), np.zeros((300, 40), np.uint8))
+    reads = []
+
+    def read_labels(box: Box) -> np.ndarray:
+        reads.append(box)
+        if len(reads) == 2:
+            raise OSError("disk gone")
+        return np.zeros(box.shape, np.uint8)
+
+    store.read_labels = read_labels  # type: ignore[method-assign]
+    with pytest.raises(OSError, match="disk gone"):
+        write_label_cog(store, tmp_path / "labels.tif", RasterGeometry(crs=CRS, transform=tuple(NORTH_UP)[:6]),
+                        CLASSES, COLORS, rows=100)
+    assert not [p.name for p in tmp_path.iterdir() if p.suffix == ".tif"]
 
 
 def test_colour_table_has_opaque_classes_and_a_transparent_nodata(tmp_path: Path) -> None:
