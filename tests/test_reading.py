@@ -173,6 +173,13 @@ def test_mask_band_and_alpha_together_in_chunked_windows(tmp_path: Path) -> None
     np.testing.assert_array_equal(valid, want[box.slices])
 
 
+def test_more_bands_than_rows_or_columns_read_whole(tmp_path: Path) -> None:
+    image = random_image((6, 2, 3), seed=10, dtype="int16")
+    scene = open_geotiff(write_geotiff(tmp_path / "thin.tif", image))
+    np.testing.assert_array_equal(scene.data.compute(), image)
+    np.testing.assert_array_equal(scene.select_bands([4, 1]).data.compute(), image[[4, 1]])
+
+
 def test_gdal_cache_cap_lowers_but_never_raises_and_the_limit_restores() -> None:
     from rasterio.env import get_gdal_config, set_gdal_config
 
