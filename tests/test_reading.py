@@ -180,6 +180,32 @@ def test_more_bands_than_rows_or_columns_read_whole(tmp_path: Path) -> None:
     np.testing.assert_array_equal(scene.select_bands([4, 1]).data.compute(), image[[4, 1]])
 
 
+@pytest.mark.parametrize("band", [1, 4])
+def test_a_damaged_last_block_of_the_first_or_last_band_is_found_on_opening(tmp_path: Path, band: int) -> None:
+    """Only the last block (bottom right, partial) of one band is damaged: opening reads exactly that block of the
+    first and the last band, and says which block it is and where it lies in the file."""
+    import random
+
+    from segflow.errors import InputError
+
+    path = tmp_path / "damaged.tif"
+    image = random_image((4, 40, 56), seed=12, dtype="uint16")
+    with rasterio.open(path, "w", driver="GTiff", width=56, height=40, count=4, dtype="uint16", tiled=True,
+                       blockxsize=16, blockysize=16, compress="deflate", interleave="band") as dst:
+        dst.write(image)
+    with rasterio.open(path) as ds:
+        offset, size = (int(ds.get_tag_item(f"BLOCK_{k}_3_2", "TIFF", bidx=band)) for k in ("OFFSET", "SIZE"))
+    data = bytearray(path.read_bytes())
+    data[offset:offset + size] = random.Random(band).randbytes(size)
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError) as found:
+        open_geotiff(path)
+    message = str(found.value)
+    assert message.startswith(f"cannot read its last block of {path}: the file is truncated or corrupt (GDAL: ")
+    assert f"; block x 3, y 2 of band {band} is {size} bytes at byte offset {offset} of the " in message
+    assert message.endswith("; re-create or re-download it")
+
+
 def test_gdal_cache_cap_lowers_but_never_raises_and_the_limit_restores() -> None:
     from rasterio.env import get_gdal_config, set_gdal_config
 
