@@ -199,8 +199,10 @@ def test_labels_tif_has_a_band_per_class_named_and_grey(
         assert ds.crs.to_string() == CRS and ds.transform == TRANSFORM
         np.testing.assert_array_equal(ds.read(), expected_planes(present, valid))
         assert ds.get_tag_item("LAYOUT", "IMAGE_STRUCTURE") == "COG"
-    pam = (run / "labels.tif.aux.xml").read_text()
-    assert pam.count("<Category>present</Category>") == 3 and "<Description>shadow</Description>" in pam
+    info = json.loads(subprocess.run(["gdalinfo", "-json", str(run / "labels.tif")], capture_output=True, text=True,
+                                     check=True).stdout)  # GDAL reads the PAM sidecar's categories per band
+    assert [(b["band"], b["description"], b["categories"]) for b in info["bands"]] == [
+        (k + 1, name, ["absent", "present"]) for k, name in enumerate(NAMES)]
 
 
 def test_a_large_multilabel_cog_keeps_zero_one_nodata_in_its_overviews(tmp_path: Path) -> None:
