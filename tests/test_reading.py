@@ -173,6 +173,28 @@ def test_mask_band_and_alpha_together_in_chunked_windows(tmp_path: Path) -> None
     np.testing.assert_array_equal(valid, want[box.slices])
 
 
+def test_what_a_plain_geotiff_scene_records(tmp_path: Path) -> None:
+    """The run record's view of the input (``meta``), band names from descriptions, no mask where the file has
+    none, the CRS and transform, and a file without georeferencing (GDAL's identity transform) as none."""
+    import warnings
+
+    from .helpers import CRS, TRANSFORM
+
+    image = random_image((3, 20, 30), seed=13, dtype="int16")
+    path = write_geotiff(tmp_path / "plain.tif", image, block=16, descriptions=["Red ", "", "NIR"])
+    scene = open_geotiff(path)
+    assert scene.meta == {"driver": "GTiff", "dtype": "int16", "block_shape": [16, 16], "width": 30, "height": 20,
+                          "count": 3}
+    assert scene.band_names == ("red", "band2", "nir") and scene.mask is None and scene.valid is None
+    assert scene.nodata is None and scene.gcps == () and scene.rpcs is None and scene.alpha_bands == ()
+    assert rasterio.crs.CRS.from_wkt(scene.crs) == rasterio.crs.CRS.from_user_input(CRS)
+    assert scene.transform == tuple(TRANSFORM)[:6]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rasterio: not georeferenced
+        bare = open_geotiff(write_geotiff(tmp_path / "bare.tif", image, crs=None))
+    assert bare.crs is None and bare.transform is None
+
+
 def test_more_bands_than_rows_or_columns_read_whole(tmp_path: Path) -> None:
     image = random_image((6, 2, 3), seed=10, dtype="int16")
     scene = open_geotiff(write_geotiff(tmp_path / "thin.tif", image))
