@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +199,28 @@ def test_gdalinfo_shows_class_names_and_the_attribute_table_of_the_published_lab
         [0, "background", 200, 200, 200, 255], [1, "water", 30, 90, 220, 255], [2, "vegetation", 40, 160, 60, 255]]
     text = subprocess.run(["gdalinfo", str(out / "labels.tif")], capture_output=True, text=True, check=True).stdout
     assert "Categories:" in text and "1: water" in text
+
+
+def _canonical(element: Any) -> str:
+    return ET.canonicalize(ET.tostring(element, encoding="unicode"), strip_text=True)
+
+
+@pytest.mark.parametrize("colors", [COLORS, None])
+def test_the_sidecar_is_what_gdal_itself_writes_for_these_categories_and_table(tmp_path: Path,
+                                                                             colors: Colors | None) -> None:
+    """GDAL reads PAM element names case-insensitively, other readers may not: the sidecar's elements are
+    GDAL's own, i.e. what GDAL writes back (its VRT serialisation of the band) once it has read them."""
+    path = label_cog(tmp_path, np.zeros((8, 8), dtype=np.uint8), colors=colors)
+    ours = ET.parse(pam_sidecar(path)).getroot()
+    assert ours.tag == "PAMDataset" and [(b.tag, b.attrib) for b in ours] == [("PAMRasterBand", {"band": "1"})]
+    vrt = tmp_path / "labels.vrt"
+    subprocess.run(["gdal_translate", "-q", "-of", "VRT", str(path), str(vrt)], check=True)
+    gdal = ET.parse(vrt).getroot().find("VRTRasterBand")
+    assert gdal is not None
+    for name in ("CategoryNames", "GDALRasterAttributeTable"):
+        mine, theirs = ours[0].find(name), gdal.find(name)
+        assert mine is not None and theirs is not None, name
+        assert _canonical(mine) == _canonical(theirs), name
 
 
 def test_any_class_name_survives_and_classes_without_colours_get_no_colour_columns(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import math
 import os
 import subprocess
 import sys
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -189,7 +190,7 @@ def test_planes_are_the_closed_form_masks_and_the_store_says_what_it_holds(
 
 
 def test_labels_tif_has_a_band_per_class_named_and_grey(
-        run: Path, scene: tuple[Path, np.ndarray, np.ndarray]) -> None:
+        run: Path, scene: tuple[Path, np.ndarray, np.ndarray], tmp_path: Path) -> None:
     _, present, valid = scene
     with rasterio.open(run / "labels.tif") as ds:
         assert ds.count == 3 and ds.dtypes == ("uint8",) * 3 and ds.nodata == LABEL_NODATA
@@ -203,6 +204,17 @@ def test_labels_tif_has_a_band_per_class_named_and_grey(
                                      check=True).stdout)  # GDAL reads the PAM sidecar's categories per band
     assert [(b["band"], b["description"], b["categories"]) for b in info["bands"]] == [
         (k + 1, name, ["absent", "present"]) for k, name in enumerate(NAMES)]
+    # GDAL reads PAM element names case-insensitively, other readers may not: the elements are GDAL's own
+    ours = ET.parse(run / "labels.tif.aux.xml").getroot()
+    assert ours.tag == "PAMDataset"
+    assert [(b.tag, b.attrib) for b in ours] == [("PAMRasterBand", {"band": str(k + 1)}) for k in range(len(NAMES))]
+    vrt = tmp_path / "labels.vrt"
+    subprocess.run(["gdal_translate", "-q", "-of", "VRT", str(run / "labels.tif"), str(vrt)], check=True)
+    theirs = ET.parse(vrt).getroot().findall("VRTRasterBand")
+    for mine, gdal in zip(ours, theirs, strict=True):
+        for name in ("Description", "CategoryNames"):
+            assert ET.canonicalize(ET.tostring(mine.find(name), encoding="unicode"), strip_text=True) == \
+                ET.canonicalize(ET.tostring(gdal.find(name), encoding="unicode"), strip_text=True), name
 
 
 def test_a_large_multilabel_cog_keeps_zero_one_nodata_in_its_overviews(tmp_path: Path) -> None:
