@@ -164,6 +164,8 @@ def test_mask_band_and_alpha_together_in_chunked_windows(tmp_path: Path) -> None
     set_alpha(path, 7)
     scene = open_geotiff(path, chunk=16)
     assert scene.data.chunks[1:] == ((16,) * 3, (16,) * 4)
+    assert scene.mask is not None and scene.mask.chunks == ((16,) * 3, (16,) * 4)
+    assert scene.mask.name.startswith("mask-") and scene.mask.name[5:] == scene.data.name[5:]
     want = (mask > 0) & (image[6] > 0)
     np.testing.assert_array_equal(valid_of(scene), want)
     box = Box((20, 24), (46, 62))
@@ -226,6 +228,29 @@ def test_a_damaged_last_block_of_the_first_or_last_band_is_found_on_opening(tmp_
     assert message.startswith(f"cannot read its last block of {path}: the file is truncated or corrupt (GDAL: ")
     assert f"; block x 3, y 2 of band {band} is {size} bytes at byte offset {offset} of the " in message
     assert message.endswith("; re-create or re-download it")
+
+
+def test_the_dask_name_of_a_raster_changes_with_its_name_size_and_time(tmp_path: Path) -> None:
+    """Dask caches by name: a file rewritten in place (same name) must not reuse the old pixels."""
+    import os
+
+    from segflow.io.geotiff import _token
+
+    path = write_geotiff(tmp_path / "a.tif", random_image((1, 8, 8), seed=1))
+    first = _token(str(path))
+    assert _token(str(path)) == first
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    touched = _token(str(path))
+    assert touched != first, "same size, newer modification time"
+    write_geotiff(path, random_image((1, 16, 16), seed=1))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert _token(str(path)) not in (first, touched), "another size, the same time as before"
+    copy = tmp_path / "b.tif"
+    shutil.copy2(path, copy)
+    assert _token(str(copy)) != _token(str(path)), "another name"
+    assert _token("/vsimem/nothing.tif") == _token("/vsimem/nothing.tif") != _token("/vsimem/other.tif")
+    assert open_geotiff(path).data.name == f"read-{_token(str(path))}"
 
 
 def test_gdal_cache_cap_lowers_but_never_raises_and_the_limit_restores() -> None:
