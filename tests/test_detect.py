@@ -231,6 +231,42 @@ def test_shared_iou_of_partial_masks_and_views_of_two_classes() -> None:
                                                                                (2, (0, 10), (4, 2))]
 
 
+def test_shared_iou_without_pixels_in_the_shared_region_is_zero_and_of_one_pixel_is_one() -> None:
+    corner = np.zeros((3, 6), bool)
+    corner[0, :] = True
+    corner[:, 0] = True  # an L: row 0 columns 4..9, column 4 rows 0..2
+    a = detection((0, 0), (0, 4), corner)
+    ends = np.zeros((4, 4), bool)
+    ends[3, 0] = ends[0, 3] = True  # (3, 8) and (0, 11): its box meets a's, no pixel in common
+    b = detection((0, 1), (0, 8), ends)
+    assert shared_iou(a, b, Box((1, 5), (3, 10))) == 0.0, "no pixel of either where both see"
+    lone = detection((0, 1), (5, 9), np.ones((1, 1)))
+    assert shared_iou(lone, detection((0, 0), (5, 9), np.ones((1, 1))), Box((0, 6), (16, 10))) == 1.0
+
+
+def test_windows_far_apart_in_a_row_and_instances_cropped_tight() -> None:
+    """Three windows in a row, the first and the last not overlapping: each view is matched only with windows it
+    shares pixels with; a merged instance's mask has no empty border (its views' pixels outside their owned
+    parts are cut away)."""
+    grid = WindowGrid((16, 28), (16, 12), (16, 8))  # windows at columns 0, 8 and 16
+    merger = Merger(grid)
+    merger.add((0, 0), [detection((0, 0), (1, 1), np.ones((2, 2)))])
+    ragged = np.zeros((6, 6), bool)
+    ragged[1:5, 1:5] = True
+    merger.add((0, 1), [detection((0, 1), (6, 9), np.ones((3, 3)))])
+    merger.add((0, 2), [detection((0, 2), (5, 20), ragged), detection((0, 2), (10, 16), np.ones((4, 2)))])
+    out = sorted(merger.finish(), key=lambda i: i.start)
+    # window 1 owns columns 10..17: its view's column 9 is cut, and window 2's view in 16..17 is cut whole
+    assert [(i.start, i.mask.shape) for i in out] == [((1, 1), (2, 2)), ((6, 10), (3, 2)), ((6, 21), (4, 4))]
+    for inst in out:
+        assert inst.mask[[0, -1]].any(axis=1).all() and inst.mask[:, [0, -1]].any(axis=0).all()
+
+
+def test_merging_is_2d() -> None:
+    with pytest.raises(ValueError, match=r"^instance merging is 2D$"):
+        Merger(WindowGrid((4, 16, 16), (4, 8, 8), (4, 4, 4)))
+
+
 def test_touching_neighbours_of_one_class_stay_apart() -> None:
     grid = WindowGrid((16, 20), (16, 12), (16, 8))  # windows at columns 0 and 8
     merger = Merger(grid)
