@@ -63,6 +63,19 @@ def _points(gcps: list[GroundControlPoint]) -> list[tuple[float, float, float, f
     return [(g.row, g.col, g.x, g.y, g.z) for g in gcps]
 
 
+def test_ground_control_points_without_heights_read_as_height_zero(tmp_path: Path) -> None:
+    path = tmp_path / "flat.tif"
+    flat = [GroundControlPoint(row=g.row, col=g.col, x=g.x, y=g.y) for g in GCPS]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8") as dst:
+            dst.write(np.zeros((1, 8, 8), np.uint8))
+            dst.gcps = (flat, CRS.from_epsg(4326))
+    scene = open_geotiff(path)
+    assert [p[4] for p in scene.gcps] == [0.0] * len(GCPS)
+    assert [p[:4] for p in scene.gcps] == [(g.row, g.col, g.x, g.y) for g in GCPS]
+
+
 def test_ground_control_points_reach_the_cog_and_the_zarr_attributes(package: Path, tmp_path: Path) -> None:
     scene = open_geotiff(_write(tmp_path / "grd.tif", gcps=True))
     assert scene.transform is None and len(scene.gcps) == 5
