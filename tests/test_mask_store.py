@@ -183,3 +183,15 @@ def test_open_error_gives_the_cause(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"is not a segflow mask store \(No group found in store") as caught:
         MaskStore.open(tmp_path)
     assert "(None)" not in str(caught.value)
+
+
+def test_write_refuses_arrays_of_another_shape_than_the_box(tmp_path: Path) -> None:
+    """zarr takes a larger array silently and keeps its first part: the store says what was wrong instead."""
+    store = MaskStore.create(tmp_path / "m.zarr", (6, 9), (3, 4), ["background", "a", "b"], save_scores=True,
+                             attrs={})
+    box = Box((0, 0), (3, 4))
+    with pytest.raises(ValueError, match=r"^labels of shape \(4, 4\) for .*; expected \(3, 4\)$"):
+        store.write(box, np.zeros((4, 4), np.uint8))
+    with pytest.raises(ValueError, match=r"^scores of shape \(6, 3, 4\) for .*; expected \(3, 3, 4\)$"):
+        store.write(box, np.zeros((3, 4), np.uint8), np.zeros((6, 3, 4), np.float32))
+    store.write(box, np.zeros((3, 4), np.uint8), np.zeros((3, 3, 4), np.float32))

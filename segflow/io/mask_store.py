@@ -190,8 +190,13 @@ class MaskStore:
                                  f"for {box}, got {labels.shape}")
             self.present[(slice(None), *box.slices)] = labels
         else:
+            if labels.shape != box.shape:  # zarr would take a larger array silently, cut to the box
+                raise ValueError(f"labels of shape {labels.shape} for {box}; expected {box.shape}")
             self.labels[box.slices] = labels
         if self.scores is not None and scores is not None:
+            if scores.shape != (self.scores.shape[0], *box.shape):
+                raise ValueError(f"scores of shape {scores.shape} for {box}; expected "
+                                 f"{(self.scores.shape[0], *box.shape)}")
             out = scores.astype(np.float16)
             if valid is not None:
                 out[:, ~valid] = np.nan
