@@ -345,6 +345,8 @@ def test_paint_arrays_and_records(tmp_path: Path) -> None:
     ids = store.group["instances"]
     assert ids.dtype == np.uint32 and ids.chunks == store.labels.chunks
     assert tuple(ids.metadata.dimension_names) == ("y", "x")
+    assert dict(ids.attrs) == {"source": SOURCE, "things": ["a", "b"], "count": 2, "scores": INSTANCE_SCORES}
+    assert store.group[INSTANCE_SCORES].chunks == (2,) and store.group[INSTANCE_SCORES].dtype == np.float32
     scores = np.asarray(store.scores[...], dtype=np.float32)
     assert scores.shape == (3, 6, 9)
     np.testing.assert_allclose(scores[:, 0, 0], [0.4, 0.6, 0.0], atol=1e-3)
@@ -399,6 +401,37 @@ def test_instances_mostly_under_higher_scores_are_dropped() -> None:
     kept = resolve_overlaps([far, most, half, top, under_dropped])
     assert kept == [top, half, under_dropped, far]
     assert resolve_overlaps([top, half], max_taken=0.49) == [top]
+
+
+def _resolve_by_brute_force(instances: list[Instance], shape: tuple[int, int]) -> list[Instance]:
+    """The overlap rule without a spatial index: every kept instance's pixels on one canvas."""
+    canvas = np.zeros(shape, bool)
+    kept = []
+    for inst in sorted(instances, key=lambda i: -i.score):  # stable: ties keep the input order
+        mask = inst.mask
+        taken = canvas[inst.box.slices] & mask
+        if mask.any() and np.count_nonzero(taken) <= 0.5 * np.count_nonzero(mask):
+            canvas[inst.box.slices] |= mask
+            kept.append(inst)
+    return kept
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_overlap_rule_equals_a_brute_force_one_across_index_cells(seed: int) -> None:
+    """Instances of all sizes crowded around the spatial index's cell corners (256 px), some crossing them,
+    many overlapping: the kept ones are those a whole-canvas check keeps."""
+    rng = np.random.default_rng(seed)
+    shape = (800, 800)
+    found = []
+    for _ in range(120):
+        h, w = (int(v) for v in rng.integers(1, 90, size=2))
+        corner = rng.choice([256, 512])
+        r = int(np.clip(corner + rng.integers(-100, 60), 0, shape[0] - h))
+        c = int(np.clip(rng.choice([256, 512]) + rng.integers(-100, 60), 0, shape[1] - w))
+        mask = rng.random((h, w)) < 0.8
+        mask[0, :] = mask[-1, :] = mask[:, 0] = mask[:, -1] = True  # a tight box
+        found.append(Instance((r, c), mask, 1, float(rng.integers(0, 40)) / 40))  # ties too
+    assert resolve_overlaps(found) == _resolve_by_brute_force(found, shape)
 
 
 def test_crop_detection_and_score_threshold() -> None:
