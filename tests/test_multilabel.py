@@ -204,6 +204,10 @@ def test_labels_tif_has_a_band_per_class_named_and_grey(
                                      check=True).stdout)  # GDAL reads the PAM sidecar's categories per band
     assert [(b["band"], b["description"], b["categories"]) for b in info["bands"]] == [
         (k + 1, name, ["absent", "present"]) for k, name in enumerate(NAMES)]
+    with rasterio.Env(GDAL_PAM_ENABLED="NO"), rasterio.open(run / "labels.tif") as ds:  # the TIFF alone
+        assert ds.descriptions == NAMES
+        assert [ds.tags(k + 1) for k in range(len(NAMES))] == [
+            {"class_id": str(k), "class_name": name} for k, name in enumerate(NAMES)]
     # GDAL reads PAM element names case-insensitively, other readers may not: the elements are GDAL's own
     ours = ET.parse(run / "labels.tif.aux.xml").getroot()
     assert ours.tag == "PAMDataset"
