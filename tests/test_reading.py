@@ -92,16 +92,22 @@ def test_nodata_is_decided_by_the_bands_the_model_reads(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- mask bands and alpha
 
 
+def write_masked(path: Path, image: np.ndarray, mask: np.ndarray) -> Path:
+    """A tiled GeoTIFF of ``image`` with ``mask`` as its internal per-dataset mask band."""
+    count, height, width = image.shape
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=count, dtype=image.dtype.name,
+                           tiled=True, blockxsize=16, blockysize=16) as dst:
+            dst.write(image)
+            dst.write_mask(mask)
+    return path
+
+
 def test_internal_mask_band_masks_like_gdal(tmp_path: Path) -> None:
     image = random_image((3, 40, 50), seed=3)
     mask = np.full((40, 50), 255, dtype=np.uint8)
     mask[5:12, 7:30] = 0
-    path = tmp_path / "masked.tif"
-    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
-        with rasterio.open(path, "w", driver="GTiff", width=50, height=40, count=3, dtype="uint16", tiled=True,
-                           blockxsize=16, blockysize=16) as dst:
-            dst.write(image)
-            dst.write_mask(mask)
+    path = write_masked(tmp_path / "masked.tif", image, mask)
     assert not path.with_suffix(".tif.msk").exists(), "the mask is inside the file"
     reference = gdal_valid(path)
     assert not reference.all()
@@ -155,12 +161,7 @@ def test_mask_band_and_alpha_together_in_chunked_windows(tmp_path: Path) -> None
     mask = np.full((48, 64), 255, dtype=np.uint8)
     mask[:, 50:60] = 0
     mask[2:5, 3:9] = 0
-    path = tmp_path / "both.tif"
-    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
-        with rasterio.open(path, "w", driver="GTiff", width=64, height=48, count=7, dtype="uint8", tiled=True,
-                           blockxsize=16, blockysize=16) as dst:
-            dst.write(image)
-            dst.write_mask(mask)
+    path = write_masked(tmp_path / "both.tif", image, mask)
     set_alpha(path, 7)
     scene = open_geotiff(path, chunk=16)
     assert scene.data.chunks[1:] == ((16,) * 3, (16,) * 4)
