@@ -144,6 +144,17 @@ def test_labels_tif_is_a_deflate_cog_of_512_tiles_with_its_class_tags(tmp_path: 
         np.testing.assert_array_equal(ds.read(1), labels)
 
 
+def test_ground_control_points_without_a_crs_are_written_as_they_are(tmp_path: Path) -> None:
+    """Pixel-to-map points of an unknown CRS (a scanned map before referencing): kept, with no CRS invented."""
+    store = MaskStore.create(tmp_path / "mask.zarr", (20, 30), (256, 256), CLASSES, save_scores=False, attrs={})
+    store.write(Box((0, 0), (20, 30)), np.zeros((20, 30), np.uint8))
+    points = ((0.0, 0.0, 100.0, 200.0, 0.0), (19.0, 29.0, 130.0, 180.0, 5.0), (0.0, 29.0, 130.0, 200.0, 0.0))
+    path = write_label_cog(store, tmp_path / "labels.tif", RasterGeometry(gcps=points), CLASSES, COLORS)
+    with rasterio.open(path) as ds:
+        found, crs = ds.gcps
+    assert crs is None and [(g.row, g.col, g.x, g.y, g.z) for g in found] == list(points)
+
+
 def test_a_failed_write_leaves_neither_the_raw_file_nor_a_cog(tmp_path: Path) -> None:
     store = MaskStore.create(tmp_path / "mask.zarr", (300, 40), (256, 256), CLASSES, save_scores=False, attrs={})
     store.write(Box((0, 0), (300, 40)), np.zeros((300, 40), np.uint8))

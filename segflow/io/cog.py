@@ -151,7 +151,8 @@ class LabelRasterWriter:
         self.dataset = rasterio.open(self.raw, "w", **profile)
         if gcps and transform is None:
             points = [GroundControlPoint(row=g[0], col=g[1], x=g[2], y=g[3], z=g[4]) for g in gcps]
-            self.dataset.gcps = (points, CRS.from_wkt(gcp_crs) if gcp_crs else None)
+            # rasterio needs a CRS object; an empty one writes the points without a CRS
+            self.dataset.gcps = (points, CRS.from_wkt(gcp_crs) if gcp_crs else CRS())
         if rpcs:
             self.dataset.rpcs = RPC.from_gdal(dict(rpcs))
         self.dataset.update_tags(class_names=",".join(class_names))
