@@ -132,6 +132,29 @@ def threshold_package(root: Path, t: float, *, band: int | None = None, tile: in
     return root
 
 
+def tiny_train_dict(tmp_path: Path, architecture: dict[str, Any], *, name: str | None = None,
+                    classes: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A ``segflow train`` config for one tiny epoch of ``architecture`` on synthetic 4-band scenes (chip 32,
+    tile 48, classes background/water/vegetation/building unless ``classes``), written to ``tmp_path/run``."""
+    return {
+        "model": {
+            "name": name or f"tiny-{architecture['name']}",
+            "architecture": architecture,
+            "bands": [{"name": n, "index": i + 1} for i, n in enumerate(("blue", "green", "red", "nir"))],
+            "chip": 32,
+            "tile": 48,
+            "classes": classes or [{"name": n} for n in ("background", "water", "vegetation", "building")],
+        },
+        "data": {"synthetic": {"kind": "scenes", "count": 2, "size": 128, "seed": 1}},
+        "validation": {"chips": 4},
+        "epochs": 1,
+        "batch_size": 4,
+        "chips_per_epoch": 8,
+        "device": "cpu",
+        "output": str(tmp_path / "run"),
+    }
+
+
 def train_one_epoch(tmp_path: Path, architecture: dict[str, Any]) -> nn.Module:
     """``segflow train --config`` for one tiny epoch of ``architecture`` on synthetic 4-band scenes (4 classes,
     chip 32, tile 48); checks the run's history and returns the written package's network, loaded."""
@@ -142,23 +165,7 @@ def train_one_epoch(tmp_path: Path, architecture: dict[str, Any]) -> nn.Module:
     from segflow.cli.train import train_cmd
     from segflow.models import load_module, resolve_package
 
-    config = {
-        "model": {
-            "name": f"tiny-{architecture['name']}",
-            "architecture": architecture,
-            "bands": [{"name": n, "index": i + 1} for i, n in enumerate(("blue", "green", "red", "nir"))],
-            "chip": 32,
-            "tile": 48,
-            "classes": [{"name": n} for n in ("background", "water", "vegetation", "building")],
-        },
-        "data": {"synthetic": {"kind": "scenes", "count": 2, "size": 128, "seed": 1}},
-        "validation": {"chips": 4},
-        "epochs": 1,
-        "batch_size": 4,
-        "chips_per_epoch": 8,
-        "device": "cpu",
-        "output": str(tmp_path / "run"),
-    }
+    config = tiny_train_dict(tmp_path, architecture)
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(config))
     result = CliRunner().invoke(train_cmd, ["--config", str(path), "-q"])

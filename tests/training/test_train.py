@@ -27,7 +27,7 @@ from segflow.training.config import TrainConfig, load_train_config, train_config
 from segflow.training.loop import TrainProgress, train
 from segflow.training.sampling import ChipSampler, hold_out
 from segflow.training.sources import IGNORE
-from tests.helpers import CRS, TRANSFORM, write_geotiff
+from tests.helpers import CRS, TRANSFORM, tiny_train_dict, write_geotiff
 
 BANDS: list[dict[str, Any]] = [{"name": n, "index": i + 1} for i, n in enumerate(("blue", "green", "red", "nir"))]
 CLASS_LIST = [
@@ -39,23 +39,7 @@ CLASS_LIST = [
 
 
 def _raw(tmp: Path, **extra: Any) -> dict[str, Any]:
-    raw: dict[str, Any] = {
-        "model": {
-            "name": "tiny-net",
-            "architecture": {"name": "unet", "args": {"channels": [4, 8]}},
-            "bands": BANDS,
-            "chip": 32,
-            "tile": 48,
-            "classes": CLASS_LIST,
-        },
-        "data": {"synthetic": {"kind": "scenes", "count": 2, "size": 128, "seed": 1}},
-        "validation": {"chips": 4},
-        "epochs": 1,
-        "batch_size": 4,
-        "chips_per_epoch": 8,
-        "device": "cpu",
-        "output": str(tmp / "run"),
-    }
+    raw = tiny_train_dict(tmp, {"name": "unet", "args": {"channels": [4, 8]}}, name="tiny-net", classes=CLASS_LIST)
     raw.update(extra)
     return raw
 
