@@ -8,8 +8,11 @@ cases GDAL covers, ``gdal_translate -unscale`` for scale/offset; the documented 
 from __future__ import annotations
 
 import json
+import os
+import random
 import shutil
 import subprocess
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,17 +22,26 @@ import pytest
 import rasterio
 import yaml
 from rasterio.enums import ColorInterp
+from rasterio.env import get_gdal_config, set_gdal_config
 
 from segflow.bands import assemble_scene
 from segflow.errors import InputError
-from segflow.io.geotiff import cap_gdal_cache, gdal_cache_limit, open_geotiff
+from segflow.io.geotiff import (
+    _chunking,
+    _dataset,
+    _token,
+    cap_gdal_cache,
+    close_datasets,
+    gdal_cache_limit,
+    open_geotiff,
+)
 from segflow.io.readers import open_scene
 from segflow.models.package import ModelSpec, resolve_package
 from segflow.scene import Scene
 from segflow.tile_infer import TileInferParams, tile_infer
 from segflow.tiling import Box
 
-from .helpers import make_spec, random_image, write_geotiff
+from .helpers import CRS, TRANSFORM, make_spec, random_image, write_geotiff
 
 
 def spec_reading(indices: list[int], **input_extra: Any) -> ModelSpec:
@@ -179,10 +191,6 @@ def test_mask_band_and_alpha_together_in_chunked_windows(tmp_path: Path) -> None
 def test_what_a_plain_geotiff_scene_records(tmp_path: Path) -> None:
     """The run record's view of the input (``meta``), band names from descriptions, no mask where the file has
     none, the CRS and transform, and a file without georeferencing (GDAL's identity transform) as none."""
-    import warnings
-
-    from .helpers import CRS, TRANSFORM
-
     image = random_image((3, 20, 30), seed=13, dtype="int16")
     path = write_geotiff(tmp_path / "plain.tif", image, block=16, descriptions=["Red ", "", "NIR"])
     scene = open_geotiff(path)
@@ -209,10 +217,6 @@ def test_more_bands_than_rows_or_columns_read_whole(tmp_path: Path) -> None:
 def test_a_damaged_last_block_of_the_first_or_last_band_is_found_on_opening(tmp_path: Path, band: int) -> None:
     """Only the last block (bottom right, partial) of one band is damaged: opening reads exactly that block of the
     first and the last band, and says which block it is and where it lies in the file."""
-    import random
-
-    from segflow.errors import InputError
-
     path = tmp_path / "damaged.tif"
     image = random_image((4, 40, 56), seed=12, dtype="uint16")
     with rasterio.open(path, "w", driver="GTiff", width=56, height=40, count=4, dtype="uint16", tiled=True,
@@ -233,10 +237,6 @@ def test_a_damaged_last_block_of_the_first_or_last_band_is_found_on_opening(tmp_
 
 def test_the_dask_name_of_a_raster_changes_with_its_name_size_and_time(tmp_path: Path) -> None:
     """Dask caches by name: a file rewritten in place (same name) must not reuse the old pixels."""
-    import os
-
-    from segflow.io.geotiff import _token
-
     path = write_geotiff(tmp_path / "a.tif", random_image((1, 8, 8), seed=1))
     first = _token(str(path))
     assert _token(str(path)) == first
@@ -255,8 +255,6 @@ def test_the_dask_name_of_a_raster_changes_with_its_name_size_and_time(tmp_path:
 
 
 def test_gdal_cache_cap_lowers_but_never_raises_and_the_limit_restores() -> None:
-    from rasterio.env import get_gdal_config, set_gdal_config
-
     before = get_gdal_config("GDAL_CACHEMAX")
     try:
         set_gdal_config("GDAL_CACHEMAX", 1 << 30)
@@ -285,18 +283,12 @@ def test_gdal_cache_cap_lowers_but_never_raises_and_the_limit_restores() -> None
 ])
 def test_dask_chunks_are_whole_blocks_near_the_target(block: tuple[int, int], shape: tuple[int, int], target: int,
                                                      want: tuple[int, int]) -> None:
-    from segflow.io.geotiff import _chunking
-
     got = _chunking(block, *shape, target)
     assert got == want
     assert all(isinstance(v, int) for v in got)
 
 
 def test_each_thread_reuses_its_dataset_until_they_are_closed(tmp_path: Path) -> None:
-    import threading
-
-    from segflow.io.geotiff import _dataset, close_datasets
-
     path = str(write_geotiff(tmp_path / "a.tif", random_image((1, 8, 8), seed=1)))
     first = _dataset(path)
     assert _dataset(path) is first and not first.closed
@@ -481,9 +473,6 @@ def test_transparent_border_of_a_warped_scene_is_nodata(tmp_path: Path) -> None:
 
 def test_scaling_rounds_once_like_gdal_unscale(tmp_path: Path) -> None:
     """stored * scale + offset in double precision, then float32: bit-identical to gdal_translate -unscale."""
-    import shutil
-    import subprocess
-
     if shutil.which("gdal_translate") is None:
         pytest.skip("gdal_translate is not installed (Debian package gdal-bin)")
     rng = np.random.default_rng(5)
