@@ -11,10 +11,23 @@ from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
 from monai.inferers.utils import _get_scan_interval
 
+from segflow.batching import BatchedFunction
 from segflow.predict import Predictor
 from segflow.scene import Scene
-from segflow.stitch import BlendStats, blend_chunks
-from segflow.tiling import ChunkGrid, WindowGrid, blend_weights
+from segflow.stitch import (
+    LABEL_NODATA,
+    BlendStats,
+    Evaluation,
+    Part,
+    _window_input,
+    argmax_labels,
+    blend_chunks,
+    evaluate_windows,
+    merge_chunk,
+    threshold_labels,
+    weights_tensor,
+)
+from segflow.tiling import Box, ChunkGrid, WindowGrid, blend_weights
 
 from .helpers import RandomConvNet, make_spec, random_image
 
@@ -160,8 +173,6 @@ def test_volumes_blend_the_same_whatever_the_chunking(shape: tuple[int, int, int
 
 
 def test_labels_are_the_first_maximum_like_argmax() -> None:
-    from segflow.stitch import LABEL_NODATA, argmax_labels
-
     scores = torch.rand(5, 60, 40, generator=torch.Generator().manual_seed(0))
     scores[3, :10] = scores[1, :10] = scores[:, :10].max(0).values + 1  # exact ties: the first class wins
     valid = np.ones((60, 40), dtype=bool)
@@ -175,9 +186,6 @@ def test_labels_are_the_first_maximum_like_argmax() -> None:
 def test_a_window_larger_than_the_scene_is_padded_by_mirroring_with_its_validity() -> None:
     """A scene smaller than one tile: the window is the scene mirrored out to the tile, and so is its nodata
     mask, so a nodata pixel of the scene stays nodata in every mirrored copy the network sees."""
-    from segflow.stitch import _window_input
-    from segflow.tiling import Box
-
     data = random_image((2, 5, 7), seed=3).astype(np.float32)
     valid = np.ones((5, 7), dtype=bool)
     valid[4, :2] = False  # on the last row: mirrored into the padding below
@@ -191,3 +199,105 @@ def test_a_window_larger_than_the_scene_is_padded_by_mirroring_with_its_validity
     assert v2 is None and x2.shape == (2, 8, 12)
     same, same_valid = _window_input(data, valid, region, Box((0, 0), (5, 7)), (5, 7))  # a full tile: no padding
     assert same.shape == (2, 5, 7) and same_valid is not None and same_valid.shape == (5, 7)
+
+
+def test_a_blend_mode_name_blends_as_its_weights_and_the_counts_are_recorded() -> None:
+    image = random_image((3, 50, 61), seed=4)
+    scene = Scene.from_array(image)
+    grid = WindowGrid.create((50, 61), 20, 0.3)
+    chunks = ChunkGrid.create((50, 61), (16, 25))
+    for mode in ("gaussian", "cosine", "constant"):
+        stats = BlendStats()
+        named = list(blend_chunks(scene, grid, chunks, double_softmax, mode, 3, keep_scores=True, stats=stats))
+        given = list(blend_chunks(scene, grid, chunks, double_softmax, blend_weights(grid.tile, mode), 3,
+                                  keep_scores=True))
+        assert [c.index for c in named] == [(r, c) for r in range(4) for c in range(3)], "raster order"
+        for a, b in zip(named, given, strict=True):
+            assert a.scores is not None and b.scores is not None
+            np.testing.assert_array_equal(a.scores, b.scores)
+            np.testing.assert_array_equal(a.labels, b.labels)
+        assert stats.chunks == len(chunks) == 12 and stats.windows_total == len(grid) == stats.windows_evaluated
+        assert stats.windows_skipped == 0
+    plain = next(iter(blend_chunks(scene, grid, chunks, double_softmax, "gaussian", 3)))
+    assert plain.scores is None, "scores only when asked for"
+    assert plain.labels.dtype == np.uint8 and plain.valid.dtype == bool and plain.labels.shape == (16, 25)
+
+
+def test_blended_chunks_are_labelled_from_their_normalised_scores() -> None:
+    """Labels are the arg-max of scores divided by the weight sum: probabilities that sum to 1 per pixel."""
+    image = random_image((3, 40, 40), seed=5)
+    grid = WindowGrid.create((40, 40), 16, 0.5)
+    for part in blend_chunks(Scene.from_array(image), grid, ChunkGrid.create((40, 40), 24), double_softmax,
+                             "gaussian", 3, keep_scores=True):
+        assert part.scores is not None and part.scores.dtype == np.float32
+        np.testing.assert_allclose(part.scores.sum(0), 1.0, rtol=1e-5)
+        np.testing.assert_array_equal(part.labels, argmax_labels(torch.from_numpy(part.scores), part.valid))
+
+
+def test_multilabel_thresholds_are_applied_to_the_blended_scores() -> None:
+    image = random_image((3, 30, 30), seed=6)
+    grid = WindowGrid.create((30, 30), 12, 0.25)
+    chunks = ChunkGrid.create((30, 30), 16)
+    thresholds = [0.2, 0.35, 0.5]
+    for part in blend_chunks(Scene.from_array(image), grid, chunks, double_softmax, "gaussian", 3,
+                             keep_scores=True, thresholds=thresholds):
+        assert part.scores is not None and part.labels.shape == (3, *part.box.shape)
+        np.testing.assert_array_equal(part.labels,
+                                      threshold_labels(torch.from_numpy(part.scores), part.valid, thresholds))
+        assert set(np.unique(part.labels).tolist()) <= {0, 1}
+
+
+def _evaluate_all(own: tuple[int, int] | None) -> tuple[Evaluation, WindowGrid, ChunkGrid]:
+    image = random_image((3, 30, 40), seed=8).astype(np.float32)
+    valid = np.ones((30, 40), dtype=bool)
+    valid[3, 4] = False
+    grid = WindowGrid.create((30, 40), 16, 0.25)
+    chunks = ChunkGrid.create((30, 40), 20)
+    region = Box((0, 0), (30, 40))
+    predictor = BatchedFunction(double_softmax, 4)
+    w = weights_tensor(grid.tile, "gaussian")
+    windows = [tuple(i) for i in np.ndindex(*grid.counts)]
+    targets = [tuple(i) for i in np.ndindex(*chunks.counts)]
+    return evaluate_windows(windows, grid, chunks, targets, region, image, valid, predictor, w, own=own), grid, chunks
+
+
+def test_each_window_is_cut_into_the_chunks_it_touches_with_its_offset() -> None:
+    ev, grid, chunks = _evaluate_all(own=(0, 1))
+    assert ev.skipped == 0 and len(ev.evaluated) == len(grid)
+    for target, part in ev.parts.items():
+        box = chunks.box(target)
+        assert [p.window for p in part.pieces] == [i for i in ev.evaluated if grid.window(i).intersect(box)]
+        for piece in part.pieces:
+            window = grid.window(piece.window)
+            assert piece.box == window.intersect(box)
+            assert piece.offset == tuple(a - b for a, b in zip(piece.box.start, window.start, strict=True))
+            assert piece.weighted is not None and tuple(piece.weighted.shape) == (3, *piece.box.shape)
+        assert part.has_valid == (target == (0, 1))
+    own = ev.parts[(0, 1)]
+    assert own.valid is not None and own.valid.shape == (20, 20) and own.valid.all(), "chunk (0, 1)'s own pixels"
+    first, _, _ = _evaluate_all(own=(0, 0))
+    assert first.parts[(0, 0)].valid is not None and not first.parts[(0, 0)].valid[3, 4]
+    assert first.parts[(0, 0)].valid.sum() == 399
+    none, _, _ = _evaluate_all(own=None)
+    assert not any(p.has_valid for p in none.parts.values()), "only the chunk's own task supplies its validity"
+
+
+def test_a_chunk_must_receive_exactly_one_validity_mask() -> None:
+    ev, grid, chunks = _evaluate_all(own=None)
+    w = weights_tensor(grid.tile, "gaussian")
+    box = chunks.box((1, 1))
+    with pytest.raises(RuntimeError, match=r"^chunk \(1, 1\) received 0 validity masks, expected exactly one$"):
+        merge_chunk((1, 1), box, [ev.parts[(1, 1)]], w, 3)
+    twice = [Part((), True, None), Part(ev.parts[(1, 1)].pieces, True, None)]
+    with pytest.raises(RuntimeError, match="received 2 validity masks"):
+        merge_chunk((1, 1), box, twice, w, 3)
+    one = merge_chunk((1, 1), box, [Part((), True, None), ev.parts[(1, 1)]], w, 3)
+    assert one.valid.all() and one.index == (1, 1) and one.box == box
+
+
+def test_weights_tensor_is_the_float32_blend_weights_on_the_device() -> None:
+    w = weights_tensor([12, 7], "cosine", "cpu")
+    assert w.dtype == torch.float32 and w.device.type == "cpu"
+    np.testing.assert_array_equal(w.numpy(), blend_weights((12, 7), "cosine").astype(np.float32))
+    assert weights_tensor((12, 7), "cosine") is weights_tensor([12, 7], "cosine"), "cached per tile and mode"
+    assert not torch.equal(weights_tensor((12, 7), "gaussian"), w)
