@@ -119,7 +119,7 @@ def _block_detail(ds: Any, name: str, message: str) -> str:
     try:
         offset = ds.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=int(band))
         size = ds.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=int(band))
-    except (RasterioError, ValueError):
+    except (RasterioError, ValueError, IndexError):  # IndexError: a band the file does not have
         return ""
     if not offset or not size:
         return ""
