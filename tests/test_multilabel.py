@@ -158,17 +158,6 @@ def test_contradictory_output_specs_are_refused_in_one_line(tmp_path: Path, outp
     assert "\n" not in str(caught.value)
 
 
-def test_threshold_labels_is_greater_or_equal_in_float32_and_nodata_in_every_plane() -> None:
-    from segflow.stitch import threshold_labels
-
-    acc = torch.tensor([[[0.3, 0.2999999], [0.9, 0.1]], [[0.5, 0.5000001], [0.4999999, 1.0]]], dtype=torch.float32)
-    valid = np.array([[True, True], [True, False]])
-    got = threshold_labels(acc, valid, [0.3, 0.5])
-    np.testing.assert_array_equal(got, [[[1, 0], [1, 255]], [[1, 1], [0, 255]]])
-    with pytest.raises(ValueError, match="1 thresholds for 2 classes"):
-        threshold_labels(acc, valid, [0.5])
-
-
 # ----------------------------------------------------------------------------- the run
 
 

@@ -301,3 +301,12 @@ def test_weights_tensor_is_the_float32_blend_weights_on_the_device() -> None:
     np.testing.assert_array_equal(w.numpy(), blend_weights((12, 7), "cosine").astype(np.float32))
     assert weights_tensor((12, 7), "cosine") is weights_tensor([12, 7], "cosine"), "cached per tile and mode"
     assert not torch.equal(weights_tensor((12, 7), "gaussian"), w)
+
+
+def test_threshold_labels_is_greater_or_equal_in_float32_and_nodata_in_every_plane() -> None:
+    acc = torch.tensor([[[0.3, 0.2999999], [0.9, 0.1]], [[0.5, 0.5000001], [0.4999999, 1.0]]], dtype=torch.float32)
+    valid = np.array([[True, True], [True, False]])
+    got = threshold_labels(acc, valid, [0.3, 0.5])
+    np.testing.assert_array_equal(got, [[[1, 0], [1, 255]], [[1, 1], [0, 255]]])
+    with pytest.raises(ValueError, match=r"^1 thresholds for 2 classes$"):
+        threshold_labels(acc, valid, [0.5])
