@@ -223,3 +223,38 @@ def test_a_corrupt_block_read_later_names_the_window_and_the_block(tmp_path: Pat
                               "(GDAL: ")
     assert "; block x 1, y 1 of band 1 is " in message and f" bytes at byte offset {offset} of the " in message
     assert message.endswith("-byte file bad.tif; re-create or re-download it")
+
+
+def test_a_name_too_long_for_the_system_is_not_found(tmp_path: Path) -> None:
+    name = str(tmp_path / ("a" * 5000 + ".tif"))  # stat() fails with ENAMETOOLONG, not ENOENT
+    assert refusal(name) == f"input file not found: {name}; check the path"
+
+
+def test_a_gdal_name_inside_a_file_that_is_no_container(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.zip"
+    notes.write_text("not an archive")
+    name = f"/vsizip/{notes}/x.tif"
+    message = refusal(name)
+    assert message.startswith(f"input not found: GDAL cannot open {name} (")
+
+
+def test_exactly_ten_variables_are_all_listed_without_a_count(tmp_path: Path) -> None:
+    ten = write_netcdf(tmp_path / "ten.nc", [f"v{i}" for i in range(10)])
+    message = refusal(f'NETCDF:"{ten}":snow')
+    assert f'NETCDF:"{ten}":v9; pass one of them' in message and "more" not in message
+
+
+def test_block_detail_needs_both_the_offset_and_the_size() -> None:
+    message = "band 1: IReadBlock failed at X offset 0, Y offset 0"
+    for missing in ("OFFSET", "SIZE"):
+        ds = SimpleNamespace(closed=False, driver="GTiff",
+                             get_tag_item=lambda item, *a, missing=missing, **k: None if missing in item else "8")
+        assert _block_detail(ds, "x.tif", message) == ""
+
+
+def test_complex_samples_without_a_local_file_suggest_a_local_output() -> None:
+    with rasterio.MemoryFile(filename="slc.tif") as memory:
+        with memory.open(driver="GTiff", width=4, height=3, count=1, dtype="complex64") as dst:
+            dst.write(np.ones((1, 3, 4), dtype=np.complex64))
+        assert refusal(memory.name).endswith(f"-A {memory.name} --allBands=A --calc='numpy.absolute(A)' "
+                                             "--type=Float32 --outfile=input_amplitude.tif")

@@ -206,6 +206,67 @@ def test_what_a_plain_geotiff_scene_records(tmp_path: Path) -> None:
     assert bare.crs is None and bare.transform is None
 
 
+def test_alpha_bands_are_recorded_by_their_band_numbers(tmp_path: Path) -> None:
+    path = set_alpha(write_geotiff(tmp_path / "rgba.tif", random_image((4, 10, 12), seed=3, dtype="uint8")), 4)
+    scene = open_geotiff(path)
+    assert scene.meta["alpha_bands"] == [4] and scene.alpha_bands == (3,)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (7, 1)])
+def test_rasters_one_pixel_wide_or_tall_are_read(tmp_path: Path, shape: tuple[int, int]) -> None:
+    image = random_image((2, *shape), seed=4, dtype="uint16")
+    scene = open_geotiff(write_geotiff(tmp_path / "thin.tif", image, tiled=False))
+    np.testing.assert_array_equal(scene.data.compute(), image)
+
+
+@pytest.mark.parametrize("key", [np.s_[1:3, 3:19, 5:21], np.s_[3], np.s_[:, 5], np.s_[2, 7, 9], np.s_[:, ::3],
+                                 np.s_[:, 17:2:-2, ::-1], np.s_[::-1, 3:4], np.s_[:, 5:5], np.s_[[3, 0], 1:19:5],
+                                 np.s_[-1, -3:, -7::2]])
+def test_any_slicing_of_a_scene_reads_those_pixels(tmp_path: Path, key: Any) -> None:
+    """dask hands the slicing (indices, steps, reversed ranges) to the reader: it fuses it into the read."""
+    image = random_image((4, 20, 24), seed=5, dtype="uint8")
+    image[3] = np.where(np.arange(24) % 5 == 0, 0, 255).astype(np.uint8)  # an alpha band
+    scene = open_geotiff(set_alpha(write_geotiff(tmp_path / "four.tif", image, block=16), 4), chunk=16)
+    got = scene.data[key].compute()
+    assert got.shape == image[key].shape
+    np.testing.assert_array_equal(got, image[key])
+    assert scene.mask is not None
+    spatial = key[1:] if isinstance(key, tuple) else ()
+    np.testing.assert_array_equal(scene.mask[spatial].compute(), (image[3] > 0)[spatial])
+
+
+def test_the_default_chunks_are_1024_pixels_a_side(tmp_path: Path) -> None:
+    path = tmp_path / "rows.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=10, height=2100, count=1, dtype="uint8",
+                       blockysize=1) as dst:
+        dst.write(np.zeros((1, 2100, 10), dtype=np.uint8))
+    assert open_geotiff(path).data.chunks == ((1,), (1024, 1024, 52), (10,))
+
+
+def test_a_multipage_tiff_is_read_as_its_first_page(tmp_path: Path) -> None:
+    """GDAL lists the pages of a multi-page TIFF as subdatasets, but the first page's bands are the raster."""
+    from PIL import Image
+
+    pages = [Image.fromarray(np.full((6, 8), v, dtype=np.uint8)) for v in (7, 9)]
+    path = tmp_path / "pages.tif"
+    pages[0].save(path, save_all=True, append_images=pages[1:])
+    with rasterio.open(path) as ds:
+        assert ds.count == 1 and len(ds.subdatasets) == 2
+    np.testing.assert_array_equal(open_geotiff(path).data.compute(), np.full((1, 6, 8), 7, dtype=np.uint8))
+
+
+def test_a_file_removed_after_opening_is_a_one_line_error(tmp_path: Path) -> None:
+    path = write_geotiff(tmp_path / "gone.tif", random_image((1, 20, 20), seed=6), block=16)
+    scene = open_geotiff(path)
+    close_datasets()  # no cached handle: the read opens the file again
+    path.unlink()
+    with pytest.raises(InputError) as info:
+        scene.data[:, :16, :16].compute()
+    message = str(info.value)
+    assert message.startswith(f"cannot read window rows 0:16 cols 0:16 of {path}: the file is truncated or corrupt")
+    assert "No such file or directory" in message and "\n" not in message
+
+
 def test_more_bands_than_rows_or_columns_read_whole(tmp_path: Path) -> None:
     image = random_image((6, 2, 3), seed=10, dtype="int16")
     scene = open_geotiff(write_geotiff(tmp_path / "thin.tif", image))
@@ -280,6 +341,9 @@ def test_gdal_cache_cap_lowers_but_never_raises_and_the_limit_restores() -> None
     ((16, 100000), (5000, 100000), 1024, (16, 100000)),  # a strip over target²: one strip
     ((1, 3000), (50, 3000), 1024, (50, 3000)),  # a short file of long rows: every row
     ((64, 64), (4096, 4096), 1000, (960, 960)),
+    ((1, 4096), (5000, 4096), 1024, (1024, 4096)),  # exactly 4 x target²: not yet cut down
+    ((1, 4500), (5000, 4500), 1024, (233, 4500)),  # just over 4 x target²: about target² pixels of rows
+    ((1, 1024), (100, 1024), 32, (1, 1024)),  # a row holds target² pixels: one row
 ])
 def test_dask_chunks_are_whole_blocks_near_the_target(block: tuple[int, int], shape: tuple[int, int], target: int,
                                                      want: tuple[int, int]) -> None:
