@@ -21,6 +21,7 @@ from rasterio.env import get_gdal_config, set_gdal_config
 from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
+from ..array_keys import bounding_read
 from ..errors import InputError
 from ..scene import Scene
 from .gdal_names import existing_file, input_name, local_file
@@ -157,32 +158,21 @@ class _WindowReader:
         self.ndim = len(self.shape)
 
     def __getitem__(self, key: Any) -> np.ndarray:
-        """One windowed read for ``key``: per axis a slice (any step) or an index, as dask hands on the slicing
-        of the array it builds (``scene.data[3]``, ``scene.data[:, ::4]``)."""
-        key = key if isinstance(key, tuple) else (key,)
-        picks = [range(n)[k] for k, n in zip(key + (slice(None),) * (self.ndim - len(key)), self.shape, strict=True)]
-        spans = [p if isinstance(p, range) else range(p, p + 1) for p in picks]
-        out_shape = tuple(len(p) for p in picks if isinstance(p, range))
+        """One windowed read for ``key`` (:func:`~segflow.array_keys.bounding_read`: indices and steps too)."""
+        spans, local = bounding_read(key, self.shape)
         if not all(spans):
-            return np.empty(out_shape, dtype=self.dtype)
-        (top, bottom), (left, right) = (sorted((r[0], r[-1])) for r in spans[-2:])
-        window = Window(left, top, right - left + 1, bottom - top + 1)
+            return np.empty([len(s) for s in spans], dtype=self.dtype)[local]
+        rows, cols = spans[-2], spans[-1]
+        window = Window(cols.start, rows.start, len(cols), len(rows))
         ds = None
         try:
             ds = _dataset(self.path)
             if self.masks:
-                block = self._valid(ds, window)
-            else:
-                block = np.asarray(ds.read([b + 1 for b in spans[0]], window=window))
+                return self._valid(ds, window)[local]
+            return np.asarray(ds.read([b + 1 for b in spans[0]], window=window))[local]
         except RasterioError as exc:
-            where = f"window rows {window.row_off}:{window.row_off + window.height} " \
-                    f"cols {window.col_off}:{window.col_off + window.width}"
-            raise _read_error(self.path, where, exc, ds) from None
-        # within the window: the steps of rows and columns, integer axes dropped (the bands were read in order)
-        local = [] if self.masks else [0 if isinstance(picks[0], int) else slice(None)]
-        for pick, start in zip(picks[-2:], (top, left), strict=True):
-            local.append(pick - start if isinstance(pick, int) else _relative(pick, start))
-        return block[tuple(local)]
+            raise _read_error(self.path, f"window rows {rows.start}:{rows.stop} cols {cols.start}:{cols.stop}",
+                              exc, ds) from None
 
     def _valid(self, ds: Any, window: Window) -> np.ndarray:
         valid = np.ones((int(window.height), int(window.width)), dtype=bool)
@@ -191,12 +181,6 @@ class _WindowReader:
         if self.alpha:
             valid &= (np.asarray(ds.read(list(self.alpha), window=window)) != 0).all(axis=0)
         return valid
-
-
-def _relative(span: range, start: int) -> slice:
-    """The slice that picks ``span`` out of an array whose index 0 is ``start``."""
-    stop = span.stop - start
-    return slice(span.start - start, stop if stop >= 0 else None, span.step)
 
 
 def _chunking(block_shape: tuple[int, int], height: int, width: int, target: int) -> tuple[int, int]:

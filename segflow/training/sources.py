@@ -9,12 +9,13 @@ pairs on the model grid).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import dask.array as da
 import numpy as np
 import numpy.typing as npt
 
+from ..array_keys import bounding_read
 from ..scene import Scene
 from .config import IGNORE_INDEX
 
@@ -128,15 +129,16 @@ class _SourceArray:
         self.dtype = np.dtype(np.float32 if part == "image" else bool)
         self.ndim = len(self.shape)
 
-    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
-        spatial = key[-len(self.source.spatial_shape):]
-        start = tuple(int(k.start or 0) for k in spatial)
-        stop = tuple(int(s if k.stop is None else k.stop) for k, s in zip(spatial, self.source.spatial_shape,
-                                                                           strict=True))
-        chip = self.source.read(start, tuple(b - a for a, b in zip(start, stop, strict=True)))
+    def __getitem__(self, key: Any) -> np.ndarray:
+        """One read of the source for ``key`` (:func:`~segflow.array_keys.bounding_read`: indices and steps too)."""
+        spans, local = bounding_read(key, self.shape)
+        spatial = spans[-len(self.source.spatial_shape):]
+        if not all(spans):
+            return np.empty([len(s) for s in spans], dtype=self.dtype)[local]
+        chip = self.source.read(tuple(s.start for s in spatial), tuple(len(s) for s in spatial))
         if self.part == "image":
-            return chip.image[key[0]] if len(key) > len(spatial) else chip.image
-        return chip.valid
+            return chip.image[spans[0].start:spans[0].stop][local]
+        return chip.valid[local]
 
 
 def source_scene(source: ChipSource, chunk: int = 1024) -> Scene:
