@@ -310,3 +310,5 @@ def test_threshold_labels_is_greater_or_equal_in_float32_and_nodata_in_every_pla
     np.testing.assert_array_equal(got, [[[1, 0], [1, 255]], [[1, 1], [0, 255]]])
     with pytest.raises(ValueError, match=r"^1 thresholds for 2 classes$"):
         threshold_labels(acc, valid, [0.5])
+    with pytest.raises(ValueError, match=r"^2 thresholds for 3 classes$"):
+        threshold_labels(torch.zeros(3, 4, 5), np.ones((4, 5), dtype=bool), [0.5, 0.5])

@@ -66,6 +66,30 @@ class TestUNetWeightMap:
         assert math.isclose(weights[10, 15], 1.0 + 5.0 * math.exp(-4 / 8), rel_tol=1e-6)
         assert weights[10, 10] == 1.0
 
+    def test_explicit_class_weights_may_be_zero_and_are_checked_by_name(self) -> None:
+        labels = _two_touching_squares()
+        weights = unet_weight_map(labels, w0=0.0, class_weights=(0.0, 0.5))
+        assert (weights[labels == 0] == 0.0).all() and (weights[labels > 0] == 0.5).all()
+        for k, bad in ((0, (-0.5, 1.0)), (1, (1.0, -0.5))):
+            with pytest.raises(ConfigError, match=rf"^class_weights\[{k}\]=-0\.5; expected a finite number in \[0, "
+                                                  r"inf\]; fix the loss config$"):
+                unet_weight_map(labels, class_weights=bad)
+
+    @pytest.mark.parametrize("value", [0, 1])
+    def test_one_class_present_gets_weight_one(self, value: int) -> None:
+        weights = unet_weight_map(np.full((5, 6), value, dtype=np.int32))
+        np.testing.assert_array_equal(weights, np.ones((5, 6), dtype=np.float32))
+
+    def test_a_single_foreground_pixel_is_balanced_against_the_rest(self) -> None:
+        labels = np.zeros((5, 6), dtype=np.int32)
+        labels[2, 3] = 4
+        weights = unet_weight_map(labels)
+        assert weights[2, 3] == np.float32(30 / 2) and (weights[labels == 0] == np.float32(30 / (2 * 29))).all()
+
+    def test_the_defaults_are_w0_10_and_sigma_5(self) -> None:
+        labels = _two_touching_squares()
+        np.testing.assert_array_equal(unet_weight_map(labels), unet_weight_map(labels, w0=10.0, sigma=5.0))
+
     def test_3d_gap(self) -> None:
         labels = np.zeros((9, 9, 12), dtype=np.int64)
         labels[2:7, 2:7, 1:5] = 4
