@@ -229,10 +229,28 @@ def report(modules: list[str], tests: str, time_limit: str | None, notes: list[s
 
 
 def pending(modules: list[str]) -> list[str]:
-    """Mutants of ``modules`` not checked, surviving or without tests, less the listed equivalents."""
+    """Mutants of ``modules`` not checked, surviving or without tests, less the listed equivalents.
+
+    A module or a function whose mutants are all pending is named by a pattern (``segflow.stitch.*``,
+    ``segflow.stitch.x_merge_chunk__mutmut_*``, matched by mutmut with fnmatch): thousands of names would
+    not fit on one command line.
+    """
     equivalent = load_equivalent()
-    return [m.name for module in modules for m in load_mutants(module)
-            if m.status in ("not checked", "survived", "no tests") and m.name not in equivalent]
+    names: list[str] = []
+    for module in modules:
+        mutants = load_mutants(module)
+        todo = {m.name for m in mutants
+                if m.status in ("not checked", "survived", "no tests") and m.name not in equivalent}
+        if mutants and len(todo) == len(mutants):
+            names.append(module[:-3].replace("/", ".") + ".*")
+            continue
+        by_function: dict[str, list[str]] = {}
+        for m in mutants:
+            by_function.setdefault(m.name.rsplit("__mutmut_", 1)[0], []).append(m.name)
+        for function, every in by_function.items():
+            chosen = [n for n in every if n in todo]
+            names += [f"{function}__mutmut_*"] if len(chosen) == len(every) > 1 else chosen
+    return names
 
 
 def main() -> None:
