@@ -47,7 +47,7 @@ MUTATE_TIME ?=
 MUTATE_PYTEST ?=
 MUTATE_REPORT ?= benchmarks/results/mutation.md
 MUTATE_PENDING ?=
-MUTATE_NAMES = $(if $(MUTATE_PENDING),$(shell $(BIN)/python benchmarks/mutation_report.py --pending $(MUTATE_MODULES)),$(if $(filter-out $(MUTATE_MODULES),$(MUTATE_ALL)),$(foreach m,$(MUTATE_MODULES),'$(subst /,.,$(m:.py=)).*')))
+MUTATE_NAMES = $(foreach n,$(if $(MUTATE_PENDING),$(shell $(BIN)/python benchmarks/mutation_report.py --pending $(MUTATE_MODULES)),$(if $(filter-out $(MUTATE_MODULES),$(MUTATE_ALL)),$(shell $(BIN)/python benchmarks/mutation_report.py --patterns $(MUTATE_MODULES)))),'$(n)')
 
 mutate: setup
 	-PYTEST_ADDOPTS="$(addprefix --ignore=,$(filter-out $(MUTATE_TESTS),$(EVERY_TEST_FILE))) $(MUTATE_PYTEST)" \

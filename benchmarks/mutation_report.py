@@ -14,6 +14,8 @@ Run by ``make mutate`` after ``mutmut run``, from the repository root:
 without tests, less the listed equivalents), for ``make mutate MUTATE_PENDING=1`` to go on where a
 time-limited run stopped, or to re-check survivors after new tests.
 
+``--patterns`` prints an fnmatch pattern for every mutant of each module (for ``make mutate MUTATE_MODULES=...``).
+
 ``--keep`` keeps the rows and sections of the modules the existing report holds and this run did not check
 (mutmut's state in ``mutants/`` is local to a checkout; the report is what is committed).
 """
@@ -220,12 +222,26 @@ def report(modules: list[str], tests: str, time_limit: str | None, notes: list[s
                              + (f": {why}" if why else ""), "", "  ```diff",
                              *[f"  {d}" for d in diff.splitlines() if not d.startswith(("---", "+++"))], "  ```", ""]
     stale = sorted(set(equivalent) - {m.name for mod in modules for m in load_mutants(mod) if m.status == "survived"})
-    stale = [n for n in stale if any(n.startswith(mod[:-3].replace("/", ".") + ".") for mod in modules)]
+    stale = [n for n in stale if n.rsplit(".", 1)[0] in {mutmut_module(mod) for mod in modules}]
     if stale:
         sections += ["## Stale entries of `benchmarks/mutation_equivalent.toml`", "",
                      "Listed as equivalent but no longer surviving (killed, renamed or gone): "
                      + ", ".join(f"`{n}`" for n in stale) + ".", ""]
     return "\n".join([*out, "", *sections]).rstrip() + "\n"
+
+
+def mutmut_module(module: str) -> str:
+    """The dotted name mutmut gives ``module``'s mutants before ``.x_function__mutmut_N`` (a package's
+    ``__init__.py`` is the package itself)."""
+    dotted = module[:-3].replace("/", ".")
+    return dotted.removesuffix(".__init__")
+
+
+def module_pattern(module: str) -> str:
+    """An fnmatch pattern for every mutant of ``module`` and of no other module (mutmut's names are
+    ``package.module.x_function__mutmut_N`` and ``...xǁClassǁmethod__mutmut_N``; a package's own mutants
+    must not take in its submodules')."""
+    return f"{mutmut_module(module)}.x[_ǁ]*"
 
 
 def pending(modules: list[str]) -> list[str]:
@@ -242,7 +258,7 @@ def pending(modules: list[str]) -> list[str]:
         todo = {m.name for m in mutants
                 if m.status in ("not checked", "survived", "no tests") and m.name not in equivalent}
         if mutants and len(todo) == len(mutants):
-            names.append(module[:-3].replace("/", ".") + ".*")
+            names.append(module_pattern(module))
             continue
         by_function: dict[str, list[str]] = {}
         for m in mutants:
@@ -263,11 +279,12 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true",
                         help="keep the modules of the existing --output that this run did not check")
     parser.add_argument("--pending", action="store_true", help="print the names of the mutants still to check")
+    parser.add_argument("--patterns", action="store_true", help="print a pattern for every mutant of each module")
     args = parser.parse_args()
     os.chdir(ROOT)  # mutmut reads mutants/ relative to the working directory
     modules = args.modules or tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mutmut"]["only_mutate"]
-    if args.pending:
-        print(*pending(modules))
+    if args.pending or args.patterns:
+        print(*(pending(modules) if args.pending else [module_pattern(m) for m in modules]))
         return
     every_test = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("**/test_*.py"))
     tests = "" if sorted(args.tests.split()) == every_test else args.tests

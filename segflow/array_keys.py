@@ -1,9 +1,10 @@
 """What dask asks an array-like reader for, turned into one contiguous read and the picking inside it.
 
 dask hands the slicing of an array built with ``da.from_array`` on to the reader (it fuses it into the
-read): besides plain chunk slices a reader gets indices (``scene.data[3]``), steps (``[:, ::4]``) and
-reversed ranges. :func:`bounding_read` gives, per axis, the contiguous range to read and the index that
-picks the request out of what was read.
+read): besides plain chunk slices a reader gets indices (``scene.data[3]``) and steps (``[:, ::4]``);
+today's dask applies reversed ranges and lists itself after the read, but nothing promises it.
+:func:`bounding_read` gives, per axis, the contiguous range to read and the index that picks the request
+out of what was read, for any of these.
 """
 
 from __future__ import annotations

@@ -138,7 +138,7 @@ def test_zero_weights_are_allowed() -> None:
     logits, target, _ = _inputs("binary")
     target = target.clamp(max=1)
     assert float(WeightedBCELoss(pos_weight=0.0, neg_weight=0.0)(logits, target)) == 0.0
-    assert float(TverskyLoss(alpha=0.0, beta=0.0)(logits, target)) >= 0.0
+    assert float(TverskyLoss(alpha=0.0, beta=0.0)(logits, target)) == 0.0, "only true positives count: (I+s)/(I+s)"
 
 
 def test_focal_alpha_of_the_wrong_length_is_refused_by_name() -> None:
