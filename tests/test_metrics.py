@@ -461,6 +461,7 @@ class TestObjectF1:
     def test_scores_add_up_over_tiles(self) -> None:
         total = ObjectScore.from_counts(1, 0, 1) + ObjectScore.from_counts(2, 1, 0)
         assert total == ObjectScore.from_counts(3, 1, 1)
+        assert ObjectScore.from_counts(4, 2, 3) + ObjectScore.from_counts(1, 5, 2) == ObjectScore.from_counts(5, 7, 5)
         assert total.f1 == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))
 
     @pytest.mark.parametrize(

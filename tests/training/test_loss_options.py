@@ -1,0 +1,139 @@
+"""Loss options checked where the functions take them: every refusal's whole message (it names the option and
+its bounds), the focal modulation for gamma = 1, the U-Net border's defaults, radius and option bounds, and
+CombinedLoss' terms."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from segflow.errors import ConfigError, InputError
+from segflow.training.losses import (
+    BCEWithLogitsLoss,
+    CombinedLoss,
+    border_term,
+    focal_loss,
+    tversky,
+    unet_weight_map,
+    weighted_bce,
+)
+from segflow.training.losses.weights import border_radius
+
+BINARY = (torch.tensor([[[[0.5, -1.0], [2.0, 0.0]]]]), torch.tensor([[[1.0, 0.0], [1.0, 0.0]]]))
+SOFTMAX = (torch.tensor([[[[0.5, -1.0]], [[2.0, 0.0]], [[0.1, 0.3]]]]), torch.tensor([[[1, 2]]]))
+BOUNDS = r"; expected a finite number in \[0, inf\]; fix the loss config$"
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda: weighted_bce(*BINARY, pos_weight=-1.0), r"^pos_weight=-1\.0" + BOUNDS),
+    (lambda: weighted_bce(*BINARY, neg_weight=-2.0), r"^neg_weight=-2\.0" + BOUNDS),
+    (lambda: tversky(*BINARY, alpha=-0.1), r"^alpha=-0\.1" + BOUNDS),
+    (lambda: tversky(*BINARY, beta=-0.1), r"^beta=-0\.1" + BOUNDS),
+    (lambda: focal_loss(*BINARY, alpha=-0.25), r"^alpha=-0\.25; expected a finite number in \[0, 1\]; fix the loss "
+                                                r"config$"),
+    (lambda: focal_loss(*SOFTMAX, alpha=[0.2, -1.0, 0.3]), r"^alpha=\[0\.2, -1\.0, 0\.3\]; expected a non-empty "
+                                                             r"sequence of finite weights >= 0, one per class$"),
+    (lambda: focal_loss(*BINARY, alpha=[0.5]),
+     r"^alpha=\[0\.5\] is per-class but the outputs are sigmoids; pass a float in \[0, 1\] \(weight of the "
+     r"positives, RetinaNet uses 0\.25\)$"),
+    (lambda: focal_loss(torch.zeros(1, 3, 4, 5), torch.zeros(1, 4, 5, dtype=torch.long), alpha=0.25),
+     r"^alpha=0\.25 is a single float but the logits have 3 classes; pass one alpha per class$"),
+])
+def test_refusals_name_the_option_and_its_bounds(call: Callable[[], object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        call()
+
+
+def test_zero_weights_and_alphas_are_allowed() -> None:
+    assert float(weighted_bce(*BINARY, pos_weight=0.0, neg_weight=0.0)) == 0.0
+    assert float(focal_loss(*BINARY, alpha=0.0, gamma=0.0)) == pytest.approx(
+        float(weighted_bce(*BINARY, pos_weight=0.0, neg_weight=1.0)))
+    assert float(tversky(*BINARY, alpha=0.0, beta=0.0)) == 0.0
+
+
+@pytest.mark.parametrize("gamma", [0.5, 1.0, 2.0])
+def test_focal_modulation_is_one_minus_pt_to_the_gamma(gamma: float) -> None:
+    logits, target = SOFTMAX
+    logpt = F.log_softmax(logits, dim=1).gather(1, target.unsqueeze(1)).squeeze(1)
+    expected = (-(1 - logpt.exp()) ** gamma * logpt).mean()
+    torch.testing.assert_close(focal_loss(logits, target, gamma=gamma), expected)
+    assert not torch.isclose(expected, -logpt.mean()), "the modulation changes the loss"
+
+
+def _touching() -> np.ndarray:
+    labels = np.zeros((20, 40), dtype=np.int32)
+    labels[5:15, 5:20] = 1
+    labels[5:15, 20:35] = 2
+    return labels
+
+
+def test_border_term_defaults_and_radius() -> None:
+    labels = _touching()
+    np.testing.assert_array_equal(border_term(labels), border_term(labels, w0=10.0, sigma=5.0))
+    assert border_radius(5.0) == pytest.approx(5.0 * math.sqrt(2 * math.log(1e7)))
+    assert 10.0 * math.exp(-border_radius(3.0) ** 2 / (2 * 3.0**2)) == pytest.approx(10.0 * 1e-7)
+
+
+def test_a_border_of_weight_one_and_a_width_below_one_pixel() -> None:
+    labels = _touching()
+    weights = unet_weight_map(labels, w0=1.0, sigma=0.5, class_weights=(1.0, 1.0))
+    contact = weights[10, 19]  # touching pixels: d1 = 0 and d2 = 1
+    assert contact == pytest.approx(1.0 + math.exp(-1 / (2 * 0.25)), rel=1e-6)
+    assert weights[10, 10] == 1.0
+
+
+def test_instances_that_cover_every_pixel_have_a_border_where_they_touch() -> None:
+    """No background at all (no id 0): ids must not be taken for background when renumbered."""
+    labels = np.ones((6, 8), dtype=np.int32) * 7
+    labels[:, 4:] = 9
+    term = border_term(labels, w0=2.0, sigma=1.0)
+    expected = np.zeros((6, 8))
+    expected[:, 3:5] = 2.0 * math.exp(-1 / 2)  # the columns that touch: d1 = 0, d2 = 1
+    np.testing.assert_allclose(term, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({"w0": -1.0}, ConfigError, r"^w0=-1\.0" + BOUNDS),
+    ({"sigma": -1.0}, ConfigError, r"^sigma=-1\.0" + BOUNDS),
+    ({"sigma": 0.0}, ConfigError, r"^sigma=0\.0; expected a border width > 0 pixels, e\.g\. sigma=5$"),
+])
+def test_border_options_are_refused_by_name(kwargs: dict[str, float], error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        unet_weight_map(_touching(), **kwargs)
+
+
+def test_float_instance_labels_are_refused_with_the_cast_to_use() -> None:
+    with pytest.raises(InputError, match=r"^instance_labels has dtype float32; expected integer instance ids "
+                                         r"\(0 = background\); cast with \.astype\(np\.int32\)$"):
+        unet_weight_map(np.zeros((4, 4), dtype=np.float32))
+
+
+def test_one_background_pixel_is_balanced_against_the_objects() -> None:
+    labels = np.ones((5, 6), dtype=np.int32)
+    labels[0, 0] = 0
+    weights = unet_weight_map(labels, w0=0.0)
+    assert weights[0, 0] == np.float32(30 / 2) and (weights[labels > 0] == np.float32(30 / (2 * 29))).all()
+
+
+@pytest.mark.parametrize(("terms", "message"), [
+    (5, r"^CombinedLoss terms=5; expected a non-empty list of \(weight, loss\)$"),
+    ([], r"^CombinedLoss terms=\[\]; expected a non-empty list of \(weight, loss\)$"),
+    ("bce", r"^CombinedLoss terms='bce'; expected a non-empty list of \(weight, loss\)$"),
+    ([(0.5, BCEWithLogitsLoss(), 1.0)], r"^CombinedLoss term 0 is \(0\.5, BCEWithLogitsLoss\(\), 1\.0\); expected a "
+                                         r"\(weight, nn\.Module loss\) pair, e\.g\. \(0\.5, BCEWithLogitsLoss\(\)\)$"),
+    ([(1.0, BCEWithLogitsLoss()), (0.5, "bce")], r"^CombinedLoss term 1 is \(0\.5, 'bce'\); expected"),
+    ([(1.0, BCEWithLogitsLoss()), (-0.5, BCEWithLogitsLoss())], r"^CombinedLoss weight of term 1=-0\.5" + BOUNDS),
+])
+def test_combined_loss_terms_are_checked(terms: object, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        CombinedLoss(terms)  # type: ignore[arg-type]
+
+
+def test_combined_loss_is_the_weighted_sum() -> None:
+    combined = CombinedLoss([(0.25, BCEWithLogitsLoss()), (2.0, BCEWithLogitsLoss())])
+    torch.testing.assert_close(combined(*BINARY), 2.25 * BCEWithLogitsLoss()(*BINARY))
