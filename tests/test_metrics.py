@@ -499,6 +499,7 @@ class TestInstancesFromMask:
         four = instances_from_mask(mask, 2, connectivity=1)
         eight = instances_from_mask(mask, 2, connectivity=2)
         assert four.max() == 3 and eight.max() == 1
+        np.testing.assert_array_equal(instances_from_mask(mask, 2), four)  # faces only by default, as scipy
         assert four.dtype == np.int32
         np.testing.assert_array_equal(eight > 0, mask == 2)
 

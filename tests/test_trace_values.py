@@ -4,6 +4,7 @@ classes, watershed-separated instances and a detector's instances, each against 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -124,3 +125,27 @@ def test_detected_instances_are_found_only_from_a_detector_run(tmp_path: Path) -
     array, values = found
     assert array.path == "instances" and values.dtype == np.float64
     np.testing.assert_array_equal(values, [0.5, 0.25, 0.875])
+
+
+def test_only_thing_classes_other_than_background_are_separated(tmp_path: Path) -> None:
+    labels = np.zeros((8, 12), dtype=np.uint8)
+    labels[2:6, 1:4] = 1  # a thing at class 1
+    labels[2:6, 6:10] = 2  # a stuff class
+    store = _store(tmp_path, labels)
+    work = zarr.open_group(str(tmp_path / "work.zarr"), mode="w")
+    kinds = ("thing", "thing", "stuff")  # class 0 called a thing: background is never an instance
+    out = separated_values(store, (4, 4), kinds, min_distance=2.0, work=work)(Box((0, 0), labels.shape), labels)
+    np.testing.assert_array_equal(np.unique(out[labels == 1]), [len(kinds) + 1])
+    np.testing.assert_array_equal(out[labels == 0], 0)
+    np.testing.assert_array_equal(out[labels == 2], 2)
+
+
+def test_separated_values_refuse_more_instances_than_int32_can_number(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import segflow.postprocess as postprocess
+
+    store = _store(tmp_path, np.zeros((4, 4), dtype=np.uint8))
+    work = zarr.open_group(str(tmp_path / "work.zarr"), mode="w")
+    monkeypatch.setattr(postprocess, "separate", lambda *a, **k: SimpleNamespace(instances=range(2**31)))
+    with pytest.raises(OutputError, match=r"^2147483648 instances: more than tracing can number"):
+        separated_values(store, (4, 4), KINDS, min_distance=2.0, work=work)

@@ -16,6 +16,7 @@ from segflow.errors import ConfigError, InputError
 from segflow.training.losses import (
     BCEWithLogitsLoss,
     CombinedLoss,
+    bce,
     border_term,
     focal_loss,
     tversky,
@@ -137,3 +138,27 @@ def test_combined_loss_terms_are_checked(terms: object, message: str) -> None:
 def test_combined_loss_is_the_weighted_sum() -> None:
     combined = CombinedLoss([(0.25, BCEWithLogitsLoss()), (2.0, BCEWithLogitsLoss())])
     torch.testing.assert_close(combined(*BINARY), 2.25 * BCEWithLogitsLoss()(*BINARY))
+
+
+@pytest.mark.parametrize(("logits", "target", "message"), [
+    ((1, 1, 4, 5), (1, 4, 6), r"^binary target has shape \(1, 4, 6\); expected \(1, 4, 5\) or \(1, 1, 4, 5\) to match "
+                              r"logits \(1, 1, 4, 5\)$"),
+    ((1, 3, 4, 5), (1, 2, 4, 5), r"^multi-label target has shape \(1, 2, 4, 5\); expected \(1, 3, 4, 5\) to match "
+                                 r"logits \(1, 3, 4, 5\)$"),
+    ((1, 2, 4, 5), (1, 4, 5), r"^sigmoid target has shape \(1, 4, 5\) but the logits \(1, 2, 4, 5\) have 2 channels; "
+                              r"expected 1 channel \(binary\), or a target \(1, 2, 4, 5\) of 0/1 per class "
+                              r"\(multi-label\); use cross_entropy for class indices$"),
+])
+def test_sigmoid_targets_of_the_wrong_shape_are_refused_with_the_shapes(logits: tuple[int, ...],
+                                                                         target: tuple[int, ...], message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        bce(torch.zeros(logits), torch.zeros(target))
+
+
+@pytest.mark.parametrize(("channels", "kind"), [(1, "binary"), (3, "multi-label")])
+def test_a_sigmoid_target_outside_0_1_is_refused_with_its_value(channels: int, kind: str) -> None:
+    target = torch.zeros(1, channels, 4, 5)
+    target[0, -1, 2, 3] = 2.0  # exactly one bad value
+    with pytest.raises(InputError, match=rf"^{kind} target contains 2; expected values in \[0, 1\] \(or "
+                                         r"ignore_index=None\); for class indices use softmax \(multi-class\) logits$"):
+        bce(torch.zeros(1, channels, 4, 5), target)
