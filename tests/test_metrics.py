@@ -512,3 +512,15 @@ class TestInstancesFromMask:
     def test_bad_connectivity(self) -> None:
         with pytest.raises(ConfigError, match=r"connectivity=3; expected an int in \[1, 2\]"):
             instances_from_mask(np.zeros((3, 3), np.int32), 1, connectivity=3)
+        with pytest.raises(ConfigError, match=r"^connectivity=2\.0; expected an int in \[1, 2\] for a 2D mask$"):
+            instances_from_mask(np.zeros((3, 3), np.int32), 1, connectivity=2.0)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match=r"^connectivity=True; expected an int in \[1, 1\] for a 1D mask$"):
+            instances_from_mask(np.zeros(3, np.int32), 1, connectivity=True)
+
+    def test_a_line_of_pixels_and_bad_masks(self) -> None:
+        np.testing.assert_array_equal(instances_from_mask(np.array([1, 1, 0, 1]), 1), [1, 1, 0, 2])
+        with pytest.raises(InputError, match=r"^mask is a scalar; expected an array with at least one axis$"):
+            instances_from_mask(np.int32(3), 3)
+        with pytest.raises(InputError, match=r"^mask has dtype float64; expected integer labels; cast with "
+                                             r"\.astype\(np\.int64\) \(round probabilities/logits to classes first\)$"):
+            instances_from_mask(np.zeros((2, 2)), 1)

@@ -18,7 +18,11 @@ from segflow.training.losses import (
     CombinedLoss,
     bce,
     border_term,
+    combo_loss,
+    cross_entropy,
     focal_loss,
+    soft_dice,
+    soft_jaccard,
     tversky,
     unet_weight_map,
     weighted_bce,
@@ -162,3 +166,40 @@ def test_a_sigmoid_target_outside_0_1_is_refused_with_its_value(channels: int, k
     with pytest.raises(InputError, match=rf"^{kind} target contains 2; expected values in \[0, 1\] \(or "
                                          r"ignore_index=None\); for class indices use softmax \(multi-class\) logits$"):
         bce(torch.zeros(1, channels, 4, 5), target)
+
+
+@pytest.mark.parametrize("region", ["dice", "jaccard"])
+@pytest.mark.parametrize("kind", ["binary", "softmax"])
+def test_combo_is_alpha_ce_plus_the_region_term_both_weighted(region: str, kind: str) -> None:
+    gen = torch.Generator().manual_seed(1)
+    channels = 1 if kind == "binary" else 3
+    logits = torch.randn((2, channels, 5, 6), generator=gen, dtype=torch.float64)
+    if kind == "binary":
+        target = (torch.rand((2, 5, 6), generator=gen) > 0.5).to(torch.float64)
+    else:
+        target = torch.randint(0, 3, (2, 5, 6), generator=gen)
+    target[0, 0, :3] = 255
+    weight = torch.rand((2, 5, 6), generator=gen, dtype=torch.float64) * 4
+    ce = (bce if kind == "binary" else cross_entropy)(logits, target, weight=weight, ignore_index=255)
+    term = (soft_dice(logits, target, smooth=0.5, weight=weight, ignore_index=255) if region == "dice" else
+            soft_jaccard(logits, target, smooth=0.5, weight=weight, ignore_index=255))
+    got = combo_loss(logits, target, alpha=0.3, smooth=0.5, weight=weight, ignore_index=255, region=region)
+    torch.testing.assert_close(got, 0.3 * ce + 0.7 * term)
+    unweighted = soft_dice(logits, target, smooth=0.5, ignore_index=255) if region == "dice" else \
+        soft_jaccard(logits, target, smooth=0.5, ignore_index=255)
+    assert not torch.isclose(term, unweighted), "the weight map changes the region term"
+
+
+@pytest.mark.parametrize(("call", "error", "message"), [
+    (lambda: combo_loss(*BINARY, alpha=-0.1), ConfigError,
+     r"^alpha=-0\.1; expected a finite number in \[0, 1\]; fix the loss config$"),
+    (lambda: combo_loss(*SOFTMAX, pixel="focal"), ConfigError,
+     r"^pixel='focal'; expected 'bce', 'ce' or None \(the one that fits the logits\)$"),
+    (lambda: combo_loss(*SOFTMAX, pixel="bce", region="dice"), InputError,
+     r"^bce\+dice got softmax logits \(1, 3, 1, 2\); use ce\+dice for softmax outputs$"),
+    (lambda: combo_loss(*BINARY, pixel="ce"), InputError,
+     r"^ce\+jaccard got sigmoid logits \(1, 1, 2, 2\); use bce\+jaccard for sigmoid outputs$"),
+])
+def test_combo_refusals_say_what_fits(call: Callable[[], object], error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        call()
