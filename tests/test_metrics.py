@@ -428,6 +428,33 @@ class TestObjectF1:
         score = object_f1(pred, truth, iou_threshold=0.2)
         assert (score.tp, score.fp, score.fn) == (1, 0, 1)
 
+    def test_greedy_takes_the_highest_iou_first_even_if_fewer_pairs_match(self) -> None:
+        truth = np.zeros((1, 30), np.int32)
+        truth[0, 0:10] = 1
+        truth[0, 10:20] = 2
+        pred = np.zeros_like(truth)
+        pred[0, 2:15] = 1  # IoU with truth 1: 8/15, with truth 2: 5/18
+        pred[0, 0:2] = 2  # IoU with truth 1: 2/10
+        score = object_f1(pred, truth, iou_threshold=0.15)
+        assert (score.tp, score.fp, score.fn) == (1, 1, 1), "pred 1 takes truth 1; lower pairs do not reshuffle"
+        assert (score.tp, score.fp, score.fn) == reference_object_f1(pred, truth, 0.15)
+
+    def test_ids_too_large_for_a_lookup_table_are_numbered_by_sorting(self) -> None:
+        truth = np.zeros((4, 6), np.int64)
+        truth[:2, :3] = 5_000_000_000
+        truth[2:, 3:] = 7
+        for background in (True, False):
+            pred = np.where(truth > 0, truth + 10**12, 0)
+            if not background:  # every pixel an object: no id 0 to leave out
+                pred = np.where(pred == 0, 3 * 10**12, pred)
+            score = object_f1(pred, truth)
+            assert (score.tp, score.fp, score.fn) == ((2, 0, 0) if background else (2, 1, 0)), background
+            assert (score.tp, score.fp, score.fn) == reference_object_f1(pred, truth, 0.5)
+
+    def test_maps_without_pixels(self) -> None:
+        score = object_f1(np.zeros((0, 4), np.int32), np.zeros((0, 4), np.int32))
+        assert (score.tp, score.fp, score.fn) == (0, 0, 0)
+
     def test_empty_maps(self) -> None:
         empty = np.zeros((5, 5), np.int32)
         score = object_f1(empty, empty)
