@@ -451,6 +451,20 @@ class TestObjectF1:
             assert (score.tp, score.fp, score.fn) == ((2, 0, 0) if background else (2, 1, 0)), background
             assert (score.tp, score.fp, score.fn) == reference_object_f1(pred, truth, 0.5)
 
+    def test_threshold_one_and_refusals_in_full(self) -> None:
+        same = np.array([[0, 1, 1], [2, 0, 0]])
+        assert object_f1(same, same * 5, iou_threshold=1.0).tp == 2
+        for bad in ("0.5", None, True):
+            with pytest.raises(ConfigError, match=rf"^iou_threshold={bad!r}; expected a number in \(0, 1\], "
+                                                  r"e\.g\. 0\.5$"):
+                object_f1(same, same, iou_threshold=bad)  # type: ignore[arg-type]
+        for name, args in (("pred_instances", (-same, same)), ("truth_instances", (same, -same))):
+            with pytest.raises(InputError, match=rf"^{name} contains id -2; expected instance ids >= 0 "
+                                                 r"\(0 = background\)$"):
+                object_f1(*args)
+        with pytest.raises(InputError, match=r"^truth_instances has dtype float64; expected integer labels"):
+            object_f1(same, same.astype(float))
+
     def test_maps_without_pixels(self) -> None:
         score = object_f1(np.zeros((0, 4), np.int32), np.zeros((0, 4), np.int32))
         assert (score.tp, score.fp, score.fn) == (0, 0, 0)

@@ -210,6 +210,7 @@ def test_alpha_bands_are_recorded_by_their_band_numbers(tmp_path: Path) -> None:
     path = set_alpha(write_geotiff(tmp_path / "rgba.tif", random_image((4, 10, 12), seed=3, dtype="uint8")), 4)
     scene = open_geotiff(path)
     assert scene.meta["alpha_bands"] == [4] and scene.alpha_bands == (3,)
+    assert scene.mask is not None and scene.mask.dtype == bool and scene.data.dtype == np.uint8
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 7), (7, 1)])
@@ -228,11 +229,13 @@ def test_any_slicing_of_a_scene_reads_those_pixels(tmp_path: Path, key: Any) -> 
     image[3] = np.where(np.arange(24) % 5 == 0, 0, 255).astype(np.uint8)  # an alpha band
     scene = open_geotiff(set_alpha(write_geotiff(tmp_path / "four.tif", image, block=16), 4), chunk=16)
     got = scene.data[key].compute()
-    assert got.shape == image[key].shape
+    assert got.shape == image[key].shape and got.dtype == np.uint8
     np.testing.assert_array_equal(got, image[key])
     assert scene.mask is not None
     spatial = key[1:] if isinstance(key, tuple) else ()
-    np.testing.assert_array_equal(scene.mask[spatial].compute(), (image[3] > 0)[spatial])
+    mask = scene.mask[spatial].compute()
+    assert mask.dtype == bool
+    np.testing.assert_array_equal(mask, (image[3] > 0)[spatial])
 
 
 def test_the_default_chunks_are_1024_pixels_a_side(tmp_path: Path) -> None:

@@ -203,3 +203,73 @@ def test_combo_is_alpha_ce_plus_the_region_term_both_weighted(region: str, kind:
 def test_combo_refusals_say_what_fits(call: Callable[[], object], error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
         call()
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    (lambda: soft_dice(*SOFTMAX, classes=5), r"^classes=5; expected"),
+    (lambda: soft_dice(*SOFTMAX, classes=[-1]), r"^classes contains -1; expected non-negative int class indices$"),
+    (lambda: soft_dice(*SOFTMAX, classes=[1.5]), r"^classes contains 1\.5; expected non-negative int class indices$"),
+    (lambda: soft_dice(*SOFTMAX, classes=[3]), r"^classes contains 3 but the logits have 3 classes; use indices in "
+                                               r"\[0, 3\)$"),
+    (lambda: soft_dice(*BINARY, classes=[0]), r"^classes=\[0\] given for binary logits \(1, 1, 2, 2\); classes= "
+                                              r"applies to multi-class or multi-label logits \(C >= 2\); drop it$"),
+    (lambda: soft_dice(*BINARY, smooth=-1.0), r"^smooth=-1\.0" + BOUNDS),
+    (lambda: combo_loss(*BINARY, mode="J"), r"^mode='J'; expected one of \['1-J', '-logJ'\]$"),
+    (lambda: combo_loss(*BINARY, region="tversky"), r"^region='tversky'; expected 'jaccard' or 'dice'$"),
+    (lambda: combo_loss(*BINARY, region="dice", mode="-logJ"),
+     r"^mode='-logJ' is a Jaccard form; a Dice term is 1 - Dice: drop mode$"),
+    (lambda: soft_dice(*BINARY, multilabel=1), r"^multilabel=1; expected true \(one independent sigmoid per class\) "
+                                               r"or false$"),
+])
+def test_region_option_refusals_in_full(call: Callable[[], object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        call()
+
+
+def test_the_upper_bound_itself_is_allowed() -> None:
+    torch.testing.assert_close(combo_loss(*BINARY, alpha=1.0), bce(*BINARY))
+    assert float(focal_loss(*BINARY, alpha=1.0)) > 0.0
+
+
+def test_a_ratio_below_one_is_not_taken_for_an_empty_class() -> None:
+    """Jaccard without smoothing of a pixel predicted at p = 0.5 where the target is 0: J = 0 / 0.5, the loss 1."""
+    loss = soft_jaccard(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1), smooth=0.0)
+    assert float(loss) == 1.0
+
+
+@pytest.mark.parametrize("loss", [soft_dice, soft_jaccard, tversky])
+@pytest.mark.parametrize("kind", ["binary", "softmax", "multilabel"])
+def test_a_pixel_weight_of_two_counts_the_pixel_twice(loss: Callable[..., torch.Tensor], kind: str) -> None:
+    """Region sums are weighted sums: a weight of 2 equals the pixel appearing twice (closed form of the weights)."""
+    gen = torch.Generator().manual_seed(4)
+    channels = 1 if kind == "binary" else 3
+    logits = torch.randn((1, channels, 3, 4), generator=gen, dtype=torch.float64)
+    if kind == "softmax":
+        target = torch.randint(0, 3, (1, 3, 4), generator=gen)
+    else:
+        target = (torch.rand((1, channels, 3, 4), generator=gen) > 0.5).to(torch.float64)
+    weight = torch.ones((1, 3, 4), dtype=torch.float64)
+    weight[..., 0] = 2.0  # the first column counts twice
+    multilabel = {"multilabel": True} if kind == "multilabel" else {}
+    twice = loss(torch.cat([logits[..., :1], logits], -1), torch.cat([target[..., :1], target], -1), **multilabel)
+    torch.testing.assert_close(loss(logits, target, weight=weight, **multilabel), twice)
+
+
+def test_selected_classes_of_a_multilabel_region_loss_are_those_planes() -> None:
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn((2, 3, 4, 5), generator=gen, dtype=torch.float64)
+    target = (torch.rand((2, 3, 4, 5), generator=gen) > 0.5).to(torch.float64)
+    weight = torch.rand((2, 4, 5), generator=gen, dtype=torch.float64)
+    for loss in (soft_dice, soft_jaccard, tversky):
+        torch.testing.assert_close(loss(logits, target, classes=[0, 2], weight=weight, multilabel=True),
+                                   loss(logits[:, [0, 2]], target[:, [0, 2]], weight=weight, multilabel=True))
+
+
+def test_cross_entropy_class_weights_and_build_loss_outputs_are_refused_by_name() -> None:
+    from segflow.training.losses import CrossEntropyLoss, build_loss
+
+    with pytest.raises(ConfigError, match=r"^class_weights=\[-1\.0\]; expected a non-empty sequence of finite weights "
+                                          r">= 0, one per class$"):
+        CrossEntropyLoss(class_weights=[-1.0])
+    with pytest.raises(ConfigError, match=r"^output='logits'; expected 'softmax' or 'sigmoid'$"):
+        build_loss("dice", output="logits")  # type: ignore[arg-type]
