@@ -273,3 +273,91 @@ def test_cross_entropy_class_weights_and_build_loss_outputs_are_refused_by_name(
         CrossEntropyLoss(class_weights=[-1.0])
     with pytest.raises(ConfigError, match=r"^output='logits'; expected 'softmax' or 'sigmoid'$"):
         build_loss("dice", output="logits")  # type: ignore[arg-type]
+
+
+LOGITS = torch.zeros(2, 3, 4, 5)
+LABELS = torch.zeros(2, 4, 5, dtype=torch.long)
+
+
+@pytest.mark.parametrize(("call", "error", "message"), [
+    (lambda: bce(LOGITS.numpy(), LABELS), InputError,
+     r"^logits is a ndarray; expected a torch\.Tensor; convert with torch\.as_tensor$"),
+    (lambda: bce(torch.zeros(2, 3), LABELS), InputError,
+     r"^logits has shape \(2, 3\); expected \(N, C, \*spatial\) with >= 1 spatial axis, e\.g\. \(N, C, H, W\); add "
+     r"the batch/channel axes with unsqueeze$"),
+    (lambda: cross_entropy(torch.zeros(1, 1, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long)), InputError,
+     r"^cross_entropy got logits \(1, 1, 2, 2\) with 1 channel; expected C >= 2; use bce for binary$"),
+    (lambda: cross_entropy(LOGITS, LABELS, class_weights=[-1.0, 1.0, 1.0]), ConfigError,
+     r"^class_weights=\[-1\.0, 1\.0, 1\.0\]; expected a non-empty sequence of finite weights >= 0, one per class$"),
+    (lambda: cross_entropy(LOGITS, LABELS, class_weights=[1.0, float("nan"), 1.0]), ConfigError,
+     r"^class_weights=\[1\.0, nan, 1\.0\]; expected a non-empty sequence"),
+    (lambda: cross_entropy(LOGITS, LABELS, class_weights=[[1.0, 2.0], [3.0]]), ConfigError,
+     r"^class_weights=\[\[1\.0, 2\.0\], \[3\.0\]\]; expected a non-empty sequence"),
+    (lambda: cross_entropy(LOGITS, LABELS, class_weights=[1.0, 2.0]), ConfigError,
+     r"^class_weights has 2 entries but the logits have 3 classes; give one weight per class$"),
+    (lambda: cross_entropy(LOGITS, LABELS[:, :3]), InputError,
+     r"^multi-class target has shape \(2, 3, 5\); expected \(2, 4, 5\) \(N, \*spatial\) of class indices to match "
+     r"logits \(2, 3, 4, 5\); squeeze a channel axis if present$"),
+    (lambda: cross_entropy(LOGITS, LABELS.bool()), InputError,
+     r"^multi-class target has dtype torch\.bool; expected integer class indices; cast with target\.long\(\)$"),
+    (lambda: cross_entropy(LOGITS, LABELS.float()), InputError, r"^multi-class target has dtype torch\.float32"),
+    (lambda: cross_entropy(LOGITS, LABELS, weight=torch.ones(2, 4, 4)), InputError,
+     r"^weight map has shape \(2, 4, 4\); expected a tensor of shape \(2, 4, 5\) \(N, \*spatial\) to match logits "
+     r"\(2, 3, 4, 5\)$"),
+    (lambda: cross_entropy(LOGITS, LABELS, weight=[[1.0]]), InputError, r"^weight map has shape list; expected"),
+    (lambda: cross_entropy(LOGITS, LABELS, weight=-torch.ones(2, 4, 5)), InputError,
+     r"^weight map contains negative or non-finite values; expected finite weights >= 0$"),
+])
+def test_input_refusals_in_full(call: Callable[[], object], error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_zero_class_weights_and_a_channel_axis_on_the_weight_map_are_allowed() -> None:
+    gen = torch.Generator().manual_seed(6)
+    logits = torch.randn((2, 3, 4, 5), generator=gen)
+    labels = torch.randint(0, 3, (2, 4, 5), generator=gen)
+    weight = torch.rand((2, 4, 5), generator=gen)
+    torch.testing.assert_close(cross_entropy(logits, labels, weight=weight[:, None]),
+                               cross_entropy(logits, labels, weight=weight))
+    zero = cross_entropy(logits, labels, class_weights=[0.0, 1.0, 1.0])
+    torch.testing.assert_close(zero, (F.cross_entropy(logits, labels, reduction="none") * (labels > 0)).mean())
+
+
+@pytest.mark.parametrize("loss", ["ce", "bce", "focal"])
+def test_pixel_losses_are_the_weighted_mean_of_per_pixel_losses(loss: str) -> None:
+    """sum(w_i * loss_i) / n over a batch of two (closed form, with torch's unreduced losses)."""
+    gen = torch.Generator().manual_seed(7)
+    weight = torch.rand((2, 4, 5), generator=gen, dtype=torch.float64)
+    if loss == "bce":
+        logits = torch.randn((2, 1, 4, 5), generator=gen, dtype=torch.float64)
+        target = (torch.rand((2, 4, 5), generator=gen) > 0.5).to(torch.float64)
+        per_pixel = F.binary_cross_entropy_with_logits(logits[:, 0], target, reduction="none")
+        got = bce(logits, target, weight=weight)
+    else:
+        logits = torch.randn((2, 3, 4, 5), generator=gen, dtype=torch.float64)
+        target = torch.randint(0, 3, (2, 4, 5), generator=gen)
+        per_pixel = F.cross_entropy(logits, target, reduction="none")
+        if loss == "focal":
+            pt = torch.exp(-per_pixel)
+            per_pixel = (1 - pt) ** 2 * per_pixel
+        got = cross_entropy(logits, target, weight=weight) if loss == "ce" else focal_loss(logits, target,
+                                                                                          weight=weight)
+    torch.testing.assert_close(got, (weight * per_pixel).mean())
+
+
+def test_a_float64_weight_map_keeps_the_logits_dtype() -> None:
+    logits = torch.zeros(2, 3, 4, 5)
+    assert cross_entropy(logits, LABELS, weight=torch.ones(2, 4, 5, dtype=torch.float64)).dtype == torch.float32
+
+
+@pytest.mark.parametrize(("name", "output", "message"), [
+    ("bce", "softmax", r"^loss 'bce' does not fit a softmax model \(ce is its softmax counterpart\); losses for "
+                       r"softmax outputs: ce, cross_entropy, focal, "),
+    ("ce", "sigmoid", r"^loss 'ce' does not fit a sigmoid model; losses for sigmoid outputs: bce, weighted_bce, "),
+])
+def test_build_loss_says_which_losses_fit(name: str, output: str, message: str) -> None:
+    from segflow.training.losses import build_loss
+
+    with pytest.raises(ConfigError, match=message):
+        build_loss(name, output=output)  # type: ignore[arg-type]
