@@ -312,3 +312,27 @@ def test_threshold_labels_is_greater_or_equal_in_float32_and_nodata_in_every_pla
         threshold_labels(acc, valid, [0.5])
     with pytest.raises(ValueError, match=r"^2 thresholds for 3 classes$"):
         threshold_labels(torch.zeros(3, 4, 5), np.ones((4, 5), dtype=bool), [0.5, 0.5])
+
+
+def test_an_object_with_predict_windows_is_used_as_the_predictor() -> None:
+    """Anything with ``predict_windows`` (a Predictor) runs the windows itself; only plain functions are batched."""
+
+    class Windows:
+        device = "cpu"
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def predict_windows(self, inputs):  # type: ignore[no-untyped-def]
+            self.calls += 1
+            return BatchedFunction(double_softmax, 3).predict_windows(inputs)
+
+    image = random_image((3, 30, 40), seed=9)
+    grid = WindowGrid.create((30, 40), 16, 0.25)
+    chunks = ChunkGrid.create((30, 40), 20)
+    predictor = Windows()
+    got = list(blend_chunks(Scene.from_array(image), grid, chunks, predictor, "gaussian", 3, keep_scores=True))
+    want = list(blend_chunks(Scene.from_array(image), grid, chunks, double_softmax, "gaussian", 3, keep_scores=True))
+    assert predictor.calls > 0
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a.scores, b.scores)
