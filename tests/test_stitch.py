@@ -336,3 +336,20 @@ def test_an_object_with_predict_windows_is_used_as_the_predictor() -> None:
     assert predictor.calls > 0
     for a, b in zip(got, want, strict=True):
         np.testing.assert_array_equal(a.scores, b.scores)
+
+
+def test_pieces_shipped_to_the_host_are_the_same_and_a_task_may_own_a_chunk_it_does_not_feed() -> None:
+    image = random_image((3, 30, 40), seed=8).astype(np.float32)
+    grid = WindowGrid.create((30, 40), 16, 0.25)
+    chunks = ChunkGrid.create((30, 40), 20)
+    region = Box((0, 0), (30, 40))
+    w = weights_tensor(grid.tile, "gaussian")
+    windows = [tuple(i) for i in np.ndindex(*grid.counts)]
+    predictor = BatchedFunction(double_softmax, 4)
+    here = evaluate_windows(windows, grid, chunks, [(0, 0)], region, image, None, predictor, w, own=(1, 1))
+    host = evaluate_windows(windows, grid, chunks, [(0, 0)], region, image, None, predictor, w, to_host=True)
+    assert [p.window for p in here.parts[(0, 0)].pieces] == [p.window for p in host.parts[(0, 0)].pieces]
+    for a, b in zip(here.parts[(0, 0)].pieces, host.parts[(0, 0)].pieces, strict=True):
+        assert a.weighted is not None and b.weighted is not None and b.weighted.device.type == "cpu"
+        assert torch.equal(a.weighted, b.weighted)
+    assert here.parts[(1, 1)] == Part((), True, None), "the owner supplies validity without pieces of its own"
