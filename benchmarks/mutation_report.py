@@ -247,7 +247,7 @@ def module_pattern(module: str) -> str:
 def pending(modules: list[str]) -> list[str]:
     """Mutants of ``modules`` not checked, surviving or without tests, less the listed equivalents.
 
-    A module or a function whose mutants are all pending is named by a pattern (``segflow.stitch.*``,
+    A module or a function whose mutants are all pending is named by a pattern (:func:`module_pattern`,
     ``segflow.stitch.x_merge_chunk__mutmut_*``, matched by mutmut with fnmatch): thousands of names would
     not fit on one command line.
     """

@@ -247,18 +247,22 @@ def test_multilabel_thresholds_are_applied_to_the_blended_scores() -> None:
         assert set(np.unique(part.labels).tolist()) <= {0, 1}
 
 
-def _evaluate_all(own: tuple[int, int] | None) -> tuple[Evaluation, WindowGrid, ChunkGrid]:
+def _evaluate_all(own: tuple[int, int] | None, targets: list[tuple[int, int]] | None = None, valid: bool = True,
+                  to_host: bool = False) -> tuple[Evaluation, WindowGrid, ChunkGrid]:
+    """Every window of a 30 x 40 scene evaluated for ``targets`` (default: every chunk of 20 px); with ``valid``
+    one nodata pixel at (3, 4)."""
     image = random_image((3, 30, 40), seed=8).astype(np.float32)
-    valid = np.ones((30, 40), dtype=bool)
-    valid[3, 4] = False
+    mask = np.ones((30, 40), dtype=bool)
+    mask[3, 4] = False
     grid = WindowGrid.create((30, 40), 16, 0.25)
     chunks = ChunkGrid.create((30, 40), 20)
     region = Box((0, 0), (30, 40))
     predictor = BatchedFunction(double_softmax, 4)
     w = weights_tensor(grid.tile, "gaussian")
     windows = [tuple(i) for i in np.ndindex(*grid.counts)]
-    targets = [tuple(i) for i in np.ndindex(*chunks.counts)]
-    return evaluate_windows(windows, grid, chunks, targets, region, image, valid, predictor, w, own=own), grid, chunks
+    targets = targets if targets is not None else [tuple(i) for i in np.ndindex(*chunks.counts)]
+    return (evaluate_windows(windows, grid, chunks, targets, region, image, mask if valid else None, predictor, w,
+                             own=own, to_host=to_host), grid, chunks)
 
 
 def test_each_window_is_cut_into_the_chunks_it_touches_with_its_offset() -> None:
@@ -339,15 +343,8 @@ def test_an_object_with_predict_windows_is_used_as_the_predictor() -> None:
 
 
 def test_pieces_shipped_to_the_host_are_the_same_and_a_task_may_own_a_chunk_it_does_not_feed() -> None:
-    image = random_image((3, 30, 40), seed=8).astype(np.float32)
-    grid = WindowGrid.create((30, 40), 16, 0.25)
-    chunks = ChunkGrid.create((30, 40), 20)
-    region = Box((0, 0), (30, 40))
-    w = weights_tensor(grid.tile, "gaussian")
-    windows = [tuple(i) for i in np.ndindex(*grid.counts)]
-    predictor = BatchedFunction(double_softmax, 4)
-    here = evaluate_windows(windows, grid, chunks, [(0, 0)], region, image, None, predictor, w, own=(1, 1))
-    host = evaluate_windows(windows, grid, chunks, [(0, 0)], region, image, None, predictor, w, to_host=True)
+    here, _, _ = _evaluate_all(own=(1, 1), targets=[(0, 0)], valid=False)
+    host, _, _ = _evaluate_all(own=None, targets=[(0, 0)], valid=False, to_host=True)
     assert [p.window for p in here.parts[(0, 0)].pieces] == [p.window for p in host.parts[(0, 0)].pieces]
     for a, b in zip(here.parts[(0, 0)].pieces, host.parts[(0, 0)].pieces, strict=True):
         assert a.weighted is not None and b.weighted is not None and b.weighted.device.type == "cpu"
