@@ -1,13 +1,11 @@
 """Loss options checked where the functions take them: every refusal's whole message (it names the option and
-its bounds), the focal modulation for gamma = 1, the U-Net border's defaults, radius and option bounds, and
-CombinedLoss' terms."""
+its bounds), the focal modulation for gamma = 1, and CombinedLoss' terms (the U-Net border's options are in
+test_losses_weights.py)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
-import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
@@ -17,17 +15,14 @@ from segflow.training.losses import (
     BCEWithLogitsLoss,
     CombinedLoss,
     bce,
-    border_term,
     combo_loss,
     cross_entropy,
     focal_loss,
     soft_dice,
     soft_jaccard,
     tversky,
-    unet_weight_map,
     weighted_bce,
 )
-from segflow.training.losses.weights import border_radius
 
 BINARY = (torch.tensor([[[[0.5, -1.0], [2.0, 0.0]]]]), torch.tensor([[[1.0, 0.0], [1.0, 0.0]]]))
 SOFTMAX = (torch.tensor([[[[0.5, -1.0]], [[2.0, 0.0]], [[0.1, 0.3]]]]), torch.tensor([[[1, 2]]]))
@@ -68,61 +63,6 @@ def test_focal_modulation_is_one_minus_pt_to_the_gamma(gamma: float) -> None:
     expected = (-(1 - logpt.exp()) ** gamma * logpt).mean()
     torch.testing.assert_close(focal_loss(logits, target, gamma=gamma), expected)
     assert not torch.isclose(expected, -logpt.mean()), "the modulation changes the loss"
-
-
-def _touching() -> np.ndarray:
-    labels = np.zeros((20, 40), dtype=np.int32)
-    labels[5:15, 5:20] = 1
-    labels[5:15, 20:35] = 2
-    return labels
-
-
-def test_border_term_defaults_and_radius() -> None:
-    labels = _touching()
-    np.testing.assert_array_equal(border_term(labels), border_term(labels, w0=10.0, sigma=5.0))
-    assert border_radius(5.0) == pytest.approx(5.0 * math.sqrt(2 * math.log(1e7)))
-    assert 10.0 * math.exp(-border_radius(3.0) ** 2 / (2 * 3.0**2)) == pytest.approx(10.0 * 1e-7)
-
-
-def test_a_border_of_weight_one_and_a_width_below_one_pixel() -> None:
-    labels = _touching()
-    weights = unet_weight_map(labels, w0=1.0, sigma=0.5, class_weights=(1.0, 1.0))
-    contact = weights[10, 19]  # touching pixels: d1 = 0 and d2 = 1
-    assert contact == pytest.approx(1.0 + math.exp(-1 / (2 * 0.25)), rel=1e-6)
-    assert weights[10, 10] == 1.0
-
-
-def test_instances_that_cover_every_pixel_have_a_border_where_they_touch() -> None:
-    """No background at all (no id 0): ids must not be taken for background when renumbered."""
-    labels = np.ones((6, 8), dtype=np.int32) * 7
-    labels[:, 4:] = 9
-    term = border_term(labels, w0=2.0, sigma=1.0)
-    expected = np.zeros((6, 8))
-    expected[:, 3:5] = 2.0 * math.exp(-1 / 2)  # the columns that touch: d1 = 0, d2 = 1
-    np.testing.assert_allclose(term, expected, rtol=1e-6)
-
-
-@pytest.mark.parametrize(("kwargs", "error", "message"), [
-    ({"w0": -1.0}, ConfigError, r"^w0=-1\.0" + BOUNDS),
-    ({"sigma": -1.0}, ConfigError, r"^sigma=-1\.0" + BOUNDS),
-    ({"sigma": 0.0}, ConfigError, r"^sigma=0\.0; expected a border width > 0 pixels, e\.g\. sigma=5$"),
-])
-def test_border_options_are_refused_by_name(kwargs: dict[str, float], error: type[Exception], message: str) -> None:
-    with pytest.raises(error, match=message):
-        unet_weight_map(_touching(), **kwargs)
-
-
-def test_float_instance_labels_are_refused_with_the_cast_to_use() -> None:
-    with pytest.raises(InputError, match=r"^instance_labels has dtype float32; expected integer instance ids "
-                                         r"\(0 = background\); cast with \.astype\(np\.int32\)$"):
-        unet_weight_map(np.zeros((4, 4), dtype=np.float32))
-
-
-def test_one_background_pixel_is_balanced_against_the_objects() -> None:
-    labels = np.ones((5, 6), dtype=np.int32)
-    labels[0, 0] = 0
-    weights = unet_weight_map(labels, w0=0.0)
-    assert weights[0, 0] == np.float32(30 / 2) and (weights[labels > 0] == np.float32(30 / (2 * 29))).all()
 
 
 @pytest.mark.parametrize(("terms", "message"), [
