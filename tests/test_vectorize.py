@@ -25,7 +25,7 @@ from segflow.features import LayerInfo
 from segflow.io.mask_store import MaskStore
 from segflow.io.vector_files import count_features, write_vectors
 from segflow.labels import LABEL_NODATA
-from segflow.vectorize import VectorOptions, vectorize
+from segflow.vectorize import VectorOptions, tracing_chunk, vectorize
 
 KINDS = ("stuff", "stuff", "thing", "thing")  # background, a stuff class, two thing classes
 NAMES = ("background", "water", "building", "tree")
@@ -333,6 +333,37 @@ def test_small_holes_are_filled_and_large_ones_kept(tmp_path: Path) -> None:
     (filled,) = features(store, 16, Affine.identity(), VectorOptions(fill_holes=10.0)).values()
     assert len(filled["geometry"].interiors) == 1 and filled["area"] == kept["area"] + 4
     assert filled["area_px"] == kept["area_px"]
+
+
+def test_holes_of_exactly_the_limit_in_map_units_are_kept(tmp_path: Path) -> None:
+    """``fill_holes`` removes holes *smaller* than the limit, in map units² (a 4-pixel hole of 10 m pixels is
+    400 m²)."""
+    labels = np.zeros((20, 20), dtype=np.uint8)
+    labels[2:18, 2:18] = 2
+    labels[8:10, 8:10] = 0
+    store = store_of(tmp_path, labels, 8)
+    transform = Affine(10, 0, 500000, 0, -10, 5000000)
+    (kept,) = features(store, 8, transform, VectorOptions(fill_holes=400.0)).values()
+    assert len(kept["geometry"].interiors) == 1 and kept["area"] == (256 - 4) * 100
+    (filled,) = features(store, 8, transform, VectorOptions(fill_holes=400.5)).values()
+    assert len(filled["geometry"].interiors) == 0 and filled["area"] == 256 * 100
+
+
+class _Shards:
+    def __init__(self, *spatial_chunk: int) -> None:
+        self.spatial_chunk = spatial_chunk
+
+
+@pytest.mark.parametrize(("shard", "expected"), [
+    ((512, 512), (2048, 4096)),  # the largest multiples up to (2048, 4096)
+    ((1500, 1500), (1500, 3000)),  # one shard fits in 2048 rows, two in 4096 columns
+    ((3000, 5000), (2048, 4096)),  # a shard larger than the limit: the limit
+    ((2048, 4096), (2048, 4096)),
+    ((7, 3), (2044, 4095)),  # 292 × 7 rows, 1365 × 3 columns
+])
+def test_tracing_chunks_are_whole_shards_up_to_the_limit(shard: tuple[int, int], expected: tuple[int, int]) -> None:
+    assert tracing_chunk(_Shards(*shard)) == expected  # type: ignore[arg-type]
+    assert tracing_chunk(_Shards(*shard), limit=(shard[0], 2 * shard[1] + 1)) == (shard[0], 2 * shard[1])  # type: ignore[arg-type]
 
 
 def test_opening_and_closing_smooth_every_output_the_same_for_every_chunking(tmp_path: Path) -> None:
