@@ -151,7 +151,8 @@ def count_features(path: Path, fmt: str) -> int:
             return int(pq.ParquetFile(path).metadata.num_rows)
         from pyogrio import read_info
 
-        return int(read_info(str(path), layer=0)["features"])
+        # forced: a driver that does not store the count says -1 (GDAL's FlatGeobuf without features)
+        return int(read_info(str(path), layer=0, force_feature_count=True)["features"])
     except Exception as exc:  # any failure to read it back means the file is damaged
         raise OutputError(f"{path} does not read back ({' '.join(str(exc).split())[:200]}); the disk may be full "
                           "or failing: check it and run again") from None
