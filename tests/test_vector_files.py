@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -193,3 +194,28 @@ def test_a_damaged_file_does_not_read_back_in_one_line(fmt: str, tmp_path: Path)
                                           r"full or failing: check it and run again$") as info:
         count_features(path, fmt)
     assert info.value.__cause__ is None and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("fmt", ["gpkg", "parquet", "fgb"])
+def test_polygons_whose_wkb_ends_in_zero_bytes_read_back_whole(fmt: str, tmp_path: Path) -> None:
+    """Pixel coordinates without a CRS: a ring closing at y = 0.0 ends its WKB with eight zero bytes, which a
+    fixed-width bytes array would strip."""
+    batch = _rows(0, 1)
+    batch.geometry = [shapely.box(0, 0, 2, 2)]
+    assert shapely.to_wkb(batch.geometry[0]).endswith(b"\0" * 8)
+    path = tmp_path / vector_name(fmt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "'crs' was not provided" from pyogrio: no CRS is what the scene has
+        write_vectors(path, fmt, LayerInfo(None, None, "s"), iter([batch]))
+    _, geometry, _ = _read_all(path, fmt)
+    assert len(geometry) == 1 and shapely.equals_exact(geometry[0], batch.geometry[0], tolerance=0)
+
+
+@pytest.mark.parametrize(("fmt", "driver"), [("gpkg", "GPKG"), ("fgb", "FlatGeobuf"), ("geojson", "GeoJSON")])
+def test_the_format_not_the_file_name_chooses_the_driver(fmt: str, driver: str, tmp_path: Path) -> None:
+    """Outputs are written under a temporary name before they are published."""
+    path = tmp_path / ".segflow-objects.tmp"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # GDAL's advice on GeoPackage suffixes does not reach the user
+        assert write_vectors(path, fmt, LayerInfo(UTM, 32633, "s"), _stream()) == 5
+    assert pyogrio.read_info(path)["driver"] == driver

@@ -14,6 +14,7 @@ one batch, whatever the number of objects:
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -114,9 +115,14 @@ def _write_gdal(path: Path, driver: str, info: LayerInfo, batches: Iterable[Feat
         layer_options = {"SPATIAL_INDEX": "YES", "FID": "fid"}
     # GeoPackage 1.2: what the GDAL of current LTS distributions reads without a warning (1.4 is the default)
     dataset_options = {"VERSION": "1.2"} if driver == "GPKG" else None
-    write_arrow(reader, str(path), layer=LAYER, driver=driver, geometry_name="geometry",
-                geometry_type=info.geometry_type, crs=info.crs_wkt, layer_options=layer_options,
-                dataset_options=dataset_options)
+    with warnings.catch_warnings():
+        # a scene without a CRS is written without one on purpose (pixel coordinates); outputs are written under
+        # a temporary name (.tmp) and published under their own
+        warnings.filterwarnings("ignore", message="'crs' was not provided", category=UserWarning)
+        warnings.filterwarnings("ignore", message="The filename extension should be", category=RuntimeWarning)
+        write_arrow(reader, str(path), layer=LAYER, driver=driver, geometry_name="geometry",
+                    geometry_type=info.geometry_type, crs=info.crs_wkt, layer_options=layer_options,
+                    dataset_options=dataset_options)
     return written[0]
 
 
