@@ -49,10 +49,12 @@ MUTATE_REPORT ?= benchmarks/results/mutation.md
 MUTATE_PENDING ?=
 MUTATE_NAMES = $(foreach n,$(if $(MUTATE_PENDING),$(shell $(BIN)/python benchmarks/mutation_report.py --pending $(MUTATE_MODULES)),$(if $(filter-out $(MUTATE_MODULES),$(MUTATE_ALL)),$(shell $(BIN)/python benchmarks/mutation_report.py --patterns $(MUTATE_MODULES)))),'$(n)')
 
+# (with MUTATE_PENDING=1 and nothing pending, mutmut is not run: without names it would run every module)
 mutate: setup
+	$(if $(and $(MUTATE_PENDING),$(if $(strip $(MUTATE_NAMES)),,none)),@echo "no mutant of $(MUTATE_MODULES) is pending", \
 	-PYTEST_ADDOPTS="$(addprefix --ignore=,$(filter-out $(MUTATE_TESTS),$(EVERY_TEST_FILE))) $(MUTATE_PYTEST)" \
 		nice -n 19 $(if $(MUTATE_TIME),timeout -s INT $(MUTATE_TIME)) \
-		$(BIN)/mutmut run --max-children $(MUTATE_JOBS) $(MUTATE_NAMES)
+		$(BIN)/mutmut run --max-children $(MUTATE_JOBS) $(MUTATE_NAMES))
 	$(BIN)/python benchmarks/mutation_report.py --output $(MUTATE_REPORT) --tests "$(MUTATE_TESTS)" \
 		$(if $(MUTATE_TIME),--time-limit $(MUTATE_TIME)) $(MUTATE_MODULES)
 
