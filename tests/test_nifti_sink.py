@@ -9,6 +9,7 @@ import io
 import json
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -18,17 +19,25 @@ import pytest
 
 from segflow.errors import OutputError
 from segflow.geometry import VolumeGeometry
+from segflow.io.dicom import open_dicom_series
 from segflow.io.mask_store import MaskStore
-from segflow.io.nifti import header_fields
+from segflow.io.nifti import header_fields, open_nifti
 from segflow.io.nifti_sink import (
     NIFTI_INTENT_LABEL,
     NiftiLabelSink,
+    _slabs,
     build_header,
     header_from_geometry,
+    nifti_label_sink,
     verify_nifti_labels,
     write_nifti_labels,
 )
+from segflow.io.readers import open_scene
+from segflow.models.package import ModelSpec
 from segflow.tiling import Box
+
+from .helpers import random_image, write_geotiff
+from .test_dicom import CT5N
 
 SHAPE = (5, 4, 3)  # (z, y, x): NIfTI (i, j, k) = (3, 4, 5)
 NAMES = ("background", "liver", "tumour")
@@ -116,7 +125,11 @@ def test_geometries_a_label_map_cannot_take_are_refused(frame: str, shape: tuple
 
 
 def test_the_input_geometry_fields_are_copied_and_the_rest_says_labels(tmp_path: Path) -> None:
-    fields = _input_fields(units=10)  # mm and seconds
+    turn = np.radians(30.0)  # a qform with a rotation: quaternion parameters that are not all zero
+    rotated = np.array([[0.5 * np.cos(turn), -0.75 * np.sin(turn), 0.0, -10.0],
+                        [0.5 * np.sin(turn), 0.75 * np.cos(turn), 0.0, 20.0], [0.0, 0.0, 2.0, -5.0], [0, 0, 0, 1]])
+    fields = _input_fields(units=10, affine=rotated)  # mm and seconds
+    assert min(abs(v) for v in fields["quatern"][2:]) > 0.2 and fields["qoffset"] == [-10.0, 20.0, -5.0]
     hdr = _header(fields)
     assert isinstance(hdr, nib.Nifti1Header) and not isinstance(hdr, nib.Nifti2Header)
     assert hdr.get_data_shape() == (3, 4, 5) and hdr.get_data_dtype() == np.uint8
@@ -147,6 +160,8 @@ def test_a_store_of_another_shape_than_the_input_is_refused() -> None:
     with pytest.raises(RuntimeError, match=r"^mask store \(z, y, x\) \(5, 4, 4\) does not match the NIfTI "
                                            r"input's \(i, j, k\) \(3, 4, 5\)$"):
         _header(shape=(5, 4, 4))
+    with pytest.raises(RuntimeError, match=r"input's \(i, j, k\) \(3, 4, 5\)$"):  # a 4D input: its spatial axes
+        _header(_input_fields(shape=(3, 4, 5, 2)), shape=(5, 4, 4))
 
 
 @pytest.mark.parametrize(("version", "affine", "shape", "nifti2"), [
@@ -163,6 +178,14 @@ def test_nifti_2_inputs_give_nifti_1_where_it_holds_them_exactly(version: int, a
     assert isinstance(hdr, nib.Nifti2Header) == nifti2
     if nifti2 and affine is not None:
         assert float(hdr["pixdim"][1]) == 0.1 and float(hdr["srow_x"][0]) == 0.1  # float64 fields
+
+
+
+def test_a_4d_input_gives_nifti_1_whatever_its_fourth_dimension() -> None:
+    """Only the spatial dimensions are written: a NIfTI-2 series of 40000 volumes still gives a NIfTI-1 map."""
+    fields = _input_fields(2, shape=(*SHAPE[::-1], 40000))
+    assert fields["shape"][3] == 40000 and fields["version"] == 2
+    assert type(_header(fields)) is nib.Nifti1Header
 
 
 # ----------------------------------------------------------------------------- the class table
@@ -192,6 +215,9 @@ def test_a_long_or_non_ascii_class_table_is_cut_in_descrip_and_whole_in_the_exte
     assert descrip.startswith(b"segflow m: 0 fond; 1 Leber-L?sion; 2")  # ASCII only: non-ASCII letters as '?'
     table = json.loads(hdr.extensions[0].get_content())["segflow"]["labels"]
     assert [table[str(n)]["name"] for n in range(len(names))] == list(names)
+    assert '"Leber-Läsion"'.encode() in hdr.extensions[0].get_content()  # UTF-8 as such, legible in header dumps
+    with pytest.raises(ValueError, match="zip"):
+        build_header(_input_fields(), SHAPE, names, (None,) * (len(names) - 1), "m")  # a colour per class
     exactly = build_header(_input_fields(), SHAPE, ("a" * 56,), (None,), "m")["descrip"].item()
     assert exactly == b"segflow m: 0 " + b"a" * 56 + b"; 255 none"  # 79 bytes: not cut
     longer = build_header(_input_fields(), SHAPE, ("a" * 57,), (None,), "m")["descrip"].item()
@@ -199,7 +225,9 @@ def test_a_long_or_non_ascii_class_table_is_cut_in_descrip_and_whole_in_the_exte
 
 
 def test_a_multilabel_header_is_4d_with_one_volume_per_class_and_no_time_unit() -> None:
-    hdr = _header(_input_fields(units=10), multilabel=True)
+    fields = _input_fields(units=10)
+    fields["pixdim"][4] = 2.5  # a repetition time: not the class axis's
+    hdr = _header(fields, multilabel=True)
     assert hdr.get_data_shape() == (3, 4, 5, 3) and float(hdr["pixdim"][4]) == 1.0
     assert int(hdr["xyzt_units"]) == 2  # mm kept, seconds dropped
     assert hdr["descrip"].item() == b"segflow organs multi-label: t0 background; t1 liver; t2 tumour"
@@ -220,6 +248,14 @@ def test_the_file_is_the_same_bytes_whatever_the_slabs(tmp_path: Path, slab_byte
     assert data == (tmp_path / "b.nii.gz").read_bytes()  # no name, mtime 0: the same labels, the same bytes
     assert data[3] == 0 and data[4:8] == b"\0\0\0\0"  # gzip FLG (no FNAME) and MTIME
     np.testing.assert_array_equal(np.asarray(_load(tmp_path / "a.nii.gz").dataobj), _labels().transpose(2, 1, 0))
+
+
+def test_slabs_hold_as_many_slices_as_the_budget_allows_and_at_least_one() -> None:
+    """Memory: a slice over the budget is read alone, never two at a time."""
+    assert _slabs((5, 4, 3), 24) == [Box((0, 0, 0), (2, 4, 3)), Box((2, 0, 0), (4, 4, 3)), Box((4, 0, 0), (5, 4, 3))]
+    assert _slabs((3, 4, 3), 11) == [Box((z, 0, 0), (z + 1, 4, 3)) for z in range(3)]  # a slice is 12 bytes
+    assert _slabs((3, 1, 1), 2) == [Box((0, 0, 0), (2, 1, 1)), Box((2, 0, 0), (3, 1, 1))]  # one-voxel slices
+    assert _slabs((2, 0, 3), 5) == [Box((0, 0, 0), (2, 0, 3))]  # no voxels: one slab of every slice
 
 
 def test_a_multilabel_store_streams_class_after_class(tmp_path: Path) -> None:
@@ -247,6 +283,49 @@ def test_the_sink_writes_its_name_and_refuses_the_other_kind_of_store(tmp_path: 
     written = NiftiLabelSink(_input_fields(), NAMES, COLORS, "organs", name="o.nii.gz", multilabel=True)
     assert written.write(multi, tmp_path) == tmp_path / "o.nii.gz"
     assert _load(tmp_path / "o.nii.gz").shape == (3, 4, 5, 3)
+
+
+
+def _model(multilabel: bool = False) -> ModelSpec:
+    return ModelSpec.model_validate({
+        "name": "organs", "version": "3", "spatial_dims": 3, "weights": "m.ts", "tile": 8,
+        "input": {"bands": [{"name": "ct"}]},
+        "classes": [{"name": n, **({"color": list(c)} if c else {})} for n, c in zip(NAMES, COLORS, strict=True)],
+        **({"output": {"activation": "sigmoid", "multilabel": True}} if multilabel else {})})
+
+
+def test_a_nifti_inputs_sink_keeps_its_header_fields(tmp_path: Path) -> None:
+    """A NIfTI input's own fields (its qform, units and dim_info), not fields rebuilt from its geometry."""
+    hdr = nib.Nifti1Header()
+    image = nib.Nifti1Image(np.zeros(SHAPE[::-1], np.int16), None, hdr)
+    affine = np.array([[0.5, 0.1, 0.0, -10.0], [0.0, 0.75, 0.0, 20.0], [0.0, 0.0, 2.0, -5.0], [0, 0, 0, 1.0]])
+    image.set_qform(np.diag([0.5, 0.75, 2.0, 1.0]), code=2)
+    image.set_sform(affine, code=4)
+    image.header["dim_info"] = 57
+    image.header["xyzt_units"] = 10  # mm and seconds
+    nib.save(image, tmp_path / "ct.nii.gz")
+    scene = open_nifti(tmp_path / "ct.nii.gz")
+    sink = nifti_label_sink(scene, _model())
+    assert sink.header is scene.meta["header"] and (sink.header["dim_info"], sink.header["qform_code"]) == (57, 2)
+    assert sink.header != header_from_geometry(scene.volume, scene.spatial_shape)  # type: ignore[arg-type]
+    assert (sink.class_names, sink.colors, sink.model, sink.multilabel) == (NAMES, COLORS, "organs", False)
+    assert nifti_label_sink(scene, _model(multilabel=True)).multilabel
+    written = _load(sink.write(_store(tmp_path, _labels()), tmp_path))
+    assert (int(written.header["dim_info"]), int(written.header["xyzt_units"])) == (57, 10)
+    assert (int(written.header["qform_code"]), int(written.header["sform_code"])) == (2, 4)
+    np.testing.assert_array_equal(written.header.get_sform(), affine.astype(np.float32))  # NIfTI-1 stores float32
+
+
+def test_other_volumes_get_their_geometrys_fields_and_rasters_are_refused(tmp_path: Path) -> None:
+    scene = open_dicom_series(CT5N)
+    assert scene.meta["format"] == "dicom"
+    sink = nifti_label_sink(scene, _model())
+    assert sink.header == header_from_geometry(scene.volume, scene.spatial_shape)  # type: ignore[arg-type]
+    fake = replace(scene, meta={**scene.meta, "header": {"not": "used"}})  # only a NIfTI input's header is taken
+    assert nifti_label_sink(fake, _model()).header == sink.header
+    write_geotiff(tmp_path / "r.tif", random_image((2, 8, 8)))
+    with pytest.raises(ValueError, match=r"^a NIfTI label map is made for volume scenes only$"):
+        nifti_label_sink(open_scene(tmp_path / "r.tif"), _model())
 
 
 # ----------------------------------------------------------------------------- reading back

@@ -184,6 +184,10 @@ def test_an_invalid_traced_ring_is_repaired_into_one_polygon() -> None:
     fixed = _valid(np.array([square, touching], dtype=object))
     assert fixed[1].is_valid and len(fixed[1].interiors) == 1 and fixed[1].area == touching.area == 7.0
     assert shapely.equals_exact(fixed[0], shapely.normalize(square), 0)
+    spike = shapely.Polygon([(0, 0), (2, 0), (2, 2), (0, 2), (0, 1), (-1, 1), (0, 1)])  # a dangling edge
+    assert not spike.is_valid  # make_valid: the square and a line, which is no part of the object's area
+    repaired = _valid(np.array([spike], dtype=object))[0]
+    assert isinstance(repaired, shapely.Polygon) and shapely.equals(repaired, shapely.box(0, 0, 2, 2))
     bowtie = shapely.Polygon([(0, 0), (2, 2), (2, 0), (0, 2)])
     with pytest.raises(OutputError, match=r"^an object traced into 2 polygons instead of one; this is a bug, please "
                                           r"report it with the scene$"):
