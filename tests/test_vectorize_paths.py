@@ -17,6 +17,7 @@ from segflow import vectorize as vectorize_module
 from segflow.detect.paint import INSTANCE_SCORES, SOURCE
 from segflow.errors import ConfigError, InputError, OutputError
 from segflow.io.mask_store import MaskStore
+from segflow.trace_values import class_values
 from segflow.vectorize import VectorOptions, _valid, trace_objects, vectorize
 from tests.test_vectorize import KINDS, NAMES, blobs, features, store_of
 
@@ -78,6 +79,26 @@ def test_a_multilabel_stores_objects_are_per_class_with_their_own_planes_score(t
     with pytest.raises(InputError, match=r"^the mask holds 4 class planes but the model has 3 classes; vectorize "
                                          r"with the model the run used \(--model\)$"):
         list(vectorize(store, (8, 8), Affine.identity(), NAMES[:3], KINDS[:3], VectorOptions(), **CONSTANTS))
+
+
+def test_a_class_planes_objects_come_from_its_plane_whatever_the_values_given(tmp_path: Path) -> None:
+    """Class 0 is a class like the others in a multi-label run (no background): its plane's objects are traced
+    (as class values they would be 0, the background), and ``values`` is ignored for a plane."""
+    store = MaskStore.create(tmp_path / "m.zarr", (16, 20), (8, 8), NAMES, save_scores=False, attrs={},
+                             thresholds=[0.5] * 4)
+    present = np.zeros((4, 16, 20), dtype=np.uint8)
+    present[0, 10:16, 0:5] = 1
+    present[1, 2:10, 2:12] = 1
+    store.present[:] = present
+
+    def nothing(box: Any, labels: np.ndarray) -> np.ndarray:
+        return np.zeros(labels.shape, dtype=np.uint8)
+
+    for values in (class_values, nothing):
+        assert [(o.class_id, o.pixels, o.first) for o in trace_objects(store, (8, 8), values, plane=0)] == [
+            (0, 30, 10 * 20 + 0)]
+        assert [(o.class_id, o.pixels, o.first) for o in trace_objects(store, (8, 8), values, plane=1)] == [
+            (1, 80, 2 * 20 + 2)]
 
 
 def test_features_come_in_batches_of_batch_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
