@@ -19,7 +19,7 @@ from segflow.geometry import RasterGeometry
 from segflow.io import panoptic
 from segflow.io.dicom import open_dicom_series
 from segflow.io.mask_store import MaskStore
-from segflow.io.panoptic import PanopticSink
+from segflow.io.panoptic import PanopticSink, overview_factors
 from segflow.io.readers import open_scene
 from segflow.labels import LABEL_NODATA
 from segflow.models.package import ModelSpec
@@ -133,6 +133,30 @@ def test_overviews_down_to_256_pixels_hold_only_ids_of_the_full_resolution(tmp_p
                 classes, ids = level.read(1), level.read(2)
             assert set(np.unique(ids)) <= set(np.unique(full))  # nearest: no averaged ids
             assert set(np.unique(classes)) <= set(np.unique(labels))
+
+
+@pytest.mark.parametrize(("shape", "factors"), [
+    ((511, 9000), []), ((9000, 512), [2]), ((1023, 1024), [2]), ((1024, 1024), [2, 4]), ((2048, 2048), [2, 4, 8]),
+    ((4095, 5000), [2, 4, 8]), ((4096, 5000), [2, 4, 8, 16]), ((8192, 8192), [2, 4, 8, 16, 32]),
+    ((16383, 20000), [2, 4, 8, 16, 32]), ((16384, 16384), [2, 4, 8, 16, 32, 64]),
+    ((99999, 99999), [2, 4, 8, 16, 32, 64]),
+])
+def test_overview_levels_keep_256_pixels_on_the_shorter_side(shape: tuple[int, int], factors: list[int]) -> None:
+    assert overview_factors(*shape) == factors
+
+
+def test_writing_again_into_a_store_replaces_its_instances(tmp_path: Path) -> None:
+    """A run resumed or repeated paints its instances again: the array is replaced, ids as the labels say now."""
+    sink = PanopticSink(RasterGeometry(UTM, TRANSFORM), (1, 3))
+    store = _store(tmp_path, _labels())
+    sink.write(store, tmp_path)
+    labels = _labels(seed=6)
+    store.labels[:] = labels
+    _, instances = _read(sink.write(store, tmp_path))
+    np.testing.assert_array_equal(instances, _reference(labels, (1, 3)))
+    ids = store.group["instances"]
+    np.testing.assert_array_equal(np.asarray(ids[:]), instances)
+    assert ids.metadata.dimension_names == ("y", "x") and ids.fill_value == 0  # as the labels array
 
 
 def test_a_file_that_does_not_read_back_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

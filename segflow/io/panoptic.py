@@ -34,6 +34,11 @@ __all__ = ["PanopticSink"]
 MAX_PIXELS = int(np.iinfo(np.uint32).max)  # instance ids are pixel indices + 1
 
 
+def overview_factors(height: int, width: int) -> list[int]:
+    """Overview levels of ``panoptic.tif``: halvings (up to 1/64) while the shorter side keeps 256 pixels."""
+    return [f for f in (2, 4, 8, 16, 32, 64) if min(height, width) // f >= 256]
+
+
 @dataclass(frozen=True)
 class PanopticSink:
     geometry: RasterGeometry
@@ -83,7 +88,7 @@ class PanopticSink:
                 ids[box.slices] = instance
                 out.write(store.read_labels(box).astype(np.uint32), 1, window=window)
                 out.write(instance, 2, window=window)
-            factors = [f for f in (2, 4, 8, 16, 32, 64) if min(height, width) // f >= 256]
+            factors = overview_factors(height, width)
             if factors:
                 out.build_overviews(factors, Resampling.nearest)
         with rasterio.open(path) as back:
