@@ -41,7 +41,7 @@ EQUIVALENT = ROOT / "benchmarks" / "mutation_equivalent.toml"
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
           -24: "timeout", 24: "timeout", 152: "timeout", 255: "timeout", 37: "type check", 2: "interrupted",
           -11: "crashed", -9: "crashed", None: "not checked"}
-KILLED = ("killed", "timeout", "type check")
+KILLED = ("killed", "timeout", "crashed", "type check")  # a test process killed by a signal did not pass
 
 
 @dataclass(frozen=True)
@@ -177,11 +177,11 @@ def report(modules: list[str], tests: str, time_limit: str | None, notes: list[s
         "that ran the mutated function in mutmut's stats run (they stop at the first failure)",
         f"- tests: {tests or 'all of tests/'}",
         "- time limit: " + (f"{time_limit} s (mutants not reached stay 'not checked')" if time_limit else "none"),
-        "- score = (killed + timed out) / (checked − equivalent); \"no tests\" mutants (no selected test runs "
-        "the function) count as not killed",
+        "- score = (killed + timed out or crashed) / (checked − equivalent); \"no tests\" mutants (no selected test "
+        "runs the function) count as not killed",
         *(f"- {note}" for note in notes or []),
         "",
-        "| module | mutants | killed | timeout | survived | equivalent | no tests | not checked | score |",
+        "| module | mutants | killed | timeout or crash | survived | equivalent | no tests | not checked | score |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     sections: list[str] = []
@@ -195,7 +195,7 @@ def report(modules: list[str], tests: str, time_limit: str | None, notes: list[s
         counts = Counter(m.status for m in mutants)
         survivors = [m for m in mutants if m.status == "survived"]
         same = [m for m in survivors if m.name in equivalent]
-        out.append(f"| `{module}` | {len(mutants)} | {counts['killed']} | {counts['timeout']} | "
+        out.append(f"| `{module}` | {len(mutants)} | {counts['killed']} | {counts['timeout'] + counts['crashed']} | "
                    f"{counts['survived'] - len(same)} | {len(same)} | {counts['no tests']} | "
                    f"{counts['not checked']} | {score(counts, len(same))} |")
         if not mutants:
