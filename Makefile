@@ -36,7 +36,9 @@ bench: setup
 # with the machine and the date, goes to MUTATE_REPORT. MUTATE_PYTEST adds pytest options (e.g. -m 'not slow'
 # to leave end-to-end tests out when unit tests cover the module). MUTATE_PENDING=1 checks only the mutants
 # of MUTATE_MODULES still pending (not checked, survived, no tests): it goes on after a time-limited run,
-# or re-checks survivors after new tests. E.g.
+# or re-checks survivors after new tests. The pending names come from mutants/ as the last run left it: after
+# editing a mutated function (mutmut renumbers its mutants) or adding a module, run it twice; a module added to
+# only_mutate is mutated only once its source is newer than its copy in mutants/ (touch it). E.g.
 #   make mutate MUTATE_MODULES=segflow/tiling.py MUTATE_TESTS="tests/test_tiling.py tests/test_stitch.py"
 MUTATE_ALL = $(shell $(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["tool"]["mutmut"]["only_mutate"])')
 MUTATE_MODULES ?= $(MUTATE_ALL)
