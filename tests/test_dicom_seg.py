@@ -5,6 +5,7 @@ run over a series, dciodvfy and the coded concepts are in test_dicom.py; the PAC
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import highdicom as hd
@@ -188,17 +189,11 @@ def test_nodata_voxels_are_in_no_segment_and_slabs_of_one_slice_give_the_same_fi
     np.testing.assert_array_equal(sink._labels(store), want)
 
 
-def test_slabs_hold_as_many_slices_as_the_budget_allows(ct5n: tuple[DicomSegSink, list[str]], tmp_path: Path
-                                                        ) -> None:
+def test_slabs_hold_as_many_slices_as_the_budget_allows(ct5n: tuple[DicomSegSink, list[str]]) -> None:
     sink, _ = ct5n
-
-    class Shape:
-        def __init__(self, shape: tuple[int, ...]):
-            self.shape = shape
-
-    assert sink._slab(Shape((5, 16, 16))) == 16 * 2**20 // 256  # type: ignore[arg-type]
-    assert sink._slab(Shape((5, 8192, 8192))) == 1  # type: ignore[arg-type]  # a slice over the budget: one
-    assert sink._slab(Shape((5, 0, 16))) == 16 * 2**20  # type: ignore[arg-type]
+    assert sink._slab(SimpleNamespace(shape=(5, 16, 16))) == 16 * 2**20 // 256  # type: ignore[arg-type]
+    assert sink._slab(SimpleNamespace(shape=(5, 8192, 8192))) == 1  # type: ignore[arg-type]  # over the budget: one
+    assert sink._slab(SimpleNamespace(shape=(5, 0, 16))) == 16 * 2**20  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------------- multi-label

@@ -180,7 +180,6 @@ def test_nifti_2_inputs_give_nifti_1_where_it_holds_them_exactly(version: int, a
         assert float(hdr["pixdim"][1]) == 0.1 and float(hdr["srow_x"][0]) == 0.1  # float64 fields
 
 
-
 def test_a_4d_input_gives_nifti_1_whatever_its_fourth_dimension() -> None:
     """Only the spatial dimensions are written: a NIfTI-2 series of 40000 volumes still gives a NIfTI-1 map."""
     fields = _input_fields(2, shape=(*SHAPE[::-1], 40000))
@@ -285,7 +284,6 @@ def test_the_sink_writes_its_name_and_refuses_the_other_kind_of_store(tmp_path: 
     assert _load(tmp_path / "o.nii.gz").shape == (3, 4, 5, 3)
 
 
-
 def _model(multilabel: bool = False) -> ModelSpec:
     return ModelSpec.model_validate({
         "name": "organs", "version": "3", "spatial_dims": 3, "weights": "m.ts", "tile": 8,
@@ -296,8 +294,7 @@ def _model(multilabel: bool = False) -> ModelSpec:
 
 def test_a_nifti_inputs_sink_keeps_its_header_fields(tmp_path: Path) -> None:
     """A NIfTI input's own fields (its qform, units and dim_info), not fields rebuilt from its geometry."""
-    hdr = nib.Nifti1Header()
-    image = nib.Nifti1Image(np.zeros(SHAPE[::-1], np.int16), None, hdr)
+    image = nib.Nifti1Image(np.zeros(SHAPE[::-1], np.int16), None)
     affine = np.array([[0.5, 0.1, 0.0, -10.0], [0.0, 0.75, 0.0, 20.0], [0.0, 0.0, 2.0, -5.0], [0, 0, 0, 1.0]])
     image.set_qform(np.diag([0.5, 0.75, 2.0, 1.0]), code=2)
     image.set_sform(affine, code=4)

@@ -26,6 +26,7 @@ from segflow.models.package import ModelSpec
 
 from .helpers import random_image, write_geotiff
 from .test_dicom import CT5N
+from .test_instances import reference
 
 NAMES = ("background", "building", "water", "tree")
 KINDS = ("stuff", "thing", "stuff", "thing")
@@ -51,14 +52,14 @@ def _store(tmp: Path, labels: np.ndarray, chunk: tuple[int, int] = (32, 32)) -> 
 
 
 def _reference(labels: np.ndarray, things: tuple[int, ...]) -> np.ndarray:
-    """scipy's face-connected components of each thing class, each numbered 1 + its first pixel's flat index."""
-    out = np.zeros(labels.shape, np.uint32)
-    for cls in things:
-        components, count = ndimage.label(labels == cls)
-        for k in range(1, count + 1):
-            where = components == k
-            out[where] = 1 + int(np.flatnonzero(where.ravel())[0])
-    return out
+    """scipy's face-connected components of each thing class (test_instances.py's reference, numbered by rank of
+    first pixel), each numbered 1 + its first pixel's flat index instead."""
+    ranks, _ = reference(labels, list(things), 1)
+    numbers, first = np.unique(ranks.ravel(), return_index=True)
+    lookup = np.zeros(int(ranks.max()) + 1, np.uint32)
+    lookup[numbers] = first + 1
+    lookup[0] = 0
+    return lookup[ranks]
 
 
 def _spec(kinds: tuple[str, ...] = KINDS) -> ModelSpec:
