@@ -20,7 +20,7 @@ from rasterio.enums import ColorInterp
 from rasterio.transform import Affine
 
 from segflow.geometry import RasterGeometry
-from segflow.io.cog import palette, pam_sidecar, write_label_cog
+from segflow.io.cog import palette, pam_sidecar, presence_table_xml, write_label_cog
 from segflow.io.mask_store import MaskStore
 from segflow.labels import LABEL_NODATA
 from segflow.synthetic import CLASSES, TRUTH_NODATA, synthesize_block
@@ -242,3 +242,14 @@ def test_any_class_name_survives_and_classes_without_colours_get_no_colour_colum
     assert "colorTable" not in info["bands"][0]
     assert [f["name"] for f in info["rat"]["fieldDefn"]] == ["Value", "Class"]
     assert [row["f"] for row in info["rat"]["row"]] == [[i, n] for i, n in enumerate(names)]
+
+
+def test_a_multilabel_sidecar_names_each_band_and_its_two_categories() -> None:
+    """Element names exactly as GDAL writes them (GDAL reads them case-insensitively, other readers may not);
+    test_multilabel.py compares a run's sidecar with GDAL's own VRT."""
+    band = ('  <PAMRasterBand band="{}">\n    <Description>{}</Description>\n    <CategoryNames>\n'
+            "      <Category>absent</Category>\n      <Category>present</Category>\n    </CategoryNames>\n"
+            "  </PAMRasterBand>\n")
+    assert presence_table_xml(["cloud", "a & b"]) == (
+        "<PAMDataset>\n" + band.format(1, "cloud") + band.format(2, "a &amp; b") + "</PAMDataset>\n")
+

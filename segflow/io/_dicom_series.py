@@ -126,8 +126,6 @@ def read_header(path: Path, root: Path) -> Image | None:
         modality_lut="ModalityLUTSequence" in ds, gantry_tilt=tilt[0] if tilt else 0.0)
 
 
-
-
 def _name(image: Image) -> str:
     return image.shown
 

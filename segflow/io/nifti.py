@@ -61,6 +61,7 @@ import nibabel as nib
 import numpy as np
 from dask.base import tokenize
 from nibabel.arrayproxy import ArrayProxy
+from nibabel.filebasedimages import ImageFileError
 from nibabel.openers import ImageOpener
 
 from ..errors import InputError
@@ -187,19 +188,21 @@ def _check_compression(path: Path) -> bool:
 
 def _load(path: Path) -> tuple[nib.Nifti1Image | nib.Nifti2Image, nib.Nifti1Header]:
     """nibabel's image for ``path`` and its header as stored (nothing but headers is read), or one
-    line saying why it is not a NIfTI image."""
+    line saying why it is not a NIfTI image or why its header is unusable (nibabel computes the
+    affine and the scaling as it loads: a broken qform or scl_inter fails here)."""
     try:
         img = nib.load(str(path))
-        if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-            raise _fail(path, f"is a {type(img).__name__}, not a single-file NIfTI image",
-                        "convert it to NIfTI (.nii or .nii.gz)")
-        with ImageOpener(str(path)) as stream:  # the image's own header may be adjusted for writing
-            header = img.header_class.from_fileobj(stream)
-    except InputError:
-        raise
-    except Exception as exc:  # nibabel raises many types for a file it cannot read
+    except ImageFileError as exc:
         raise _fail(path, f"is not a NIfTI-1/NIfTI-2 image nibabel can read ({_one_line(exc)})",
                     "expected a .nii or .nii.gz NIfTI file") from None
+    except Exception as exc:  # nibabel's HeaderDataError, ValueError (a qform's quaternion) and others
+        raise _fail(path, f"its header cannot be used ({_one_line(exc)})",
+                    "fix the header (qform/sform, datatype, scl_slope/scl_inter) and save it again") from None
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise _fail(path, f"is a {type(img).__name__}, not a single-file NIfTI image",
+                    "convert it to NIfTI (.nii or .nii.gz)")
+    with ImageOpener(str(path)) as stream:  # the image's own header may be adjusted for writing
+        header = img.header_class.from_fileobj(stream)
     return img, header
 
 
@@ -230,11 +233,7 @@ def _check_dtype(path: Path, hdr: nib.Nifti1Header, dtype: np.dtype) -> None:
 def _geometry(path: Path, hdr: nib.Nifti1Header) -> VolumeGeometry:
     which = ("sform" if int(hdr["sform_code"]) != 0 else "qform" if int(hdr["qform_code"]) != 0
              else "pixdim (no qform/sform code)")
-    try:
-        affine = np.asarray(hdr.get_best_affine(), dtype=np.float64)  # what nibabel's img.affine is
-    except Exception as exc:  # nibabel's HeaderDataError for an unusable qform
-        raise _fail(path, f"its {which} cannot be read ({_one_line(exc)})",
-                    "fix the header's qform/sform and save it again") from None
+    affine = np.asarray(hdr.get_best_affine(), dtype=np.float64)  # what nibabel's img.affine is (it loaded)
     fix = "fix the header's qform/sform (e.g. nibabel img.set_sform(affine, code=1)) and save it again"
     if not np.isfinite(affine).all():
         raise _fail(path, f"its voxel-to-world affine (from the {which}) is not finite: "
@@ -259,7 +258,8 @@ def open_nifti(path: str | os.PathLike[str], *, slab_bytes: int | None = None) -
     decompresses from the start, so few large reads), a quarter of it for ``.nii``.
 
     Raises :class:`InputError` (one line) for a missing file, a file nibabel cannot read as
-    NIfTI, a truncated or corrupt file, a non-finite or singular affine, a 2D image, a
+    NIfTI, a header nibabel cannot use (a broken qform, an unknown datatype, a valid slope with a
+    non-finite intercept), a truncated or corrupt file, a non-finite or singular affine, a 2D image, a
     dimension of size 0, two non-spatial dimensions larger than 1, and voxels that are not one
     real number.
     """
@@ -276,11 +276,7 @@ def open_nifti(path: str | os.PathLike[str], *, slab_bytes: int | None = None) -
     channel_axis = _channel_axis(path, shape)
     dtype = np.dtype(proxy.dtype)  # as stored, byte order included
     _check_dtype(path, hdr, dtype)
-    try:
-        slope, inter = hdr.get_slope_inter()
-    except Exception as exc:  # nibabel's HeaderDataError for a valid slope with a non-finite intercept
-        raise _fail(path, f"its scaling is invalid ({_one_line(exc)})", "fix scl_slope/scl_inter in the header"
-                    ) from None
+    slope, inter = hdr.get_slope_inter()  # nibabel refused an invalid scaling as it loaded
     geometry = _geometry(path, hdr)
     offset = int(proxy.offset)
     needed = offset + int(np.prod(shape)) * dtype.itemsize
