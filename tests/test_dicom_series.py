@@ -505,6 +505,24 @@ def test_the_scene_meta_dtype_and_chunks(tmp_path: Path) -> None:
                                                      [0, 0, 0, 1]], atol=1e-9)
 
 
+def test_the_dask_name_follows_the_files_and_the_voxel_type(tmp_path: Path) -> None:
+    slices = write_series(tmp_path / "ct", hu_volume((3, 16, 16)))
+    for s in slices:
+        os.utime(s["path"], ns=(5, 5))
+    scene = open_dicom_series(tmp_path / "ct")
+    name = scene.data.name
+    assert open_dicom_series(tmp_path / "ct").data.name == name and scene.data.dtype == np.int16
+    for s in slices:
+        ds = pydicom.dcmread(s["path"])
+        ds.RescaleSlope = "9"  # files of the same size and time, whose values need float32
+        ds.save_as(s["path"])
+        os.utime(s["path"], ns=(5, 5))
+    floats = open_dicom_series(tmp_path / "ct")
+    assert floats.data.dtype == np.float32 and floats.data.name != name
+    os.utime(slices[1]["path"], ns=(6, 6))
+    assert open_dicom_series(tmp_path / "ct").data.name != floats.data.name
+
+
 def test_slabs_hold_16_mib_of_whole_slices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import segflow.io.dicom as dicom
 
