@@ -264,6 +264,23 @@ def test_a_syntax_pydicom_decodes_only_with_a_plugin_names_what_to_install() -> 
         check_uniform([image(transfer_syntax=syntax)], WHERE)
 
 
+@pytest.mark.parametrize(("images", "needle"), [
+    ([image(), image(frames=2, shown="m")], "m is a multi-frame (enhanced) image of 2 frames"),
+    ([image(), image(rows=7)], "images differ in size (8x6, 8x7 pixels)"),
+    ([image(), image(frame_of_reference="9.8")], "images belong to 2 frames of reference"),
+])
+def test_two_of_a_kind_are_already_too_many(images: list[Image], needle: str) -> None:
+    with pytest.raises(InputError, match=re.escape(needle)):
+        check_uniform(images, WHERE)
+
+
+def test_tolerances_of_the_uniform_checks_at_their_bounds() -> None:
+    """Exactly at a tolerance is within it (values chosen so the differences are exact in binary)."""
+    check_uniform([image(pixel_spacing=(1.0, 1e-4)), image(pixel_spacing=(1.0, 2e-4))], WHERE)  # 1e-4 of 1 mm
+    check_uniform([image(), image(orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 1e-3))], WHERE)
+    check_uniform([image(orientation=(1.0, 0.0, 0.0, 1e-3, 1.0, 0.0))], WHERE)  # row . col = 1e-3
+
+
 def test_tolerances_of_the_uniform_checks_on_their_good_side() -> None:
     check_uniform([image(pixel_spacing=(1.0, 2.0)), image(pixel_spacing=(1.0, 2.00019))], WHERE)  # 1e-4 of 2 mm
     check_uniform([image(), image(orientation=(1.0, 0.0, 0.0, 0.0, 1.0, 0.0009))], WHERE)
@@ -285,6 +302,13 @@ def test_slices_are_sorted_along_the_normal_and_the_affine_is_dicoms() -> None:
                                      [0.0, 0.0, 0.0, 1.0]])
 
 
+def test_the_step_is_measured_along_the_unit_normal() -> None:
+    """Direction cosines a little short of unit length (within the tolerance): the normal is normalised."""
+    _, lps, step = sorted_geometry(stack([0.0, 2.0, 4.0], orientation=(1.0, 0.0, 0.0, 0.0, 0.9991, 0.0)), WHERE)
+    assert step == 2.0
+    np.testing.assert_allclose(lps[:3, 1], [0.0, 0.9991, 0.0])
+
+
 def test_the_slice_axis_is_the_mean_step_from_first_to_last() -> None:
     _, lps, step = sorted_geometry(stack([0.0, 1.99, 4.01, 6.0, 8.0]), WHERE)
     assert step == 2.0
@@ -303,6 +327,9 @@ def test_a_tie_in_depth_is_ordered_by_uid_before_it_is_refused() -> None:
                  "holds several volumes (phases, echoes, repeats); put each volume in a folder of its own"):
         sorted_geometry(stack([0.0, 2.0, 2.015]), WHERE)  # within 0.02 mm: one position
     sorted_geometry(stack([0.0, 0.025, 0.05]), WHERE)  # 0.025 mm apart: a (thin) step
+    with refused(f"{WHERE}: 2 images lie at one position (0.00 mm along the slice normal, e.g. s0 and s1): the series "
+                 "holds several volumes (phases, echoes, repeats); put each volume in a folder of its own"):
+        sorted_geometry(stack([0.0, 0.02, 2.0]), WHERE)  # exactly 0.02 mm apart: still one position
 
 
 def test_one_image_is_not_a_volume() -> None:
@@ -312,13 +339,13 @@ def test_one_image_is_not_a_volume() -> None:
 
 def test_sideways_drift_is_refused_beyond_the_tolerance() -> None:
     depths = [0.0, 2.0, 4.0, 6.0]
-    ok = [image(position=(0.019 * (k == 3), 0.0, z), shown=f"s{k}", sop_uid=f"1.{k}") for k, z in enumerate(depths)]
-    sorted_geometry(ok, WHERE)
+    ok = [image(position=(0.02 * (k == 3), 0.0, z), shown=f"s{k}", sop_uid=f"1.{k}") for k, z in enumerate(depths)]
+    sorted_geometry(ok, WHERE)  # exactly 0.02 mm sideways: within
     fine = [image(position=(0.0, 0.03 * (k == 2), z), pixel_spacing=(2.0, 2.0), shown=f"s{k}", sop_uid=f"1.{k}")
             for k, z in enumerate(depths)]  # 2 % of a 2 mm pixel
     sorted_geometry(fine, WHERE)
-    tilted = [image(position=(0.0, 0.5 * k, z), shown=f"s{k}", sop_uid=f"1.{k}", gantry_tilt=14.0)
-              for k, z in enumerate(depths)]
+    tilted = [image(position=(0.0, 0.5 * k, 10.0 + z), shown=f"s{k}", sop_uid=f"1.{k}", gantry_tilt=14.0 * (k == 0))
+              for k, z in enumerate(depths)]  # the tilt the first slice states is quoted
     with refused(f"{WHERE}: slices are not stacked along their normal (gantry tilt about 14.0°, GantryDetectorTilt "
                  "14°: s3 is 1.50 mm sideways of the first); the series needs resampling to an orthogonal grid first "
                  "(e.g. dcm2niix corrects gantry tilt; give its NIfTI)"):
@@ -371,6 +398,9 @@ def test_a_gap_of_steps_that_is_not_whole_is_uneven() -> None:
     ({"bits_stored": 15, "signed": False}, np.int16),  # 0 .. 32767
     ({"bits_stored": 15, "signed": False, "intercept": 1.0}, np.float32),  # 1 .. 32768
     ({"bits_stored": 16, "signed": True, "intercept": -1.0}, np.float32),  # -32769 ..
+    ({"bits_stored": 16, "signed": True, "intercept": 1.0}, np.float32),  # .. 32768
+    ({"bits_stored": 12, "signed": False, "intercept": -32768.0}, np.int16),  # -32768 .. -28673
+    ({"bits_stored": 12, "signed": False, "intercept": -32769.0}, np.float32),
     ({"bits_stored": 14, "signed": True, "slope": 4.0}, np.int16),  # -32768 .. 32764
     ({"bits_stored": 14, "signed": True, "slope": -4.0}, np.float32),  # -32764 .. 32768
     ({"bits_stored": 12, "signed": False, "slope": 0.5}, np.float32),
@@ -386,6 +416,7 @@ def test_the_voxel_type_is_over_every_slice() -> None:
     assert value_type([low, image(bits_stored=12, signed=False, intercept=30000.0)]) == np.float32
     assert value_type([image(bits_stored=12, signed=False, intercept=30000.0), low]) == np.float32
     assert value_type([low, image(bits_stored=12, signed=False, slope=1.5)]) == np.float32
+    assert value_type([image(bits_stored=12, signed=False, intercept=-40000.0), low]) == np.float32
 
 
 # ----------------------------------------------------------------------------- names and folders
@@ -398,6 +429,7 @@ def test_input_names() -> None:
     assert _parse_name("dicom:/data/ct:1.2.3") == (Path("/data/ct"), "1.2.3")
     assert _parse_name("DICOM:/data/ct") == (Path("/data/ct"), None)
     assert _parse_name("DICOM:/data/a:b") == (Path("/data/a:b"), None)  # not a UID after the colon
+    assert _parse_name("DICOM:/data/a:b:1.2.3") == (Path("/data/a:b"), "1.2.3")  # the last colon
     assert _parse_name("DICOM::1.2") == (Path(":1.2"), None)  # no folder before it
     assert _parse_name("DICOM:/data/ct:1.2.") == (Path("/data/ct:1.2."), None)
     assert _parse_name("/data/ct") == (Path("/data/ct"), None)
@@ -570,6 +602,7 @@ def test_the_reader_decodes_only_the_slices_asked_for(tmp_path: Path) -> None:
     scene = open_dicom_series(tmp_path / "ct")
     reader = scene.data.dask[next(k for k in scene.data.dask if not isinstance(k, tuple))]
     assert isinstance(reader, _SliceReader) and reader.shape == (1, 5, 16, 16) and reader.ndim == 4
+    assert reader.dtype == np.int16 and reader[0, 2].dtype == np.int16 and scene.data.compute().dtype == np.int16
     np.testing.assert_array_equal(reader[0, 2], hu[2])
     np.testing.assert_array_equal(reader[:, 1:4:2, 3:5], hu[np.newaxis, 1:4:2, 3:5])
     np.testing.assert_array_equal(reader[0], hu)
@@ -582,6 +615,23 @@ def test_the_reader_decodes_only_the_slices_asked_for(tmp_path: Path) -> None:
         reader[0, 3]
 
 
+def test_a_decoder_error_is_one_line_of_at_most_160_characters(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import segflow.io.dicom as dicom
+
+    write_series(tmp_path / "ct", hu_volume((2, 16, 16)))
+    scene = open_dicom_series(tmp_path / "ct")
+
+    def failing(path: object, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("JPEG  decoder\n  failed: " + "x" * 200)
+
+    monkeypatch.setattr(dicom.pydicom, "dcmread", failing)
+    cause = ("JPEG decoder failed: " + "x" * 200)[:160]
+    with refused(f"DICOM series {scene.meta['series_uid']} in {tmp_path / 'ct'}: cannot read the pixels of "
+                 f"{scene.meta['files'][0]} (slice 1 of 2): RuntimeError: {cause}; check the file"):
+        scene.data.compute()
+
+
 def test_a_slice_that_decodes_to_another_size_is_refused(tmp_path: Path) -> None:
     slices = write_series(tmp_path / "ct", hu_volume((3, 16, 16)))
     scene = open_dicom_series(tmp_path / "ct")
@@ -591,6 +641,24 @@ def test_a_slice_that_decodes_to_another_size_is_refused(tmp_path: Path) -> None
     with refused(f"DICOM series {scene.meta['series_uid']} in {tmp_path / 'ct'}: {slices[1]['path']} decodes to "
                  "(8, 16) pixels but its header says (16, 16); the file is damaged"):
         scene.data.compute()
+
+
+def test_an_integer_slope_keeps_int16(tmp_path: Path) -> None:
+    hu = hu_volume((3, 16, 16))
+    hu = (np.rint((hu + 1024) / 2) * 2 - 1024).astype(np.int16)
+    write_series(tmp_path / "ct", hu, slope=2.0, intercept=-1024.0)
+    scene = open_dicom_series(tmp_path / "ct")
+    values = scene.data.compute()[0]
+    assert values.dtype == np.int16 and scene.meta["rescale"] == {"slope": 2.0, "intercept": -1024.0}
+    np.testing.assert_array_equal(values, hu)
+
+
+def test_float_values_are_float32(tmp_path: Path) -> None:
+    hu = hu_volume((3, 16, 16)) + 0.5
+    write_series(tmp_path / "ct", hu, slope=0.5, intercept=-1023.5)
+    values = open_dicom_series(tmp_path / "ct").data.compute()
+    assert values.dtype == np.float32
+    np.testing.assert_array_equal(values[0], hu.astype(np.float32))
 
 
 def test_int16_rescale_is_exact_at_its_bounds(tmp_path: Path) -> None:
