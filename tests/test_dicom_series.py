@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -512,6 +513,24 @@ def test_folder_refusals(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- the scene and its reader
 
 
+def test_refusals_of_a_series_name_it_and_its_folder(tmp_path: Path) -> None:
+    slices = write_series(tmp_path / "gap", hu_volume((5, 16, 16)), series_uid="1.2.4")
+    slices[2]["path"].unlink()
+    with refused(f"DICOM series 1.2.4 in {tmp_path / 'gap'}: 1 slice missing between image 2 "
+                 f"({slices[1]['path'].name}, 52.00 mm along the slice normal) and image 3 ({slices[3]['path'].name}, 56.00 mm) of 4 in slice "
+                 "order: a gap of 4.00 mm where slices are 2.00 mm apart; add the missing images to the folder, or "
+                 "resample the series to a regular grid first"):
+        open_dicom_series(tmp_path / "gap")
+    slices = write_series(tmp_path / "multi", hu_volume((2, 16, 16)), series_uid="1.2.5")
+    ds = pydicom.dcmread(slices[1]["path"])
+    ds.NumberOfFrames = 2
+    ds.save_as(slices[1]["path"])
+    with refused(f"DICOM series 1.2.5 in {tmp_path / 'multi'}: {slices[1]['path'].name} is a multi-frame (enhanced) "
+                 "image of 2 frames; segflow reads series of single-frame images: convert it first (e.g. dcm4che's "
+                 "emf2sf)"):
+        open_dicom_series(tmp_path / "multi")
+
+
 def test_the_scene_meta_dtype_and_chunks(tmp_path: Path) -> None:
     hu = hu_volume((6, 20, 18))
     slices = write_series(tmp_path / "ct", hu, description="abdomen", series_uid="1.2.826.5")
@@ -553,13 +572,15 @@ def test_the_dask_name_follows_the_files_and_the_voxel_type(tmp_path: Path) -> N
     assert floats.data.dtype == np.float32 and floats.data.name != name
     os.utime(slices[1]["path"], ns=(6, 6))
     assert open_dicom_series(tmp_path / "ct").data.name != floats.data.name
+    shutil.copytree(tmp_path / "ct", tmp_path / "copy")  # the same sizes and times, other paths
+    assert open_dicom_series(tmp_path / "copy").data.name != open_dicom_series(tmp_path / "ct").data.name
 
 
 def test_slabs_hold_16_mib_of_whole_slices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import segflow.io.dicom as dicom
 
     write_series(tmp_path / "ct", hu_volume((7, 16, 16)))
-    monkeypatch.setattr(dicom, "_SLAB_BYTES", 3 * 16 * 16 * 2)
+    monkeypatch.setattr(dicom, "_SLAB_BYTES", 3 * 16 * 16 * 2 + 7)  # whole slices: 3
     assert open_dicom_series(tmp_path / "ct").data.chunks[1] == (3, 3, 1)
     monkeypatch.setattr(dicom, "_SLAB_BYTES", 16 * 16 * 2 - 1)
     assert open_dicom_series(tmp_path / "ct").data.chunks[1] == (1,) * 7
