@@ -518,8 +518,8 @@ def test_refusals_of_a_series_name_it_and_its_folder(tmp_path: Path) -> None:
     slices[2]["path"].unlink()
     with refused(f"DICOM series 1.2.4 in {tmp_path / 'gap'}: 1 slice missing between image 2 "
                  f"({slices[1]['path'].name}, 52.00 mm along the slice normal) and image 3 "
-                 f"({slices[3]['path'].name}, 56.00 mm) of 4 in slice order: a gap of 4.00 mm where slices are 2.00 mm apart; add the missing images to the folder, or "
-                 "resample the series to a regular grid first"):
+                 f"({slices[3]['path'].name}, 56.00 mm) of 4 in slice order: a gap of 4.00 mm where slices are 2.00 mm "
+                 "apart; add the missing images to the folder, or resample the series to a regular grid first"):
         open_dicom_series(tmp_path / "gap")
     slices = write_series(tmp_path / "multi", hu_volume((2, 16, 16)), series_uid="1.2.5")
     ds = pydicom.dcmread(slices[1]["path"])
