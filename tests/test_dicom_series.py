@@ -135,6 +135,7 @@ def test_a_header_without_optional_fields_gets_the_defaults(tmp_path: Path) -> N
     assert header(tmp_path).units == "HU"  # type: ignore[union-attr]  # CT without RescaleType
     assert header(tmp_path, Modality="PT", RescaleType="BQML").units == "BQML"  # type: ignore[union-attr]
     assert header(tmp_path, NumberOfFrames=4).frames == 4  # type: ignore[union-attr]
+    assert header(tmp_path, SOPClassUID=None).sop_class == ""  # type: ignore[union-attr]
     assert header(tmp_path, SamplesPerPixel=3).samples == 3  # type: ignore[union-attr]
     assert header(tmp_path, PixelRepresentation=0).signed is False  # type: ignore[union-attr]
     lut = Dataset()
@@ -144,7 +145,9 @@ def test_a_header_without_optional_fields_gets_the_defaults(tmp_path: Path) -> N
 
 def test_what_is_an_image(tmp_path: Path) -> None:
     assert header(tmp_path).is_image  # type: ignore[union-attr]
-    for fields in ({"Rows": 0}, {"Columns": 0}, {"Rows": None}, {"Modality": "SEG"}, {"SOPClassUID": SEG_SOP_CLASS}):
+    assert header(tmp_path, Rows=1, Columns=1).is_image  # type: ignore[union-attr]
+    for fields in ({"Rows": 0}, {"Columns": 0}, {"Rows": None}, {"Columns": None}, {"Modality": "SEG"},
+                   {"SOPClassUID": SEG_SOP_CLASS}):
         got = header(tmp_path, **fields)
         assert got is not None and not got.is_image, fields
     assert header(tmp_path, Modality=None).modality == ""  # type: ignore[union-attr]
@@ -182,6 +185,20 @@ def test_a_damaged_dicom_file_is_refused_with_its_cause(tmp_path: Path) -> None:
     with refused(f"{bad} is a DICOM file pydicom cannot read (NotImplementedError: Unknown Value Representation 'ZZ' "
                  "in tag (0002,0000)); remove or replace it"):
         read_header(bad, tmp_path)
+
+
+def test_a_reader_error_is_cut_to_one_line_of_160_characters(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import segflow.io._dicom_series as series
+
+    def failing(path: object, **kwargs: object) -> None:
+        raise RuntimeError("bad\n   element " + "y" * 200)
+
+    monkeypatch.setattr(series.pydicom, "dcmread", failing)
+    (tmp_path / "a.dcm").write_bytes(b"x")
+    cause = ("bad element " + "y" * 200)[:160]
+    with refused(f"{tmp_path / 'a.dcm'} is a DICOM file pydicom cannot read (RuntimeError: {cause}); remove or replace "
+                 "it"):
+        read_header(tmp_path / "a.dcm", tmp_path)
 
 
 @pytest.mark.parametrize(("fields", "message"), [
@@ -382,6 +399,16 @@ def test_uneven_spacing_gap_by_gap_and_as_a_whole() -> None:
     with refused(f"{WHERE}: uneven slice spacing, image 5 (s4) is 0.060 mm off a regular 2.015 mm grid; resample the "
                  "series to a regular grid first"):
         sorted_geometry(stack(depths), WHERE)
+
+
+def test_the_spacing_tolerances_at_their_bounds() -> None:
+    """Slices 50 mm apart: 2 % of the step is exactly 1 mm, and integer positions make every difference exact."""
+    sorted_geometry(stack([0.0, 50.0, 100.0, 151.0, 201.0, 251.0]), WHERE)  # one gap 1 mm long: within
+    sorted_geometry(stack([0.0, 51.0, 101.0, 151.0, 200.0]), WHERE)  # 1 mm off the regular grid: within
+    with refused(f"{WHERE}: 1 slice missing between image 2 (s1, 50.00 mm along the slice normal) and image 3 (s2, "
+                 "151.00 mm) of 5 in slice order: a gap of 101.00 mm where slices are 50.00 mm apart; add the missing "
+                 "images to the folder, or resample the series to a regular grid first"):
+        sorted_geometry(stack([0.0, 50.0, 151.0, 201.0, 251.0]), WHERE)  # two steps and 1 mm: a missing slice
 
 
 def test_a_gap_of_steps_that_is_not_whole_is_uneven() -> None:
