@@ -143,6 +143,13 @@ def test_a_header_without_optional_fields_gets_the_defaults(tmp_path: Path) -> N
     assert header(tmp_path, ModalityLUTSequence=[lut]).modality_lut is True  # type: ignore[union-attr]
 
 
+def test_empty_values_get_the_defaults(tmp_path: Path) -> None:
+    got = header(tmp_path, NumberOfFrames=("IS", None), BitsStored=("US", None), BitsAllocated=("US", None),
+                 SamplesPerPixel=("US", None), PixelRepresentation=("US", None), Rows=("US", None))
+    assert got is not None
+    assert (got.frames, got.bits_stored, got.samples, got.signed, got.rows) == (1, 16, 1, False, 0)
+
+
 def test_what_is_an_image(tmp_path: Path) -> None:
     assert header(tmp_path).is_image  # type: ignore[union-attr]
     assert header(tmp_path, Rows=1, Columns=1).is_image  # type: ignore[union-attr]
