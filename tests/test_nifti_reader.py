@@ -236,6 +236,30 @@ def test_a_cut_or_corrupt_stream_is_refused(tmp_path: Path, monkeypatch: pytest.
     assert nifti._gzip_payload_size(tmp_path / "g.nii.gz") == len(gzip.decompress(good))
 
 
+def test_the_check_at_open_decompresses_by_pieces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory does not grow with the file: the stream is read 4 MiB at a time, never whole."""
+    import segflow.io.nifti as nifti
+
+    sizes: list[object] = []
+    real = gzip.open
+
+    def recording(*args: object, **kwargs: object) -> object:
+        stream = real(*args, **kwargs)  # type: ignore[call-overload]
+        read = stream.read
+
+        def counted(size: object = -1) -> bytes:
+            sizes.append(size)
+            return read(size)
+
+        stream.read = counted
+        return stream
+
+    monkeypatch.setattr(nifti.gzip, "open", recording)
+    path = write_nifti(tmp_path / "g.nii.gz", cube_volume(), qform=(RAS, 1))
+    assert nifti._gzip_payload_size(path) == len(gzip.decompress(path.read_bytes()))
+    assert sizes == [4 << 20, 4 << 20]  # the payload, then the end
+
+
 def test_a_truncated_payload_says_what_is_needed(tmp_path: Path) -> None:
     data = write_nifti(tmp_path / "t.nii", cube_volume(), qform=(RAS, 1)).read_bytes()
     (tmp_path / "t.nii").write_bytes(data[:-1])
