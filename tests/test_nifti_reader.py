@@ -293,8 +293,16 @@ def test_shape_and_type_refusals_in_full(tmp_path: Path) -> None:
     with refused(f"{complex_}: holds complex64 voxels, not one real number per voxel; convert it, e.g. complex to "
                  "magnitude, RGB to a 4th dimension of 3 channels"):
         open_nifti(complex_)
-    assert open_nifti(write_nifti(tmp_path / "one.nii", np.zeros((*SHAPE, 1, 1, 1), np.int16),
-                                  qform=(RAS, 1))).data.shape == (1, 14, 18, 20)
+    line = write_nifti(tmp_path / "l.nii", np.zeros(20, np.int16), qform=(RAS, 1))
+    with pytest.raises(InputError, match=re.escape("is a 1D NIfTI image (shape (20,)); segflow reads NIfTI files as "
+                                                   "volumes; for a 3D model save it as a volume of one slice (shape "
+                                                   "(20, 1, 1)), for a 2D model")):
+        open_nifti(line)
+    for shape in ((*SHAPE, 1), (*SHAPE, 1, 1, 1)):  # one volume stored 4D or more: one channel
+        data = np.arange(np.prod(SHAPE), dtype=np.int16).reshape(shape)
+        scene = open_nifti(write_nifti(tmp_path / f"one{len(shape)}.nii", data, qform=(RAS, 1)))
+        assert scene.data.shape == (1, 14, 18, 20) and scene.band_names == ("band1",)
+        np.testing.assert_array_equal(scene.data.compute()[0], data.reshape(SHAPE).transpose(2, 1, 0))
     assert open_nifti(write_nifti(tmp_path / "b.nii", np.zeros(SHAPE, np.uint8), qform=(RAS, 1))).data.dtype == np.uint8
 
 
