@@ -311,3 +311,14 @@ def test_a_file_nibabel_cannot_read_is_refused(tmp_path: Path) -> None:
     with refused(f"{tmp_path / 'x.nii'}: is not a NIfTI-1/NIfTI-2 image nibabel can read (Cannot work out file type of "
                  f'"{tmp_path / "x.nii"}"); expected a .nii or .nii.gz NIfTI file'):
         open_nifti(tmp_path / "x.nii")
+
+
+def test_a_cifti2_file_is_refused_as_not_a_volume_image(tmp_path: Path) -> None:
+    from nibabel import cifti2
+
+    brain = cifti2.BrainModelAxis.from_mask(np.ones((2, 2, 2), bool), affine=np.eye(4))
+    path = tmp_path / "c.dscalar.nii"
+    image = cifti2.Cifti2Image(np.zeros((1, len(brain)), np.float32), header=(cifti2.ScalarAxis(["a"]), brain))
+    image.to_filename(path)
+    with refused(f"{path}: is a Cifti2Image, not a single-file NIfTI image; convert it to NIfTI (.nii or .nii.gz)"):
+        open_nifti(path)

@@ -192,17 +192,19 @@ def _load(path: Path) -> tuple[nib.Nifti1Image | nib.Nifti2Image, nib.Nifti1Head
     affine and the scaling as it loads: a broken qform or scl_inter fails here)."""
     try:
         img = nib.load(str(path))
+        if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):  # a CIFTI-2 file is a .nii too
+            raise _fail(path, f"is a {type(img).__name__}, not a single-file NIfTI image",
+                        "convert it to NIfTI (.nii or .nii.gz)")
         with ImageOpener(str(path)) as stream:  # the image's own header may be adjusted for writing
             header = img.header_class.from_fileobj(stream)
+    except InputError:
+        raise
     except ImageFileError as exc:
         raise _fail(path, f"is not a NIfTI-1/NIfTI-2 image nibabel can read ({_one_line(exc)})",
                     "expected a .nii or .nii.gz NIfTI file") from None
     except Exception as exc:  # nibabel's HeaderDataError, ValueError (a qform's quaternion) and others
         raise _fail(path, f"its header cannot be used ({_one_line(exc)})",
                     "fix the header (qform/sform, datatype, scl_slope/scl_inter) and save it again") from None
-    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-        raise _fail(path, f"is a {type(img).__name__}, not a single-file NIfTI image",
-                    "convert it to NIfTI (.nii or .nii.gz)")
     return img, header
 
 
