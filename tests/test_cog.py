@@ -252,4 +252,3 @@ def test_a_multilabel_sidecar_names_each_band_and_its_two_categories() -> None:
             "  </PAMRasterBand>\n")
     assert presence_table_xml(["cloud", "a & b"]) == (
         "<PAMDataset>\n" + band.format(1, "cloud") + band.format(2, "a &amp; b") + "</PAMDataset>\n")
-
