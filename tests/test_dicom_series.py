@@ -493,8 +493,8 @@ def test_which_inputs_are_dicom(tmp_path: Path) -> None:
 def test_hidden_files_and_folders_are_skipped_and_nested_ones_found(tmp_path: Path) -> None:
     hu = hu_volume((4, 16, 16))
     slices = write_series(tmp_path / "p" / "study" / "series", hu)
-    shown = tmp_path / "p" / ".trash"
-    write_series(shown, hu_volume((3, 16, 16), seed=5))
+    hidden = tmp_path / "p" / ".trash"
+    write_series(hidden, hu_volume((3, 16, 16), seed=5))
     dot = slices[0]["path"].parent / ".x"
     dot.write_bytes(slices[0]["path"].read_bytes())
     scene = open_dicom_series(tmp_path / "p")
