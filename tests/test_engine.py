@@ -151,3 +151,18 @@ def test_bad_execution_choices_are_refused(scene: Path, package: Path, tmp_path:
     with pytest.raises(ConfigError, match="cannot reach the dask scheduler"):
         tile_infer(scene, tmp_path / "o", TileInferParams(model=str(package)),
                    execution=Execution(address="tcp://127.0.0.1:9"))
+
+
+def test_a_local_cluster_leaves_this_process_environment_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    """distributed's nanny puts OMP_NUM_THREADS=1 (and others) into the parent's environment for its workers; a run
+    with --workers must not leave them to the process (a flow worker) and to what it starts later."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("MKL_NUM_THREADS", "3")
+    keys = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
+    before = {k: os.environ.get(k) for k in keys}
+    cluster = engine_execute.start_local_cluster(1, False)
+    try:
+        assert {k: os.environ.get(k) for k in keys} == before
+    finally:
+        cluster.close()
+    assert {k: os.environ.get(k) for k in keys} == before

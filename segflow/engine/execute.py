@@ -207,12 +207,25 @@ def _client(execution: Execution, cuda: bool) -> tuple[Any, Any, bool]:
 def start_local_cluster(workers: int, cuda: bool) -> Any:
     """A dask LocalCluster of ``workers`` processes on this machine sharing its cores (each declaring one ``GPU``
     resource when ``cuda``), bound to 127.0.0.1, without a dashboard; the caller closes it."""
+    import dask
     from distributed import LocalCluster
 
     threads = max(1, (os.cpu_count() or 1) // workers)
-    return LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, host="127.0.0.1",
-                        dashboard_address=None, resources={"GPU": 1} if cuda else None,
-                        silence_logs=logging.CRITICAL)  # a task's error reaches the caller as one line
+    # distributed's nanny sets its pre-spawn variables (OMP_NUM_THREADS=1, ...) in this process's environment to
+    # pass them to the workers, and leaves them there: restored, so that this process and what it starts later keep
+    # their own threads
+    keys = [str(k) for k in dask.config.get("distributed.nanny.pre-spawn-environ", {})]
+    saved = {k: os.environ.get(k) for k in keys}
+    try:
+        return LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, host="127.0.0.1",
+                            dashboard_address=None, resources={"GPU": 1} if cuda else None,
+                            silence_logs=logging.CRITICAL)  # a task's error reaches the caller as one line
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _check_gpu_workers(client: Any) -> None:
