@@ -45,8 +45,9 @@ def demo_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def cluster() -> Any:
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  dashboard_address=None, silence_logs=40) as c:
+    with engine_execute.nanny_environment_kept(), \
+            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                     dashboard_address=None, silence_logs=40) as c:
         yield c
 
 
@@ -93,8 +94,9 @@ def test_a_worker_killed_mid_run_changes_nothing(demo_scene: Path, tmp_path: Pat
     reference = tmp_path / "reference"
     params = TileInferParams(model="demo-unet-2d", chunk=128, batch=2, precision="fp32")  # as above
     tile_infer(demo_scene, reference, params)
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  dashboard_address=None, silence_logs=50) as c, distributed.Client(c) as client:
+    with engine_execute.nanny_environment_kept(), \
+            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                     dashboard_address=None, silence_logs=50) as c, distributed.Client(c) as client:
         pids = list(client.run(os.getpid).values())
         killed: list[int] = []
 

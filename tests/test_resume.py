@@ -22,7 +22,6 @@ from segflow.synthetic import write_synthetic_scene
 from segflow.tile_infer import TileInferParams, tile_infer
 
 ARGS = ["-m", "demo-unet-2d", "--chunk", "128", "--save-scores", "-q"]
-THREAD_CAPS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +39,7 @@ def reference(scene: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _segflow(scene: Path, out: Path, failpoint: str | None = None) -> subprocess.CompletedProcess[str]:
-    # without the thread caps distributed's LocalCluster leaves in this process's environment (test_engine.py runs
-    # one): the runs here, in subprocesses and in-process, use the same default threads, as a user's runs would
-    env = {k: v for k, v in os.environ.items() if k not in ("SEGFLOW_FAILPOINT", *THREAD_CAPS)}
+    env = {k: v for k, v in os.environ.items() if k != "SEGFLOW_FAILPOINT"}
     if failpoint:
         env["SEGFLOW_FAILPOINT"] = failpoint
     return subprocess.run([sys.executable, "-m", "segflow", "run", "tile-infer", "-i", str(scene), "-o", str(out),

@@ -13,7 +13,8 @@ import ast
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -204,28 +205,36 @@ def _client(execution: Execution, cuda: bool) -> tuple[Any, Any, bool]:
     return Client(cluster), cluster, True
 
 
-def start_local_cluster(workers: int, cuda: bool) -> Any:
-    """A dask LocalCluster of ``workers`` processes on this machine sharing its cores (each declaring one ``GPU``
-    resource when ``cuda``), bound to 127.0.0.1, without a dashboard; the caller closes it."""
+@contextmanager
+def nanny_environment_kept() -> Iterator[None]:
+    """Put back, on leaving, the variables distributed's nanny sets in this process's environment to pass them to
+    its workers (OMP_NUM_THREADS=1, ...) and leaves there, so that this process and what it starts later keep
+    their own threads. Around a LocalCluster's start (its workers still get them), or its whole life when its
+    nanny may restart a worker."""
     import dask
-    from distributed import LocalCluster
+    import distributed  # noqa: F401  (registers the nanny's configuration)
 
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    # distributed's nanny sets its pre-spawn variables (OMP_NUM_THREADS=1, ...) in this process's environment to
-    # pass them to the workers, and leaves them there: restored, so that this process and what it starts later keep
-    # their own threads
-    keys = [str(k) for k in dask.config.get("distributed.nanny.pre-spawn-environ", {})]
-    saved = {k: os.environ.get(k) for k in keys}
+    saved = {str(k): os.environ.get(str(k)) for k in dask.config.get("distributed.nanny.pre-spawn-environ", {})}
     try:
-        return LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, host="127.0.0.1",
-                            dashboard_address=None, resources={"GPU": 1} if cuda else None,
-                            silence_logs=logging.CRITICAL)  # a task's error reaches the caller as one line
+        yield
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def start_local_cluster(workers: int, cuda: bool) -> Any:
+    """A dask LocalCluster of ``workers`` processes on this machine sharing its cores (each declaring one ``GPU``
+    resource when ``cuda``), bound to 127.0.0.1, without a dashboard; the caller closes it."""
+    from distributed import LocalCluster
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with nanny_environment_kept():
+        return LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, host="127.0.0.1",
+                            dashboard_address=None, resources={"GPU": 1} if cuda else None,
+                            silence_logs=logging.CRITICAL)  # a task's error reaches the caller as one line
 
 
 def _check_gpu_workers(client: Any) -> None:
