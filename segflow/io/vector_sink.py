@@ -8,6 +8,7 @@ A sink like the others: built from the finished store, written into the staging 
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -138,7 +139,7 @@ def vectorize_run(run: Path, output: Path, *, fmt: str | None = None, options: V
         raise ConfigError(f"the run's model {name!r} is not available here; pass --model with it (a name or a "
                           "package folder) so the classes' kinds are known") from None
     if list(spec.class_names) != list(attrs.get("class_names", spec.class_names)):
-        raise ConfigError(f"model {spec.name!r} has classes {spec.class_names} but the run has "
+        raise ConfigError(f"model {spec.name!r} has classes {list(spec.class_names)} but the run has "
                           f"{attrs.get('class_names')}; pass the model the run used (--model)")
     sink = VectorSink.create(attrs.get("crs"), attrs.get("transform"), spec,
                              scene_id_of(str(attrs.get("source") or run.name)), fmt, options)
@@ -147,8 +148,10 @@ def vectorize_run(run: Path, output: Path, *, fmt: str | None = None, options: V
         stream = vectorize(store, tracing_chunk(store), Affine(*sink.transform), sink.class_names, sink.kinds,
                            sink.options, scene_id=sink.scene_id, model=sink.model, model_version=sink.model_version,
                            run_id=(store.fingerprint or "")[:16], work=work)
-        written = write_vectors(temp, fmt, sink.layer(), stream)
-        if count_features(temp, fmt) != written:
+        named = Path(scratch) / output.name  # GDAL warns of a GeoPackage whose name does not end in .gpkg
+        written = write_vectors(named, fmt, sink.layer(), stream)
+        if count_features(named, fmt) != written:
             raise OutputError(f"{output} did not read back with the {written} features written; the disk may be "
                               "full or failing: check it and run again")
+        os.replace(named, temp)
     return written
