@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from rasterio.crs import CRS
+from pyproj import CRS
 
 from ..errors import InputError, OutputError
 from ..geometry import VolumeGeometry
@@ -86,12 +86,14 @@ def _corners(start: np.ndarray, stop: np.ndarray) -> np.ndarray:
 
 
 def area_column(crs: str | None) -> str:
-    """The area column's name for ``crs``: ``area_m2``, ``area_deg2`` (geographic) or ``area_crs2``."""
+    """The area column's name for ``crs``: ``area_m2`` (horizontal axes in metres, local engineering CRSs too),
+    ``area_deg2`` (geographic) or ``area_crs2`` (other units, or no CRS)."""
     if crs:
         parsed = CRS.from_user_input(crs)
         if parsed.is_geographic:
             return "area_deg2"
-        if (parsed.linear_units or "").lower() in ("metre", "meter", "m"):
+        axes = parsed.axis_info[:2]  # GDAL says 'unknown' linear units for a LOCAL_CS; PROJ reads its axes
+        if len(axes) == 2 and all(a.unit_name.lower() in ("metre", "meter", "m") for a in axes):
             return "area_m2"
     return "area_crs2"
 
