@@ -56,7 +56,13 @@ def store_at(path: Path, data: np.ndarray, attrs: dict[str, Any] | None = None,
 
 
 def read(path: Path) -> Any:
-    return pyogrio.read_dataframe(path).sort_values("instance_id").reset_index(drop=True)
+    if path.suffix == ".parquet":  # GDAL's (Geo)Parquet reader is not in every build
+        import geopandas
+
+        frame = geopandas.read_parquet(path)
+    else:
+        frame = pyogrio.read_dataframe(path)
+    return frame.sort_values("instance_id").reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------- scene ids
@@ -81,6 +87,8 @@ def test_for_scene_takes_the_scenes_crs_and_transform() -> None:
     assert sink == VectorSink(UTM, GRID, ("background", "water", "building"), ("stuff", "stuff", "thing"), "T1",
                               "roofs", "2.1", "fgb", VectorOptions())
     assert sink.name == "instances.fgb" and sink.entries == ("instances.fgb",)
+    options = VectorOptions(min_area=3.0)
+    assert VectorSink.for_scene(scene(RasterGeometry(UTM, GRID)), spec(), "T1", options=options).options is options
 
 
 def test_a_volume_or_a_scene_placed_by_gcps_is_refused() -> None:
@@ -136,6 +144,12 @@ def test_write_puts_each_object_on_the_scenes_grid_with_the_runs_columns(tmp_pat
     transform = Affine(*GRID)
     assert shapely.equals(frame.geometry[0], shapely.box(*(transform @ (3, 6)), *(transform @ (9, 2))))
     assert frame.geometry.area.tolist() == [2400.0, 40000.0, 600.0]
+
+
+@pytest.mark.parametrize("fmt", ["gpkg", "parquet", "fgb", "geojson"])
+def test_write_reads_back_every_format(tmp_path: Path, fmt: str) -> None:
+    path = VectorSink.create(UTM, GRID, spec(), "T", fmt).write(store_at(tmp_path / "mask.zarr", labels()), tmp_path)
+    assert path.name == f"instances.{fmt}" and len(read(path)) == 3
 
 
 def test_write_without_a_fingerprint_leaves_the_run_id_empty(tmp_path: Path) -> None:
@@ -265,3 +279,38 @@ def test_vectorize_run_refusals_leave_no_output(tmp_path: Path, models: dict[str
                                           r"be full or failing: check it and run again$"):
         vectorize_run(run, tmp_path / "o.gpkg")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "volume"]
+
+
+def test_vectorize_run_applies_its_options_and_separates_in_a_scratch_folder_beside_the_output(
+        tmp_path: Path, models: dict[str, ModelSpec], monkeypatch: pytest.MonkeyPatch) -> None:
+    run = run_folder(tmp_path)
+    before = files(run)
+    assert vectorize_run(run, tmp_path / "big.gpkg", options=VectorOptions(min_area=1000.0)) == 2  # 600 m² dropped
+    assert read(tmp_path / "big.gpkg").geometry.area.tolist() == [2400.0, 40000.0]
+    written: list[Path] = []
+    real = vector_sink.write_vectors
+
+    def record(path: Path, *args: Any) -> int:
+        written.append(path)
+        assert sorted(p.name for p in path.parent.iterdir()) == ["work.zarr"]
+        return real(path, *args)
+
+    monkeypatch.setattr(vector_sink, "write_vectors", record)
+    assert vectorize_run(run, tmp_path / "split.gpkg", options=VectorOptions(separate="watershed")) == 3
+    assert files(run) == before, "the watershed's arrays are made in the scratch folder, not in the run"
+    (path,) = written
+    assert path.name == "split.gpkg" and path.parent.parent == tmp_path and path.parent.name.startswith(".segflow-")
+    assert not path.parent.exists()
+
+
+def test_vectorize_run_of_a_store_without_class_names_takes_the_models(tmp_path: Path,
+                                                                       models: dict[str, ModelSpec]) -> None:
+    import zarr
+
+    run = run_folder(tmp_path)
+    group = zarr.open_group(run / "mask.zarr", mode="r+")
+    attrs = dict(group.attrs)
+    del attrs["class_names"]
+    group.attrs.clear()
+    group.attrs.update(attrs)
+    assert vectorize_run(run, tmp_path / "o.gpkg") == 3
