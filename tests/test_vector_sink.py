@@ -70,7 +70,8 @@ def read(path: Path) -> Any:
 
 @pytest.mark.parametrize(("name", "expected"), [
     ("/data/2024/T33UVP.tif", "T33UVP"), ("/vsizip/a.zip/b.tif", "b"), ("C:\\data\\x.tif", "x"),
-    ("scenes/run/", "run"), ("scene", "scene"), ("a.b.tif", "a.b"), ("/data/.hidden", ".hidden")])
+    ("scenes/run/", "run"), ("scene", "scene"), ("a.b.tif", "a.b"), ("/data/.hidden", ".hidden"),
+    ("C:\\runs\\night\\", "night"), ("", "")])
 def test_scene_ids_are_the_last_name_without_its_suffix(name: str, expected: str) -> None:
     assert scene_id_of(name) == expected
 
@@ -219,7 +220,7 @@ def test_vectorize_run_writes_the_runs_objects_and_only_reads_the_run(tmp_path: 
     frame = read(out)
     assert frame.crs.to_epsg() == 32633 and set(frame.scene_id) == {"T33UVP"}
     assert set(frame.run_id) == {"0123456789abcdef"} and set(frame.model_version) == {"2.1"}
-    assert frame.geometry.area.tolist() == [2400.0, 40000.0, 600.0]
+    assert set(frame.model) == {"roofs"} and frame.geometry.area.tolist() == [2400.0, 40000.0, 600.0]
     # the store itself may be named, and the format given whatever the suffix
     assert vectorize_run(run / "mask.zarr", tmp_path / "out" / "objects.data", fmt="fgb") == 3
     assert len(pyogrio.read_dataframe(tmp_path / "out" / "objects.data")) == 3
@@ -310,7 +311,8 @@ def test_vectorize_run_of_a_store_without_class_names_takes_the_models(tmp_path:
     run = run_folder(tmp_path)
     group = zarr.open_group(run / "mask.zarr", mode="r+")
     attrs = dict(group.attrs)
-    del attrs["class_names"]
+    del attrs["class_names"], attrs["run_fingerprint"]
     group.attrs.clear()
     group.attrs.update(attrs)
     assert vectorize_run(run, tmp_path / "o.gpkg") == 3
+    assert set(read(tmp_path / "o.gpkg").run_id) == {""}

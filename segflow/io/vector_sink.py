@@ -37,7 +37,7 @@ __all__ = ["VectorSink", "scene_id_of", "vectorize_run"]
 def scene_id_of(name: str) -> str:
     """The ``scene_id`` of rows from an input name: its last path component without the suffix
     (``/data/2024/T33UVP.tif`` → ``T33UVP``; GDAL names such as ``/vsizip/a.zip/b.tif`` → ``b``)."""
-    last = PurePosixPath(str(name).replace("\\", "/").rstrip("/")).name or str(name)
+    last = PurePosixPath(str(name).replace("\\", "/")).name or str(name)  # trailing slashes are dropped
     return PurePosixPath(last).stem or last
 
 
