@@ -493,3 +493,37 @@ def test_measures_of_numbered_instances_equal_those_of_labelling() -> None:
     mixed[y, x] = 3 - mixed[y, x]  # one of its pixels of the other class
     with pytest.raises(InputError, match="holds pixels of two classes"):
         measure_instances(ids, mixed, (16, 16))
+
+
+def test_numbered_instances_refusals_name_what_was_wrong() -> None:
+    """A reader of the wrong shape is named (ids, labels, a value source); of two classes the instance is named
+    even when its odd pixel is neither its first nor its last; no instance at all is an empty result."""
+    from segflow.errors import InputError
+    from segflow.instances_numbered import measure_instances
+
+    ids = np.zeros((6, 8), np.uint32)
+    ids[1:3, 1:4], ids[4:6, 2:7] = 1, 2
+    labels = np.where(ids > 0, 1, 0).astype(np.uint8)
+
+    class Wrong:  # a reader (with a shape, as ids need) that returns one pixel whatever the box
+        shape = ids.shape
+
+        def __call__(self, box: Any) -> np.ndarray:
+            return np.zeros((1, 1))
+
+    wrong = Wrong()
+    for kwargs, what in (({"ids": wrong}, "ids"), ({"labels": wrong}, "labels"),
+                         ({"values": {"ct": wrong}}, "value source 'ct'")):
+        args: dict[str, Any] = {"ids": ids, "labels": labels, **kwargs}
+        with pytest.raises(InputError, match=rf"^{what} reader returned shape \(1, 1\) for box"):
+            measure_instances(args.pop("ids"), args.pop("labels"), (6, 8), **args)
+    mixed = labels.copy()
+    mixed[5, 4] = 2  # inside instance 2, which is not the first id of the chunk
+    with pytest.raises(InputError, match=r"^instance 2 holds pixels of two classes near \(0, 0\); the ids and labels "
+                                         r"are not of one run$"):
+        measure_instances(ids, mixed, (6, 8))
+    none = measure_instances(np.zeros((6, 8), np.uint32), labels, (3, 3), values={"ct": np.ones((6, 8))})
+    assert len(none) == 0 and none.class_id.shape == (0,) and none.sums["ct"].shape == (0,)
+    small = measure_instances(ids.astype(np.uint8), labels, (6, 8))  # any integer type of ids
+    np.testing.assert_array_equal(small.voxels, [6, 10])
+    assert small.class_id.dtype == np.int64 and small.class_id.tolist() == [1, 1]
