@@ -63,7 +63,7 @@ def measure_instances(ids: Any, labels: Any, chunk: int | Sequence[int], *,
     owner = np.concatenate(owners) if owners else np.zeros(0, np.int64)
     order = np.argsort(owner, kind="stable")
     same = owner[order[1:]] == owner[order[:-1]]
-    pairs = np.stack([order[:-1][same] + 1, order[1:][same] + 1]) if len(order) > 1 else np.zeros((2, 0), np.int64)
+    pairs = np.stack([order[:-1][same] + 1, order[1:][same] + 1])  # (2, 0) for fewer than two pieces
     lookup, instances = _merge(pieces, pairs)
     if not np.array_equal(lookup[1:], owner):
         raise InputError(f"the instance ids are not 1..{len(instances)} in raster order of first pixel; number them "

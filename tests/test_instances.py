@@ -485,7 +485,8 @@ def test_measures_of_numbered_instances_equal_those_of_labelling() -> None:
         np.testing.assert_array_equal(got.maxima["v"], want.maxima["v"])
     swapped = ids.copy()
     swapped[ids == 1], swapped[ids == 2] = 2, 1
-    with pytest.raises(InputError, match=r"not 1\.\.\d+ in raster order"):
+    with pytest.raises(InputError, match=r"^the instance ids are not 1\.\.\d+ in raster order of first pixel; number "
+                                         r"them as label_instances does$"):
         measure_instances(swapped, labels, (16, 16))
     big = int(np.argmax(np.bincount(ids.ravel())[1:])) + 1  # an instance of several pixels
     mixed = labels.copy()
