@@ -94,8 +94,10 @@ def test_a_sheared_raster_in_closed_form(tmp_path: Path) -> None:
     image = np.arange(20 * 24, dtype=np.float32).reshape(1, 20, 24)
     scene = Scene.from_array(image, transform=tuple(SHEARED)[:6], crs=UTM)
     (tmp_path / "out").mkdir()
-    header, rows = rows_of(InstancesSink(scene, spec(["stuff", "thing", "thing"])).write(
-        raster_store(tmp_path, labels), tmp_path / "out"))
+    path = InstancesSink(scene, spec(["stuff", "thing", "thing"])).write(raster_store(tmp_path, labels),
+                                                                      tmp_path / "out")
+    assert path.read_bytes().count(b"\n") == 4 and b"\r" not in path.read_bytes()  # Unix line ends
+    header, rows = rows_of(path)
     assert header == ["id", "class", "pixels", "area_m2", "centroid_x", "centroid_y", "bbox_min_x", "bbox_min_y",
                       "bbox_max_x", "bbox_max_y", "mean_intensity", "max_intensity", "mean_score"]
     assert [(r["id"], r["class"], r["pixels"]) for r in rows] == [("1", "c2", "15"), ("2", "c1", "8"),

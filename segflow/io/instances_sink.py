@@ -123,7 +123,7 @@ def instance_rows(instances: Instances, class_names: Sequence[str], scene: Scene
         count, size_name, suffix, axes = "pixels", area_column(scene.crs), "", "xy"
     centre = centre.reshape(m, len(axes))
     corners = corners.reshape(m, 2 ** len(axes), len(axes))  # explicit: m may be 0 (no instance at all)
-    low, high = corners.min(axis=1, initial=np.inf), corners.max(axis=1, initial=-np.inf)
+    low, high = corners.min(axis=1), corners.max(axis=1)  # over 4 or 8 corners, never empty
     header = ["id", "class", count, size_name,
               *(f"centroid_{x}{suffix}" for x in axes), *(f"bbox_min_{x}{suffix}" for x in axes),
               *(f"bbox_max_{x}{suffix}" for x in axes), "mean_intensity", "max_intensity", "mean_score"]
