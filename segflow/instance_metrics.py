@@ -90,7 +90,8 @@ def _from_label_map(ids: np.ndarray) -> Instances:
     dense = dense.reshape(ids.shape) + (0 if values.size and values[0] == 0 else 1)
     count = int(values.size - (1 if values.size and values[0] == 0 else 0))
     boxes, crops, areas = [], [], []
-    for k, where in enumerate(ndimage.find_objects(dense, max_label=count), start=1):
+    found = ndimage.find_objects(dense, max_label=count) if dense.size else []  # scipy fails on an empty image
+    for k, where in enumerate(found, start=1):
         assert where is not None
         crop = dense[where] == k
         boxes.append((where[0].start, where[1].start, where[0].stop, where[1].stop))

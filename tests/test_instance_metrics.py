@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -71,13 +73,6 @@ def test_ap_hand_case() -> None:
     # nothing to find: NaN; nothing found: 0
     assert np.isnan(mask_ap([(preds, [0.9, 0.8, 0.7], [])]))
     assert mask_ap([([], [], truth)]) == 0.0
-
-
-def test_bad_inputs_refused() -> None:
-    with pytest.raises(InputError, match="scores"):
-        match_instances([np.ones((4, 4), bool)], [0.5, 0.4], [np.ones((4, 4), bool)])
-    with pytest.raises(InputError, match="ids >= 0"):
-        as_instances(np.full((3, 3), -1))
 
 
 # ----------------------------------------------------------------------------- against pycocotools
@@ -198,3 +193,84 @@ def test_many_objects_stay_cheap() -> None:
     shifted = np.roll(ids, 1, axis=1)  # IoU 19*20 / (21*20) with each truth object
     m = match_instances(shifted, np.linspace(1, 0, k), ids)
     assert m.tp == k and m.fp == 0
+
+
+# ----------------------------------------------------------------------------- edge cases and refusals
+
+
+def test_refusals_say_what_was_wrong() -> None:
+    with pytest.raises(InputError, match=r"^got 2 scores for 1 predicted objects; give one score per object$"):
+        match_instances([np.ones((4, 4), bool)], [0.5, 0.4], [np.ones((4, 4), bool)])
+    with pytest.raises(InputError, match=r"^instance label map holds id -1; expected ids >= 0 \(0 = no object\)$"):
+        as_instances(np.array([[0, 2], [-1, 0]]))
+    with pytest.raises(InputError, match=r"^instance masks must be 2D and of one shape, got \(4, 5\) after \(4, 4\); "
+                                         r"pass \(Y, X\) masks of one image$"):
+        as_instances([np.ones((4, 4), bool), np.ones((4, 5), bool)])
+    with pytest.raises(InputError, match=r"^instance masks must be 2D and of one shape, got \(4,\) after None"):
+        as_instances([np.ones(4, bool)])
+    with pytest.raises(InputError, match=r"^a label map must hold integer instance ids, got dtype float64; pass ids "
+                                         r"or a list of boolean masks$"):
+        as_instances(np.zeros((3, 3)))
+    for shape in ((5,), (1, 2, 3, 4)):
+        with pytest.raises(InputError, match=rf"^objects must be a \(Y, X\) label map or \(N, Y, X\) masks, got shape "
+                                             rf"{re.escape(str(shape))}$"):
+            as_instances(np.zeros(shape, bool))
+    for iou in (0.0, -0.1, 1.01, float("nan")):
+        with pytest.raises(InputError, match=rf"^iou must be in \(0, 1\], got {iou}$"):
+            match_instances([], [], [], iou=iou)
+
+
+def test_objects_of_every_form() -> None:
+    ids = np.zeros((6, 7), np.uint8)
+    ids[1:3, 2:5] = 4
+    ids[4, 0] = 9
+    inst = as_instances(ids)
+    assert as_instances(inst) is inst
+    assert inst.boxes.dtype == np.int64 and inst.boxes.tolist() == [[1, 2, 3, 5], [4, 0, 5, 1]]
+    assert inst.areas.dtype == np.int64 and inst.areas.tolist() == [6, 1] and len(inst) == 2
+    assert [c.tolist() for c in inst.crops] == [[[True] * 3] * 2, [[True]]]
+    stacked = as_instances(np.stack([ids == 4, ids == 9, np.zeros_like(ids, bool)]))  # an empty mask is kept
+    assert stacked.boxes.tolist() == [[1, 2, 3, 5], [4, 0, 5, 1], [0, 0, 0, 0]] and stacked.areas.tolist() == [6, 1, 0]
+    assert stacked.crops[2].shape == (0, 0) and stacked.crops[2].dtype == bool
+    assert as_instances(ids == 4).areas.tolist() == [6]  # a bool map is one object
+    assert len(as_instances(np.zeros((3, 3), np.int32))) == 0 and as_instances([]).boxes.shape == (0, 4)
+    empty_map = as_instances(np.zeros((0, 0), np.int64))
+    assert len(empty_map) == 0
+    # a label map without 0 (every pixel an object)
+    assert as_instances(np.array([[5, 5], [6, 6]])).areas.tolist() == [2, 2]
+
+
+def test_an_empty_prediction_matches_nothing_and_counts_as_a_false_positive() -> None:
+    truth = [_rect((8, 8), 0, 0, 4, 4)]
+    m = match_instances([np.zeros((8, 8), bool), truth[0]], [0.9, 0.1], truth)
+    assert m.matched.tolist() == [-1, 0] and (m.tp, m.fp, m.fn) == (1, 1, 0)
+
+
+def test_an_exact_match_holds_at_an_iou_of_one() -> None:
+    truth = [_rect((9, 9), 1, 1, 4, 8)]
+    assert match_instances(truth, [1.0], truth, iou=1.0).matched.tolist() == [0]
+    assert match_instances([_rect((9, 9), 1, 1, 4, 7)], [1.0], truth, iou=1.0).matched.tolist() == [-1]
+
+
+def test_of_equal_ious_the_later_truth_object_wins_and_a_threshold_is_inclusive() -> None:
+    pred = [_rect((4, 8), 0, 2, 4, 6)]  # half of each truth half: IoU 8 / 24 with each
+    truth = [_rect((4, 8), 0, 0, 4, 4), _rect((4, 8), 0, 4, 4, 8)]
+    assert match_instances(pred, [1.0], truth, iou=1 / 3).matched.tolist() == [1]
+    assert match_instances(pred, [1.0], truth, iou=0.34).matched.tolist() == [-1]
+
+
+def test_ious_in_blocks_equal_ious_at_once() -> None:
+    from segflow.instance_metrics import _ious
+
+    rng = np.random.default_rng(1)
+    ids = np.zeros((40, 40), np.int64)
+    for k in range(1, 30):
+        y, x = rng.integers(0, 36, 2)
+        ids[y:y + rng.integers(2, 6), x:x + rng.integers(2, 6)] = k
+    pred, truth = as_instances(ids), as_instances(np.roll(ids, 1, axis=1))
+    whole = _ious(pred, truth)
+    for block in (1, 3, 7):
+        for a, b in zip(_ious(pred, truth, block=block), whole, strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert whole[0].dtype == whole[1].dtype == np.int64 and whole[2].dtype == np.float64
+    assert len(whole[0]) > 10 and np.all(np.diff(whole[0]) >= 0)
