@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -210,6 +211,23 @@ def test_bad_arguments_are_refused() -> None:
         volume_scores(a, np.full((8, 8, 8), 300, dtype=np.int16), (1, 1, 1))
     with pytest.raises(InputError, match="float32"):
         volume_scores(a, a.astype(np.float32), (1, 1, 1))
+    for halo in (0, -1.0, float("inf"), True, "50"):
+        with pytest.raises(ConfigError, match=rf"^halo={re.escape(repr(halo))} mm; expected a positive number of "
+                                              r"millimetres, e.g\. 50$"):
+            volume_scores(a, a, (1, 1, 1), halo=halo)  # type: ignore[arg-type]
+    for tolerance in (float("inf"), float("nan"), True, "2"):
+        with pytest.raises(ConfigError, match=rf"^tolerance={re.escape(repr(tolerance))} mm; expected a finite number "
+                                              r">= 0, e\.g\. 2\.0$"):
+            volume_scores(a, a, (1, 1, 1), tolerance=tolerance)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match=r"^label volumes are \(z, y, x\); got shape \(8, 8\)$"):
+        volume_scores(a[0], a[0], (1, 1, 1))
+    with pytest.raises(InputError, match=r"^reading voxels \(0, 0, 0\)\.\.\(8, 8, 8\) gave shapes \(8, 8, 8\) and "
+                                         r"\(1, 1, 1\)$"):
+        volume_scores(a, lambda box: np.zeros((1, 1, 1), np.uint8), (1, 1, 1))
+    distances = DirectedDistances((1.0, 1.0, 1.0), halo=3.0)
+    with pytest.raises(ConfigError, match=r"^tolerance 3\.5 mm exceeds the halo 3\.0 mm; raise the halo$"):
+        distances.within(3.5)
+    assert distances.within(3.0) == 0 and math.isnan(distances.percentile(95)[0]) and distances.percentile(95)[1]
 
 
 # --------------------------------------------------------------------------- files, grids and the CLI
