@@ -201,11 +201,17 @@ def test_the_read_back_refuses_a_mesh_that_differs_or_does_not_parse(tmp_path: P
     with pytest.raises(OutputError, match="the mesh differs"):
         meshes._verify_ply(path, turned)
     path.write_bytes(path.read_bytes()[:-1])
-    with pytest.raises(OutputError, match=r"does not read back as written \(.*t\.ply holds 99 bytes after its header"):
+    with pytest.raises(OutputError, match=rf"^{tmp_path}/t\.ply does not read back as written \({tmp_path}/t\.ply "
+                                          r"holds 99 bytes after its header"):
         meshes._verify_ply(path, TETRA)
     path.unlink()
     with pytest.raises(OutputError, match=r"does not read back as written \(\[Errno 2\] No such file"):
         meshes._verify_ply(path, TETRA)
+    long = tmp_path / ("x" * 200 + ".ply")  # the reason is cut to 160 characters
+    with pytest.raises(OutputError) as caught:
+        meshes._verify_ply(long, TETRA)
+    reason = f"[Errno 2] No such file or directory: '{long}'"[:160]
+    assert str(caught.value).startswith(f"{long} does not read back as written ({reason}); the disk")
 
 
 # ----------------------------------------------------------------------------- instance boxes
@@ -281,10 +287,13 @@ def test_the_cache_keeps_chunks_up_to_its_limit_least_recently_used_first() -> N
     assert array.reads == 3 and list(cache.kept) == [(0, 0, 0), (1, 0, 0)]
     cache.chunk((0, 1, 0))
     assert array.reads == 4 and list(cache.kept) == [(1, 0, 0), (0, 1, 0)]
-    tiny = _ChunkCache(array, limit=1)  # one chunk is always kept
+    tiny = _ChunkCache(array, limit=1)  # one chunk is always kept, and only one
     tiny.chunk((0, 0, 0))
     tiny.chunk((0, 0, 0))
     assert list(tiny.kept) == [(0, 0, 0)] and array.reads == 5
+    tiny.chunk((0, 1, 0))
+    tiny.chunk((1, 1, 0))
+    assert list(tiny.kept) == [(1, 1, 0)] and array.reads == 7
 
 
 def test_the_cache_field_is_one_on_the_instance_and_zero_beyond_the_array() -> None:
