@@ -133,6 +133,12 @@ def test_a_ply_is_written_byte_for_byte_and_reads_back(tmp_path: Path) -> None:
     np.testing.assert_array_equal(back.faces, TETRA.faces)
     assert back.vertices.dtype == np.float32 and back.faces.dtype == np.int32
     assert comments == ["made by a test", "units mm"]
+    # a comment holding the header's last line, and float64 vertices (written as float32)
+    tricky = write_ply(tmp_path / "c.ply", Mesh(TETRA.vertices.astype(np.float64), TETRA.faces), ["class end_header"])
+    assert tricky.read_bytes().endswith(data[len(head):])
+    back, comments = read_ply(tricky)
+    np.testing.assert_array_equal(back.vertices, TETRA.vertices)
+    assert comments == ["class end_header"]
     empty = read_ply(write_ply(tmp_path / "e.ply", Mesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32))))
     assert empty[0].vertices.shape == (0, 3) and empty[0].faces.shape == (0, 3) and empty[1] == []
 

@@ -143,8 +143,8 @@ def read_ply(path: Path) -> tuple[Mesh, list[str]]:
     """Read a PLY written by :func:`write_ply` (binary little-endian, float x y z, triangles as
     ``list uchar int``); returns the mesh and the header's comments. Anything else is an error."""
     data = Path(path).read_bytes()
-    end = data.find(b"end_header\n")
-    if not data.startswith(b"ply\n") or end < 0:
+    end = data.find(b"\nend_header\n") + 1  # a line of its own: a comment may hold the words (class end_header)
+    if not data.startswith(b"ply\n") or end < 1:
         raise ValueError(f"{path} is not a PLY file (no 'ply' magic or no end_header)")
     lines = data[:end].decode("ascii").splitlines()
     comments = [line[len("comment "):] for line in lines if line.startswith("comment ")]
