@@ -225,10 +225,11 @@ def test_the_read_back_refuses_a_mesh_that_differs_or_does_not_parse(tmp_path: P
 
 def test_instance_boxes_are_the_voxel_boxes_and_classes_of_each_id(tmp_path: Path) -> None:
     labels, ids = two_boxes()
+    labels[0, 6:8, 8], ids[0, 6:8, 8] = 2, 3  # in the first plane only (its last index is 0)
     start, stop, owner = instance_boxes(store_with(tmp_path, labels, ids, chunk=(4, 3, 5)))
-    np.testing.assert_array_equal(start, [[1, 2, 3], [4, 0, 0]])
-    np.testing.assert_array_equal(stop, [[3, 5, 9], [6, 2, 1]])
-    np.testing.assert_array_equal(owner, [2, 1])
+    np.testing.assert_array_equal(start, [[1, 2, 3], [4, 0, 0], [0, 6, 8]])
+    np.testing.assert_array_equal(stop, [[3, 5, 9], [6, 2, 1], [1, 8, 9]])
+    np.testing.assert_array_equal(owner, [2, 1, 2])
     assert start.dtype == stop.dtype == owner.dtype == np.int64
 
 
@@ -259,6 +260,12 @@ def test_instance_boxes_refuse_a_store_without_instances_or_damaged_ones(tmp_pat
     mixed = labels.copy()
     mixed[2, 4, 8] = 1  # one voxel of instance 1 of the other class, in a later chunk
     refused(store_with(tmp_path / "b", mixed, ids), r"an instance spans two classes at \[0, 4, 8\]")
+    later = labels.copy()
+    later[1:3, 4, 8] = 1  # every voxel of instance 1 in a later chunk of the other class: one class per chunk
+    refused(store_with(tmp_path / "b2", later, ids), r"an instance spans two classes at \[0, 4, 8\]")
+    zero = labels.copy()
+    zero[1:3, 2:4, 3:8] = 0  # instance 1 of class 0 in its first chunk, of class 2 in later ones
+    refused(store_with(tmp_path / "b3", zero, ids), r"an instance spans two classes at \[0, 0, 8\]")
     within = labels.copy()
     within[1, 2, 3] = 1  # two classes within one chunk
     refused(store_with(tmp_path / "c", within, ids), r"an instance spans two classes at \[0, 0, 0\]")
@@ -352,6 +359,7 @@ def test_the_sink_writes_a_ply_per_instance_with_its_header_and_an_exact_index(t
     assert folder == tmp_path / "out" / "meshes"
     assert sorted(p.name for p in folder.iterdir()) == ["1_L-sion.ply", "2_lymph-node.ply", "index.csv"]
     rows = read_index(folder / "index.csv")
+    assert b"\r" not in (folder / "index.csv").read_bytes()  # Unix line ends
     assert rows[0] == ["id", "class", "file", "vertices", "faces", "area_mm2", "volume_mm3"]
     for row, (instance, name, file, box) in zip(rows[1:], [(1, "Läsion", "1_L-sion.ply", (2, 3, 6)),
                                                            (2, "lymph node", "2_lymph-node.ply", (2, 2, 1))],
