@@ -242,8 +242,8 @@ class MaskAP:
         """AP at each of :data:`IOU_THRESHOLDS` (NaN without truth objects)."""
         if self.num_truth == 0:
             return np.full(IOU_THRESHOLDS.size, np.nan)
-        scores = np.concatenate(self._scores) if self._scores else np.zeros(0)
-        hits = np.concatenate(self._hits, axis=1) if self._hits else np.zeros((IOU_THRESHOLDS.size, 0), bool)
+        scores = np.concatenate(self._scores)  # truth objects came with at least one image
+        hits = np.concatenate(self._hits, axis=1)
         hits = hits[:, np.argsort(-scores, kind="mergesort")]
         out = np.zeros(IOU_THRESHOLDS.size)
         for t in range(IOU_THRESHOLDS.size):

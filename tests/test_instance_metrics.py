@@ -274,3 +274,42 @@ def test_ious_in_blocks_equal_ious_at_once() -> None:
             np.testing.assert_array_equal(a, b)
     assert whole[0].dtype == whole[1].dtype == np.int64 and whole[2].dtype == np.float64
     assert len(whole[0]) > 10 and np.all(np.diff(whole[0]) >= 0)
+
+
+def test_ap_keeps_the_100_best_predictions_of_each_image() -> None:
+    """101 exact predictions of 101 objects: COCO keeps 100 per image, so recall stops at 100/101."""
+    ids = np.arange(1, 102).reshape(1, 101).repeat(2, axis=0)  # 101 objects of 2 pixels
+    scores = np.linspace(1.0, 0.5, 101)
+    assert mask_ap([(ids, scores, ids)]) == pytest.approx(100 / 101)  # precision 1 up to recall 100/101: 100 points
+    assert mask_ap([(ids, scores, ids)], max_detections=101) == pytest.approx(1.0)
+    assert MaskAP().max_detections == 100
+
+
+def test_ap_of_nothing_added_is_nan_and_scores_may_be_a_column() -> None:
+    assert np.isnan(MaskAP().value())
+    assert np.isnan(MaskAP().per_threshold()).all() and MaskAP().per_threshold().shape == (10,)
+    truth = [_rect((20, 20), 0, 0, 10, 10), _rect((20, 20), 10, 10, 20, 20)]
+    preds = [truth[0], _rect((20, 20), 0, 12, 5, 18), truth[1]]
+    flat = mask_ap([(preds, [0.9, 0.8, 0.7], truth)])
+    assert mask_ap([(preds, np.array([[0.9], [0.8], [0.7]]), truth)]) == flat
+
+
+def test_ap_ranks_equal_scores_in_the_order_given() -> None:
+    """40 images of one object, one prediction each, scored 0.5 or 0.6 (many ties), each a hit or a miss.
+    Ranked by score with ties in the order given (COCO's stable sort), the AP follows from the 101-point
+    rule computed here; numpy's default sort reorders these ties and gives another AP."""
+    shape = (4, 4)
+    truth = _rect(shape, 0, 0, 2, 2)
+    scores = np.where(np.random.default_rng(0).random(40) < 0.5, 0.6, 0.5)
+    hit = np.random.default_rng(1).random(40) < 0.5
+    images = [([truth if h else _rect(shape, 2, 2, 4, 4)], [s], [truth]) for s, h in zip(scores, hit, strict=True)]
+
+    def ap(ranked: np.ndarray) -> float:
+        tp, fp = np.cumsum(ranked), np.cumsum(~ranked)
+        precision = np.maximum.accumulate((tp / (tp + fp))[::-1])[::-1]
+        recall = tp / 40
+        return float(np.mean([precision[recall >= r].max() if (recall >= r).any() else 0.0
+                              for r in np.linspace(0, 1, 101)]))
+
+    assert mask_ap(images) == pytest.approx(ap(hit[np.argsort(-scores, kind="stable")]), rel=1e-12)
+    assert abs(ap(hit[np.argsort(-scores)]) - mask_ap(images)) > 1e-3
