@@ -270,6 +270,9 @@ def test_instance_boxes_refuse_a_store_without_instances_or_damaged_ones(tmp_pat
     within[1, 2, 3] = 1  # two classes within one chunk
     refused(store_with(tmp_path / "c", within, ids), r"an instance spans two classes at \[0, 0, 0\]")
     refused(store_with(tmp_path / "d", labels, ids, count=3), "instance 3 of 3 has no voxel")
+    flat, flat_ids = labels.copy(), ids.copy()
+    flat[0, 6:8, 8], flat_ids[0, 6:8, 8] = 2, 3  # instance 3 lies in plane 0 only: its last z index is 0
+    refused(store_with(tmp_path / "d2", flat, flat_ids, count=4), "instance 4 of 4 has no voxel")
     gap = ids.copy()
     gap[gap == 1] = 0
     refused(store_with(tmp_path / "e", labels, gap, count=2), "instance 1 of 2 has no voxel")
