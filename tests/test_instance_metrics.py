@@ -313,3 +313,14 @@ def test_ap_ranks_equal_scores_in_the_order_given() -> None:
 
     assert mask_ap(images) == pytest.approx(ap(hit[np.argsort(-scores, kind="stable")]), rel=1e-12)
     assert abs(ap(hit[np.argsort(-scores)]) - mask_ap(images)) > 1e-3
+
+
+def test_of_equal_scores_the_prediction_given_first_takes_the_truth() -> None:
+    """40 copies of one exact prediction scored 0.5 or 0.6 (ties): the first given of the best score wins
+    (COCO's stable sort); numpy's default sort would put another first."""
+    truth = [_rect((6, 6), 1, 1, 5, 5)]
+    scores = np.where(np.random.default_rng(15).random(40) < 0.5, 0.6, 0.5)
+    first = int(np.flatnonzero(scores == 0.6)[0])
+    assert int(np.argsort(-scores)[0]) != first
+    matched = match_instances(truth * 40, scores, truth).matched
+    assert np.flatnonzero(matched >= 0).tolist() == [first]
