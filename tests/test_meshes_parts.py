@@ -139,6 +139,11 @@ def test_a_ply_is_written_byte_for_byte_and_reads_back(tmp_path: Path) -> None:
     back, comments = read_ply(tricky)
     np.testing.assert_array_equal(back.vertices, TETRA.vertices)
     assert comments == ["class end_header"]
+    # a vertex whose 12 bytes spell the header's last line: the header ends at its first such line
+    spelled = np.frombuffer(b"\nend_header\n", "<f4").reshape(1, 3)
+    odd = Mesh(np.concatenate([TETRA.vertices, spelled]), TETRA.faces)
+    back, _ = read_ply(write_ply(tmp_path / "o.ply", odd))
+    assert back.vertices.tobytes() == odd.vertices.tobytes()
     empty = read_ply(write_ply(tmp_path / "e.ply", Mesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32))))
     assert empty[0].vertices.shape == (0, 3) and empty[0].faces.shape == (0, 3) and empty[1] == []
 
