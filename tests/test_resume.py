@@ -72,7 +72,12 @@ def test_a_run_killed_anywhere_resumes_to_the_uninterrupted_result(point: str, s
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     published = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert published == (["mask.zarr"] if point == "publish" else []), "killed where intended"
-    resumed = tile_infer(scene, out, TileInferParams(model="demo-unet-2d", chunk=128, save_scores=True))
+    if point == "chunk:12":  # chunks are computed again: by a process like the reference's (torch's thread count
+        # decides the last bit of float16 scores, and tests before this one may change it in the pytest process)
+        done = _segflow(scene, out)
+        assert done.returncode == 0, done.stderr
+    else:
+        resumed = tile_infer(scene, out, TileInferParams(model="demo-unet-2d", chunk=128, save_scores=True))
     assert sorted(p.name for p in out.iterdir()) == ["labels.tif", "labels.tif.aux.xml", "mask.zarr",
                                                      "run.json"], "no debris left"
     _assert_same(_outputs(out), _outputs(reference))
@@ -82,9 +87,8 @@ def test_a_run_killed_anywhere_resumes_to_the_uninterrupted_result(point: str, s
     total = full["chunks_written"]
     assert (full["run"]["chunks_computed"], full["run"]["chunks_reused"]) == (total, 0)
     if point == "chunk:12":
-        assert 12 <= resumed.chunks_reused < total and resumed.chunks_computed == total - resumed.chunks_reused
-        assert (run["run"]["chunks_reused"], run["run"]["chunks_computed"]) == (resumed.chunks_reused,
-                                                                                resumed.chunks_computed)
+        reused, computed = run["run"]["chunks_reused"], run["run"]["chunks_computed"]
+        assert 12 <= reused < total and computed == total - reused
         assert run["windows"]["evaluated"] < full["windows"]["evaluated"], "only the windows still needed ran"
     elif point == "cog":  # every chunk was finished: only the COG and run.json are made again
         assert resumed.chunks_reused == total and resumed.windows_evaluated == 0
