@@ -6,6 +6,7 @@ import math
 import os
 import signal
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -164,6 +165,16 @@ def test_a_local_cluster_leaves_this_process_environment_as_it_was(monkeypatch: 
     before = {k: os.environ.get(k) for k in keys}
     cluster = engine_execute.start_local_cluster(1, False)
     try:
+        assert {k: os.environ.get(k) for k in keys} == before
+        with distributed.Client(cluster) as client:  # a worker that dies is started again by its nanny
+            (pid,) = client.run(os.getpid).values()
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 60
+            while list(client.run(os.getpid, on_error="ignore").values()) in ([], [pid]):
+                assert time.monotonic() < deadline, "the nanny restarts the killed worker"
+                time.sleep(0.2)
+            (restarted,) = client.run(lambda: os.environ.get("OMP_NUM_THREADS")).values()
+        assert restarted == "1", "the workers still get the nanny's variables"
         assert {k: os.environ.get(k) for k in keys} == before
     finally:
         cluster.close()

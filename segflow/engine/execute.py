@@ -10,9 +10,11 @@ windows it ran through one of its parts.
 from __future__ import annotations
 
 import ast
+import functools
 import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -205,35 +207,61 @@ def _client(execution: Execution, cuda: bool) -> tuple[Any, Any, bool]:
     return Client(cluster), cluster, True
 
 
+_environ_lock = threading.Lock()
+_environ_kept: dict[str, Any] = {"users": 0, "saved": {}}
+
+
 @contextmanager
 def nanny_environment_kept() -> Iterator[None]:
     """Put back, on leaving, the variables distributed's nanny sets in this process's environment to pass them to
     its workers (OMP_NUM_THREADS=1, ...) and leaves there, so that this process and what it starts later keep
-    their own threads. Around a LocalCluster's start (its workers still get them), or its whole life when its
-    nanny may restart a worker."""
+    their own threads. Nested and concurrent uses share one saved copy: the last to leave puts it back."""
     import dask
     import distributed  # noqa: F401  (registers the nanny's configuration)
 
-    saved = {str(k): os.environ.get(str(k)) for k in dask.config.get("distributed.nanny.pre-spawn-environ", {})}
+    with _environ_lock:
+        if _environ_kept["users"] == 0:
+            keys = dask.config.get("distributed.nanny.pre-spawn-environ", {})
+            _environ_kept["saved"] = {str(k): os.environ.get(str(k)) for k in keys}
+        _environ_kept["users"] += 1
     try:
         yield
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        with _environ_lock:
+            _environ_kept["users"] -= 1
+            if _environ_kept["users"] == 0:
+                for key, value in _environ_kept["saved"].items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
+
+
+@functools.cache
+def _nanny_class() -> type:
+    """distributed's Nanny, starting each worker process (the first time, and again after a crash) with its
+    variables set only while it spawns."""
+    from distributed import Nanny
+
+    class KeptEnvironmentNanny(Nanny):  # type: ignore[misc]
+        async def instantiate(self) -> Any:
+            with nanny_environment_kept():
+                return await super().instantiate()
+
+    return KeptEnvironmentNanny
 
 
 def start_local_cluster(workers: int, cuda: bool) -> Any:
     """A dask LocalCluster of ``workers`` processes on this machine sharing its cores (each declaring one ``GPU``
-    resource when ``cuda``), bound to 127.0.0.1, without a dashboard; the caller closes it."""
+    resource when ``cuda``), bound to 127.0.0.1, without a dashboard; the caller closes it. Its nannies leave
+    this process's environment as it was, also when they restart a worker that died."""
     from distributed import LocalCluster
 
     threads = max(1, (os.cpu_count() or 1) // workers)
     with nanny_environment_kept():
         return LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, host="127.0.0.1",
                             dashboard_address=None, resources={"GPU": 1} if cuda else None,
+                            worker_class=_nanny_class(),
                             silence_logs=logging.CRITICAL)  # a task's error reaches the caller as one line
 
 
