@@ -243,7 +243,7 @@ def _nanny_class() -> type:
     variables set only while it spawns."""
     from distributed import Nanny
 
-    class KeptEnvironmentNanny(Nanny):  # type: ignore[misc]
+    class KeptEnvironmentNanny(Nanny):
         async def instantiate(self) -> Any:
             with nanny_environment_kept():
                 return await super().instantiate()
