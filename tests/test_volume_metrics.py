@@ -141,10 +141,36 @@ def test_boxes_offset_by_d_voxels_have_hd95_d_times_spacing(axis: int, d: int) -
         assert box.hd95_state == "exact" and box.hd95 == pytest.approx(expected, rel=1e-12)
         assert box.truth_surface == box.pred_surface == 14 * 16 * 18 - 12 * 14 * 16  # a 14x16x18 box's shell
         assert box.dice == pytest.approx(1 - d / (14, 16, 18)[axis])
+    # a halo of exactly the offset keeps it: distances up to the halo are exact
+    at_halo = volume_scores(pred, truth, spacing, tolerance=0.5, halo=expected, chunk=9)[1]
+    assert at_halo.hd95_state == "exact" and at_halo.hd95 == pytest.approx(expected, rel=1e-12)
     # the halo below the offset: a lower bound, never above the truth
     capped = volume_scores(pred, truth, spacing, tolerance=0.5, halo=0.99 * expected, chunk=9)[1]
     assert capped.hd95_state == "lower" and capped.hd95 <= expected
     check_against_monai(pred, truth, spacing, 1.0)
+
+
+def test_single_voxels_apart() -> None:
+    """One edge voxel on each side: the nearest (only) point is found, not taken as missing."""
+    pred, truth = np.zeros((9, 10, 11), dtype=np.uint8), np.zeros((9, 10, 11), dtype=np.uint8)
+    truth[4, 5, 3], pred[4, 5, 6] = 1, 1
+    for chunk in (1000, 4):
+        row = volume_scores(pred, truth, (1.0, 0.5, 0.8), tolerance=2.0, halo=5.0, chunk=chunk)[1]
+        assert (row.hd95, row.hd95_state, row.dice) == (pytest.approx(2.4), "exact", 0.0)
+        assert (row.surface_dice, row.truth_surface, row.pred_surface) == (0.0, 1, 1)
+        near = volume_scores(pred, truth, (1.0, 0.5, 0.8), tolerance=2.5, halo=5.0, chunk=chunk)[1]
+        assert near.surface_dice == 1.0
+
+
+def test_one_direction_beyond_the_halo_makes_hd95_a_lower_bound() -> None:
+    truth = np.zeros((10, 10, 40), dtype=np.uint8)
+    truth[2:8, 2:8, 2:8] = 1
+    pred = truth.copy()
+    pred[2:8, 2:8, 30:36] = 1  # a second box 22 mm away: half the prediction's surface beyond a 5 mm halo
+    for a, b in ((pred, truth), (truth, pred)):
+        row = volume_scores(a, b, (1.0, 1.0, 1.0), tolerance=1.0, halo=5.0)[1]
+        assert row.hd95_state == "lower" and 0 < row.hd95 <= 5.0
+        assert volume_scores(a, b, (1.0, 1.0, 1.0), tolerance=1.0, halo=30.0)[1].hd95_state == "exact"
 
 
 def test_directed_percentile_and_counts_match_numpy() -> None:
@@ -180,7 +206,14 @@ def test_empty_masks() -> None:
     absent = pred_empty[2]
     assert absent.hd95_state == "undefined" and all(math.isnan(v) for v in (absent.dice, absent.hd95,
                                                                             absent.surface_dice))
+    assert (absent.label, absent.truth_voxels, absent.pred_voxels, absent.truth_surface, absent.pred_surface) == (
+        2, 0, 0, 0, 0)
     assert len(pred_empty) == 3, "num_classes reports classes seen nowhere"
+    lone = np.zeros_like(truth)
+    lone[5, 6, 7] = 2  # one voxel of a class the other volume lacks: one edge voxel, still infinitely far
+    for row in (volume_scores(lone, truth, (1.0, 1.0, 1.0))[2], volume_scores(truth, lone, (1.0, 1.0, 1.0))[2]):
+        assert (row.dice, row.hd95, row.hd95_state, row.surface_dice) == (0.0, math.inf, "infinite", 0.0)
+        assert (row.truth_voxels + row.pred_voxels, row.truth_surface + row.pred_surface) == (1, 1)
 
 
 def test_255_in_prediction_is_a_miss_and_in_truth_is_left_out() -> None:
