@@ -230,6 +230,8 @@ def test_255_in_prediction_is_a_miss_and_in_truth_is_left_out() -> None:
     ignored = volume_scores(pred, np.where(unlabelled == 255, 7, unlabelled).astype(np.uint8), (1.0, 1.0, 1.0),
                             ignore=[7])
     assert ignored[1] == row and len(ignored) == 2, "ignored labels are not classes"
+    wide = volume_scores(pred.astype(np.int16), unlabelled.astype(np.int32), (1.0, 1.0, 1.0))
+    assert wide[1] == row, "wider integer volumes hold 255 as nodata too"
 
 
 def test_bad_arguments_are_refused() -> None:
@@ -242,6 +244,12 @@ def test_bad_arguments_are_refused() -> None:
         volume_scores(a, a, (1, 0, 1))
     with pytest.raises(InputError, match="label 300"):
         volume_scores(a, np.full((8, 8, 8), 300, dtype=np.int16), (1, 1, 1))
+    for bad in (300, -5):  # the message names the bad label, not the first voxel's (0, nodata 255)
+        wide = np.zeros((8, 8, 8), dtype=np.int16)
+        wide[0, 0, :2] = (0, 255)
+        wide[5, 5, 5] = bad
+        with pytest.raises(InputError, match=rf"holds label {bad} in voxels"):
+            volume_scores(a, wide, (1, 1, 1))
     with pytest.raises(InputError, match="float32"):
         volume_scores(a, a.astype(np.float32), (1, 1, 1))
     for halo in (0, -1.0, float("inf"), True, "50"):
