@@ -240,15 +240,21 @@ def test_bad_arguments_are_refused() -> None:
         volume_scores(a, a, (1, 1, 1), tolerance=2.0, halo=1.0)
     with pytest.raises(ConfigError, match="tolerance=-1"):
         volume_scores(a, a, (1, 1, 1), tolerance=-1)
-    with pytest.raises(ConfigError, match="spacing"):
-        volume_scores(a, a, (1, 0, 1))
+    for spacing in ((1, 0, 1), (1, 1), (1, math.nan, 1), (1, 1, math.inf)):
+        with pytest.raises(ConfigError, match=r"^spacing .* is invalid; expected 3 positive numbers"):
+            volume_scores(a, a, spacing)
+    # the limits themselves are allowed: tolerance 0 (surfaces that coincide), a halo equal to the tolerance
+    assert volume_scores(a, a, (1, 1, 1), tolerance=0)[0].surface_dice == 1.0
+    assert volume_scores(a, a, (1, 1, 1), tolerance=2.0, halo=2.0)[0].hd95 == 0.0
+    assert volume_scores(a, np.full_like(a, 255), (1, 1, 1)) == [], "nothing labelled: no classes"
     with pytest.raises(InputError, match="label 300"):
         volume_scores(a, np.full((8, 8, 8), 300, dtype=np.int16), (1, 1, 1))
     for bad in (300, -5):  # the message names the bad label, not the first voxel's (0, nodata 255)
         wide = np.zeros((8, 8, 8), dtype=np.int16)
         wide[0, 0, :2] = (0, 255)
         wide[5, 5, 5] = bad
-        with pytest.raises(InputError, match=rf"holds label {bad} in voxels"):
+        with pytest.raises(InputError, match=rf"holds label {bad} in voxels .* expected class labels 0\.\.254 "
+                                             r"\(255 = none\); remap"):
             volume_scores(a, wide, (1, 1, 1))
     with pytest.raises(InputError, match="float32"):
         volume_scores(a, a.astype(np.float32), (1, 1, 1))
