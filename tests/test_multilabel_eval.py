@@ -125,3 +125,81 @@ def test_a_truth_that_does_not_fit_is_refused_in_one_line(run: tuple[Path, np.nd
         evaluate(out, _truth(tmp_path / "bad.tif", bad))
     with pytest.raises(ConfigError, match="--ignore"):
         evaluate(out, _truth(tmp_path / "t.tif", planes), ignore=[0])
+
+
+# --------------------------------------------------------------------------- small files, no run (fast)
+
+
+def _ml_file(path: Path, planes: np.ndarray, names: tuple[str, ...] = ("cloud", "shadow", "building"),
+             multilabel: bool = True) -> Path:
+    _truth(path, planes, names)
+    if multilabel:
+        with rasterio.open(path, "r+") as ds:
+            ds.update_tags(label_kind="multilabel")
+    return path
+
+
+def _small_planes() -> tuple[np.ndarray, np.ndarray]:
+    """A 3-class prediction and a truth that differs in each class in a known way."""
+    pred = np.zeros((3, 30, 41), dtype=np.uint8)
+    pred[0, 2:12, 3:20] = 1
+    pred[1, 8:25, 10:30] = 1
+    pred[2, 3:9, 25:33] = 1  # building A: matches the truth exactly
+    pred[2, 18:26, 2:8] = 1  # building B: the truth's is shifted 5 px (IoU 1/6)
+    pred[:, 26:, 35:] = LABEL_NODATA  # no prediction in a corner
+    truth = pred.copy()
+    truth[:, 26:, 35:] = 0
+    truth[0, 27:, 37:] = 1  # present where nothing was predicted: missed
+    truth[0, 2:12, 15:25] = 1  # the cloud grown
+    truth[1, :5] = LABEL_NODATA  # the shadow's top rows not labelled
+    truth[1, 20:25, 10:30] = 0  # the shadow's bottom not there
+    truth[2, 18:26, 2:8] = 0
+    truth[2, 18:26, 7:13] = 1
+    truth[2, :, 40] = LABEL_NODATA
+    return pred, truth
+
+
+@pytest.mark.parametrize("block", [7, 16, 2048])
+def test_small_files_match_numpy_whatever_the_block(tmp_path: Path, block: int) -> None:
+    pred, truth = _small_planes()
+    ref = _reference(pred, truth)
+    report = evaluate(_ml_file(tmp_path / "pred.tif", pred), _ml_file(tmp_path / "truth.tif", truth,
+                                                                      multilabel=False),
+                      block=block, things=["building"])
+    assert report.label_kind == "multilabel" and [r.name for r in report.rows] == ["cloud", "shadow", "building"]
+    assert report.pixels == ref["counted"] and report.covered == ref["covered"]
+    assert report.pixel_accuracy == pytest.approx(ref["right"] / ref["covered"])
+    for k, row in enumerate(report.rows):
+        tp, fp, fn, missed = (int(ref[n][k]) for n in ("tp", "fp", "fn", "missed"))
+        assert (row.iou, row.dice) == (pytest.approx(tp / (tp + fp + fn)), pytest.approx(2 * tp / (2 * tp + fp + fn)))
+        assert (row.precision, row.recall) == (pytest.approx(tp / (tp + fp)), pytest.approx(tp / (tp + fn)))
+        assert (row.support, row.missed) == (tp + fn, missed)
+        counted = truth[k] != LABEL_NODATA
+        scored = counted & (pred[k] != LABEL_NODATA)
+        expected = [[int((scored & (truth[k] == t) & (pred[k] == p)).sum()) for p in (0, 1)] for t in (0, 1)]
+        assert report.confusion[k] == expected
+    assert report.rows[0].missed > 0 and report.mean_iou == pytest.approx(np.mean([r.iou for r in report.rows]))
+    assert report.mean_dice == pytest.approx(np.mean([r.dice for r in report.rows]))
+    (building,) = report.objects
+    assert (building.name, building.truth, building.pred, building.tp) == ("building", 2, 2, 1)
+    assert report.iou_threshold == 0.5 and report.notes[0].startswith("multi-label: each class is scored")
+    assert [o.tp for o in evaluate(tmp_path / "pred.tif", tmp_path / "truth.tif", things=["building"],
+                                   iou=0.05).objects] == [2]  # B's IoU is 8 / 88
+
+
+def test_small_files_classes_absent_everywhere_leave_the_means(tmp_path: Path) -> None:
+    pred, truth = _small_planes()
+    pred[1], truth[1] = 0, 0  # no shadow anywhere: NaN scores, left out of the means
+    report = evaluate(_ml_file(tmp_path / "pred.tif", pred), _ml_file(tmp_path / "truth.tif", truth), block=16)
+    assert np.isnan(report.rows[1].iou) and report.objects == []
+    assert report.mean_iou == pytest.approx(np.mean([report.rows[0].iou, report.rows[2].iou]))
+    assert report.mean_dice == pytest.approx(np.mean([report.rows[0].dice, report.rows[2].dice]))
+    nothing = np.full_like(pred, LABEL_NODATA)
+    empty = evaluate(_ml_file(tmp_path / "none.tif", nothing), tmp_path / "truth.tif")
+    assert np.isnan(empty.pixel_accuracy) and empty.covered == 0 and empty.pixels == report.pixels
+    assert empty.mean_iou == 0.0 and [r.missed for r in empty.rows] == [r.support for r in empty.rows]
+    with pytest.raises(InputError, match=r"^class 'shadow' \(band 2\): .*multi-label bands hold 0 \(absent\), "
+                                         r"1 \(present\) and 255 \(nodata\)$"):
+        bad = truth.copy()
+        bad[1, 3, 3] = 2
+        evaluate(tmp_path / "pred.tif", _ml_file(tmp_path / "bad.tif", bad))
