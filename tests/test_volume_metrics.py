@@ -253,11 +253,14 @@ def test_bad_arguments_are_refused() -> None:
         wide = np.zeros((8, 8, 8), dtype=np.int16)
         wide[0, 0, :2] = (0, 255)
         wide[5, 5, 5] = bad
-        with pytest.raises(InputError, match=rf"holds label {bad} in voxels .* expected class labels 0\.\.254 "
-                                             r"\(255 = none\); remap"):
-            volume_scores(a, wide, (1, 1, 1))
-    with pytest.raises(InputError, match="float32"):
+        for args, what in (((a, wide), "the truth"), ((wide, a), "the prediction")):
+            with pytest.raises(InputError, match=rf"^{what} holds label {bad} in voxels \(0, 0, 0\)\.\.\(8, 8, 8\) "
+                                                 r"\(z, y, x\); expected class labels 0\.\.254 \(255 = none\); remap"):
+                volume_scores(*args, (1, 1, 1))
+    with pytest.raises(InputError, match=r"^the truth holds float32 values; expected integer class labels"):
         volume_scores(a, a.astype(np.float32), (1, 1, 1))
+    with pytest.raises(InputError, match=r"^the prediction holds float64 values; expected integer class labels"):
+        volume_scores(a.astype(np.float64), a, (1, 1, 1))
     for halo in (0, -1.0, float("inf"), True, "50"):
         with pytest.raises(ConfigError, match=rf"^halo={re.escape(repr(halo))} mm; expected a positive number of "
                                               r"millimetres, e.g\. 50$"):
