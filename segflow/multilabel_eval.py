@@ -22,10 +22,7 @@ The report's ``confusion`` holds ``[[tn, fp], [fn, tp]]`` per class (``label_kin
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
-from contextlib import ExitStack
-from pathlib import Path
 
 import numpy as np
 
@@ -97,14 +94,3 @@ def _mean(values: Sequence[float]) -> float:
     kept = [v for v in values if not math.isnan(v)]
     return float(np.mean(kept)) if kept else math.nan
 
-
-def open_pair(pred: str | os.PathLike[str], truth: str | os.PathLike[str], stack: ExitStack
-              ) -> tuple[LabelRaster, LabelRaster]:
-    """Both rasters opened with every band, closed by ``stack``."""
-    from ._label_raster import open_labels
-
-    p = open_labels(Path(pred), "prediction", multiband=True)
-    stack.callback(p.close)
-    t = open_labels(Path(truth), "truth", multiband=True)
-    stack.callback(t.close)
-    return p, t
