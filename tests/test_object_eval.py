@@ -7,6 +7,7 @@ polygon IoU of the vector polygons.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -27,7 +28,7 @@ from scipy import ndimage
 
 from segflow.cli import main
 from segflow.cli.evaluate import eval_cmd
-from segflow.errors import ConfigError, InputError
+from segflow.errors import ConfigError, InputError, OutputError
 from segflow.evaluate import evaluate_prediction
 from segflow.io.mask_store import MaskStore
 from segflow.labels import LABEL_NODATA
@@ -300,6 +301,50 @@ def test_cli_prints_and_writes_object_scores(tmp_path: Path, capsys: pytest.Capt
     assert err.startswith("segflow: error: --truth-class names class 'roads'") and len(err.splitlines()) == 1
 
 
+KNOWN_TABLE = """\
+objects at IoU >= 0.5 (unique: at IoU >= 0.5 the match count does not depend on the order)
+class     truth  pred  TP  FP  FN  precision  recall      F1  match IoU  pixel IoU
+----------------------------------------------------------------------------------
+building      7     6   4   2   3     0.6667  0.5714  0.6154     0.6500     0.6045
+water         1     2   1   1   0     0.5000  1.0000  0.6667     1.0000     0.8723
+----------------------------------------------------------------------------------
+all           8     8   5   3   3     0.6250  0.6250  0.6250     0.7200          -"""
+
+
+def test_the_report_files_and_table_in_full(tmp_path: Path) -> None:
+    """Every key, column and cell of the JSON, CSV and table a user gets for the known scene (values above:
+    building 4/6, 4/7, 8/13, match IoU 2.6/4, pixel IoU 214/354; water 1/2, 1, 2/3, 1, 451/517)."""
+    labels, truth, classes = known_scene()
+    run = run_folder(tmp_path / "run", labels)
+    report = evaluate_objects(run, write_truth(tmp_path / "t.gpkg", truth, classes))
+    assert report.format_table() == KNOWN_TABLE
+    noted = dataclasses.replace(report, notes=["one", "two"])
+    assert noted.format_table() == KNOWN_TABLE + "\nnote: one\nnote: two"
+    assert report.to_csv(tmp_path / "s.csv") == tmp_path / "s.csv"
+    assert (tmp_path / "s.csv").read_bytes() == (
+        b"class,truth_objects,pred_objects,tp,fp,fn,precision,recall,f1,match_iou,pixel_iou\n"
+        b"building,7,6,4,2,3,0.6666666666666666,0.5714285714285714,0.6153846153846154,0.65,0.6045197740112994\n"
+        b"water,1,2,1,1,0,0.5,1.0,0.6666666666666666,1.0,0.8723404255319149\n"
+        b"all,8,8,5,3,3,0.625,0.625,0.625,0.72,\n")
+    assert report.to_json(tmp_path / "s.json") == tmp_path / "s.json"
+    text = (tmp_path / "s.json").read_text()
+    assert text.endswith("}\n") and "NaN" not in text
+
+    def row(name: str, t: int, p: int, tp: int, precision: float, recall: float, f1: float, match: float,
+            pixel: float | None) -> dict[str, Any]:
+        return {"class": name, "truth_objects": t, "pred_objects": p, "tp": tp, "fp": p - tp, "fn": t - tp,
+                "precision": precision, "recall": recall, "f1": f1, "match_iou": match, "pixel_iou": pixel}
+
+    assert json.loads(text) == {
+        "prediction": str(run / "mask.zarr"), "truth": str(tmp_path / "t.gpkg"), "iou_threshold": 0.5,
+        "matching": "unique: at IoU >= 0.5 the match count does not depend on the order", "notes": [],
+        "classes": [row("building", 7, 6, 4, 4 / 6, 4 / 7, 8 / 13, 0.65, 214 / 354),
+                    row("water", 1, 2, 1, 0.5, 1.0, 2 / 3, 1.0, 451 / 517)],
+        "overall": row("all", 8, 8, 5, 0.625, 0.625, 0.625, 0.72, None)}
+    with pytest.raises(OutputError, match=r"^cannot write /proc/segflow-report\.json: .*; choose a writable location$"):
+        report.to_json("/proc/segflow-report.json")  # a folder nothing can be created in, even by root
+
+
 def test_a_run_scored_against_its_own_shifted_polygons(tmp_path: Path) -> None:
     """End to end: tile-infer --vectorize on a synthetic scene; truth = its instances.gpkg moved one pixel
     east. Matched IoUs equal shapely's on the run's own polygons, found by instance_id."""
@@ -323,3 +368,32 @@ def test_a_run_scored_against_its_own_shifted_polygons(tmp_path: Path) -> None:
                                        strict=True):
         a, b = polygons[int(pred_id)], moved[int(truth_row)].intersection(footprint)
         assert iou == pytest.approx(a.intersection(b).area / a.union(b).area, rel=1e-9)
+
+
+# --------------------------------------------------------------------------- against a truth label raster
+
+
+def test_objects_against_a_label_raster_leave_out_unlabelled_and_ignored_truth(tmp_path: Path) -> None:
+    """Where the truth is nodata (255) or an ignored value, neither raster has an object there."""
+    from segflow.evaluate import evaluate
+
+    from .helpers import write_geotiff
+
+    pred = np.zeros((40, 50), np.uint8)
+    pred[2:8, 2:8] = 1     # A: the truth's, IoU 1
+    pred[2:8, 20:26] = 1   # B: the truth is unlabelled there
+    pred[20:26, 2:8] = 1   # C: the truth holds an ignored value there
+    pred[20:26, 20:26] = 1  # D: the truth says background: a false positive
+    truth = np.zeros_like(pred)
+    truth[2:8, 2:8] = 1
+    truth[1:9, 19:27] = LABEL_NODATA
+    truth[19:27, 1:9] = 3
+    truth[30:34, 40:44] = 1  # E: not predicted, missed
+    p = write_geotiff(tmp_path / "pred.tif", pred[None], nodata=LABEL_NODATA)
+    t = write_geotiff(tmp_path / "truth.tif", truth[None], nodata=LABEL_NODATA)
+    for block in (7, 2048):
+        (row,) = evaluate(p, t, things=[1], ignore=[3], block=block, class_names=["bg", "building", "x", "y"]).objects
+        assert (row.name, row.truth, row.pred, row.tp, row.fp, row.fn) == ("building", 2, 2, 1, 1, 1)
+        assert row.match_iou == 1.0 and math.isnan(row.pixel_iou)
+    (row,) = evaluate(p, t, things=[1], class_names=["bg", "building", "x", "y"]).objects
+    assert (row.truth, row.pred, row.tp) == (2, 3, 1), "without --ignore 3, C is a prediction object"
