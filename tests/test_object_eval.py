@@ -328,7 +328,7 @@ def test_the_report_files_and_table_in_full(tmp_path: Path) -> None:
         b"all,8,8,5,3,3,0.625,0.625,0.625,0.72,\n")
     assert report.to_json(tmp_path / "s.json") == tmp_path / "s.json"
     text = (tmp_path / "s.json").read_text()
-    assert text.endswith("}\n") and "NaN" not in text
+    assert text.startswith('{\n  "prediction": ') and text.endswith("\n}\n") and "NaN" not in text  # indented by 2
 
     def row(name: str, t: int, p: int, tp: int, precision: float, recall: float, f1: float, match: float,
             pixel: float | None) -> dict[str, Any]:
