@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -183,21 +184,48 @@ def test_small_files_match_numpy_whatever_the_block(tmp_path: Path, block: int) 
     (building,) = report.objects
     assert (building.name, building.truth, building.pred, building.tp) == ("building", 2, 2, 1)
     assert report.iou_threshold == 0.5 and report.notes[0].startswith("multi-label: each class is scored")
+    assert (report.pred, report.truth) == (str(tmp_path / "pred.tif"), str(tmp_path / "truth.tif"))
+    two = evaluate(tmp_path / "pred.tif", tmp_path / "truth.tif", things=["cloud", "building"], block=block).objects
+    assert [(o.name, o.truth, o.pred, o.tp) for o in two] == [("cloud", 2, 1, 1), ("building", 2, 2, 1)]
     assert [o.tp for o in evaluate(tmp_path / "pred.tif", tmp_path / "truth.tif", things=["building"],
                                    iou=0.05).objects] == [2]  # B's IoU is 8 / 88
 
 
 def test_small_files_classes_absent_everywhere_leave_the_means(tmp_path: Path) -> None:
     pred, truth = _small_planes()
-    pred[1], truth[1] = 0, 0  # no shadow anywhere: NaN scores, left out of the means
+    pred[1] = np.where(pred[1] == LABEL_NODATA, LABEL_NODATA, 0)  # no shadow anywhere: NaN scores, left out of
+    truth[1] = 0  # the means
     report = evaluate(_ml_file(tmp_path / "pred.tif", pred), _ml_file(tmp_path / "truth.tif", truth), block=16)
     assert np.isnan(report.rows[1].iou) and report.objects == []
     assert report.mean_iou == pytest.approx(np.mean([report.rows[0].iou, report.rows[2].iou]))
     assert report.mean_dice == pytest.approx(np.mean([report.rows[0].dice, report.rows[2].dice]))
+    truth[1, 0, 0:5] = 1  # shadow in the truth only: 5 pixels predicted absent and 5 with no prediction
+    truth[1, 27, 35:40] = 1
+    report = evaluate(tmp_path / "pred.tif", _ml_file(tmp_path / "truth2.tif", truth), block=16)
+    assert (report.rows[1].iou, report.rows[1].support, report.rows[1].missed) == (0.0, 10, 5)
+    assert report.mean_iou == pytest.approx(np.mean([report.rows[0].iou, 0.0, report.rows[2].iou]))
+    zeros = np.zeros_like(pred)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "mean of empty slice"
+        none = evaluate(_ml_file(tmp_path / "zeros.tif", zeros), _ml_file(tmp_path / "ztruth.tif", zeros))
+    assert np.isnan(none.mean_iou) and np.isnan(none.mean_dice) and none.pixel_accuracy == 1.0
     nothing = np.full_like(pred, LABEL_NODATA)
     empty = evaluate(_ml_file(tmp_path / "none.tif", nothing), tmp_path / "truth.tif")
     assert np.isnan(empty.pixel_accuracy) and empty.covered == 0 and empty.pixels == report.pixels
     assert empty.mean_iou == 0.0 and [r.missed for r in empty.rows] == [r.support for r in empty.rows]
+    single = write_geotiff(tmp_path / "single.tif", truth[:1], nodata=None)
+    two = _ml_file(tmp_path / "two.tif", truth[:2], names=("cloud", "shadow"))
+    for path, kind in ((single, "a single-band class-id raster"), (two, "2 bands")):
+        with pytest.raises(InputError, match=rf"^the prediction {tmp_path}/pred\.tif is multi-label with 3 classes "
+                                             rf"\(one 0/1 band each\) but the truth {path} has {kind}; give a truth with "
+                                             r"one 0/1 band per class in the prediction's class order \(255 where not "
+                                             r"labelled\)$"):
+            evaluate(tmp_path / "pred.tif", path)
+    swapped = _ml_file(tmp_path / "swapped.tif", truth[[1, 0, 2]], names=("shadow", "cloud", "building"))
+    with pytest.raises(InputError, match=r"^the truth's bands are shadow, cloud, building but the prediction's "
+                                         r"classes are cloud, shadow, building; reorder the truth's bands "
+                                         r"\(gdal_translate -b \.\.\.\) to the prediction's class order$"):
+        evaluate(tmp_path / "pred.tif", swapped)
     with pytest.raises(InputError, match=r"^class 'shadow' \(band 2\): .*multi-label bands hold 0 \(absent\), "
                                          r"1 \(present\) and 255 \(nodata\)$"):
         bad = truth.copy()
