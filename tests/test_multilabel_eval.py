@@ -216,10 +216,10 @@ def test_small_files_classes_absent_everywhere_leave_the_means(tmp_path: Path) -
     single = write_geotiff(tmp_path / "single.tif", truth[:1], nodata=None)
     two = _ml_file(tmp_path / "two.tif", truth[:2], names=("cloud", "shadow"))
     for path, kind in ((single, "a single-band class-id raster"), (two, "2 bands")):
-        with pytest.raises(InputError, match=rf"^the prediction {tmp_path}/pred\.tif is multi-label with 3 classes "
-                                             rf"\(one 0/1 band each\) but the truth {path} has {kind}; give a truth with "
-                                             r"one 0/1 band per class in the prediction's class order \(255 where not "
-                                             r"labelled\)$"):
+        with pytest.raises(InputError, match=rf"^the prediction {tmp_path}/pred\.tif is multi-label with 3 "
+                                             rf"classes \(one 0/1 band each\) but the truth {path} has {kind}; give "
+                                             r"a truth with one 0/1 band per class in the prediction's class order "
+                                             r"\(255 where not labelled\)$"):
             evaluate(tmp_path / "pred.tif", path)
     swapped = _ml_file(tmp_path / "swapped.tif", truth[[1, 0, 2]], names=("shadow", "cloud", "building"))
     with pytest.raises(InputError, match=r"^the truth's bands are shadow, cloud, building but the prediction's "
