@@ -189,6 +189,10 @@ def test_directed_percentile_and_counts_match_numpy() -> None:
     beyond.add(offsets[values <= 2.0], int((values > 2.0).sum()))
     value, exact = beyond.percentile(95)
     assert not exact and value <= np.percentile(values, 95)
+    chunks = DirectedDistances(spacing, halo=2.0)  # chunk by chunk: the counts beyond add up too
+    for part in np.array_split(np.arange(5000), 4):
+        chunks.add(offsets[part][values[part] <= 2.0], int((values[part] > 2.0).sum()))
+    assert (chunks.beyond, chunks.total, chunks.percentile(95)) == (beyond.beyond, 5000, beyond.percentile(95))
 
 
 # --------------------------------------------------------------------------- empty masks and label conventions
