@@ -189,6 +189,12 @@ def test_directed_percentile_and_counts_match_numpy() -> None:
     beyond.add(offsets[values <= 2.0], int((values > 2.0).sum()))
     value, exact = beyond.percentile(95)
     assert not exact and value <= np.percentile(values, 95)
+    edge = DirectedDistances((1.0, 1.0, 1.0), halo=8.5)  # distances 0..8 mm and one beyond the halo
+    edge.add(np.array([[0, 0, d] for d in range(9)]), 1)
+    assert edge.percentile(100) == (8.5, False), "the last order statistic is the one beyond"
+    assert edge.percentile(95) == (pytest.approx(8 + 0.55 * 0.5), False), "between the last exact one and beyond"
+    assert edge.percentile(85) == (pytest.approx(7.65), True), "between two exact ones"
+    assert edge.percentile(0) == (0.0, True) and edge.within(8.5) == 9
     chunks = DirectedDistances(spacing, halo=2.0)  # chunk by chunk: the counts beyond add up too
     for part in np.array_split(np.arange(5000), 4):
         chunks.add(offsets[part][values[part] <= 2.0], int((values[part] > 2.0).sum()))
