@@ -220,7 +220,8 @@ def test_overlapping_truth_polygons_count_every_pixel_for_each(tmp_path: Path) -
     assert counts(report)["building"] == (2, 1, 1, 0, 1)
     assert report.matches.iou.tolist() == [1.0]  # not 0.5, as if t1 had taken the shared pixels
     assert report.rows[0].pixel_iou == 100 / 150
-    assert any("50 pixels lie in more than one truth polygon" in n for n in report.notes)
+    assert report.notes == ["50 pixels lie in more than one truth polygon (each counted in every one); matching "
+                            "there is greedy"]
 
 
 def test_min_area_of_the_run_and_truth_outside_the_grid_are_noted(tmp_path: Path) -> None:
