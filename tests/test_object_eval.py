@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +239,33 @@ def test_min_area_of_the_run_and_truth_outside_the_grid_are_noted(tmp_path: Path
     assert counts(evaluate_objects(run, path, min_area=0))["building"] == (1, 2, 1, 1, 0)
 
 
+def test_the_options_and_their_limits(tmp_path: Path) -> None:
+    labels, truth, classes = known_scene()
+    run = run_folder(tmp_path / "run", labels)
+    path = write_truth(tmp_path / "t.gpkg", truth, classes)
+    assert counts(evaluate_objects(run, path, iou=1.0))["all"] == (8, 8, 2, 6, 6), "IoU 1 is a threshold: A and W"
+    assert counts(evaluate_objects(run, path, iou=1))["all"] == (8, 8, 2, 6, 6)
+    tiny = np.zeros((6, 8), np.uint8)
+    tiny[1:4, 2:6] = 1
+    one = evaluate_objects(run_folder(tmp_path / "tiny", tiny), write_truth(tmp_path / "one.gpkg", [rect(1, 3, 2, 5)],
+                                                                             ["building"]), block=1)
+    assert counts(one)["all"] == (1, 1, 1, 0, 0) and one.rows[0].pixel_iou == 1.0, "blocks of one pixel"
+    for iou in (0, 0.0, -0.1, 1.0001, 2.0, math.nan, True, "0.5", None):
+        with pytest.raises(ConfigError, match=rf"^iou={re.escape(repr(iou))}; expected a threshold in \(0, 1\], e\.g\. "
+                                              r"--iou 0\.5$"):
+            evaluate_objects(run, path, iou=iou)  # type: ignore[arg-type]
+    for block in (0, -3, True, 2.0, "8"):
+        with pytest.raises(ConfigError, match=rf"^block={re.escape(repr(block))}; expected a positive number of "
+                                              r"pixels, e\.g\. 1024$"):
+            evaluate_objects(run, path, block=block)  # type: ignore[arg-type]
+    renamed = write_truth(tmp_path / "r.gpkg", truth, ["house" if c == "building" else "lake" for c in classes])
+    report = evaluate_objects(run, renamed, class_names=["ground", "house", "lake"])
+    assert [r.name for r in report.rows] == ["house", "lake"] and counts(report)["all"] == (8, 8, 5, 3, 3)
+    # a min_area under one map unit still leaves out what is smaller (here nothing: a pixel is 100 m²)
+    assert "0 prediction objects under min_area 0.5 (the run's --min-area unless given) left out" in \
+        evaluate_objects(run, path, min_area=0.5).notes
+
+
 @pytest.mark.parametrize("suffix", ["fgb", "geojson", "shp", "parquet"])
 def test_every_truth_format_gives_the_same_scores(tmp_path: Path, suffix: str) -> None:
     geopandas = pytest.importorskip("geopandas")
@@ -262,8 +290,11 @@ def test_single_class_truth_and_refusals(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"'roads'.*building"):
         evaluate_objects(run, bare, truth_class="roads")
     away = [shapely.affinity.translate(g, 1e6, 0) for g in truth]
-    with pytest.raises(InputError, match="outside the prediction"):
+    with pytest.raises(InputError, match=rf"^truth {tmp_path}/away\.gpkg lies outside the prediction "
+                                         rf"{run}/mask\.zarr: its bounds"):
         evaluate_objects(run, write_truth(tmp_path / "away.gpkg", away, ["water"] * 8))
+    with pytest.raises(InputError, match=rf"^prediction {tmp_path}/none does not exist; give a label GeoTIFF"):
+        evaluate_objects(tmp_path / "none", bare)
     with pytest.raises(InputError, match="Point"):
         evaluate_objects(run, write_truth(tmp_path / "pts.gpkg", [shapely.Point(500010, 4999990)], ["water"]))
     bowtie = shapely.Polygon([(500000, 5000000), (500100, 4999900), (500100, 5000000), (500000, 4999900)])
