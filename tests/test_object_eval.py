@@ -227,16 +227,19 @@ def test_overlapping_truth_polygons_count_every_pixel_for_each(tmp_path: Path) -
 
 def test_min_area_of_the_run_and_truth_outside_the_grid_are_noted(tmp_path: Path) -> None:
     labels = np.zeros((30, 40), np.uint8)
+    labels[0:2, 30:32] = 1  # 4 px = 400 m²: under the run's min_area, the first object in raster order
     labels[2:12, 2:12] = 1  # 100 px = 10000 m²
-    labels[20:22, 20:22] = 1  # 4 px = 400 m²: under the run's min_area
+    labels[20:22, 20:22] = 1  # 4 px: under it too
     run = run_folder(tmp_path / "run", labels, min_area=1000.0)
     far = rect(100, 110, 100, 110)  # outside the grid
-    path = write_truth(tmp_path / "t.gpkg", [rect(2, 11, 2, 11), far], ["building", "building"])
+    path = write_truth(tmp_path / "t.gpkg", [rect(2, 11, 2, 11), far, rect(25, 28, 2, 5)], ["building"] * 3)
     report = evaluate_objects(run, path)
-    assert counts(report)["building"] == (1, 1, 1, 0, 0)
-    assert any("1 prediction objects under min_area 1000" in n for n in report.notes)
-    assert any("1 truth features cover no pixel centre" in n for n in report.notes)
-    assert counts(evaluate_objects(run, path, min_area=0))["building"] == (1, 2, 1, 1, 0)
+    assert counts(report)["building"] == (2, 1, 1, 0, 1)
+    assert report.notes == [
+        "2 prediction objects under min_area 1000 (the run's --min-area unless given) left out",
+        "1 truth features cover no pixel centre of the prediction (outside it, empty or smaller than a pixel) and "
+        "are left out"]
+    assert counts(evaluate_objects(run, path, min_area=0))["building"] == (2, 3, 1, 2, 1)
 
 
 def test_the_options_and_their_limits(tmp_path: Path) -> None:
