@@ -131,6 +131,11 @@ def test_known_counts_at_iou_half_whatever_the_block(tmp_path: Path, block: int)
     # the exact-half tie: G is matched once, to the lower truth row (G1 = row 5)
     rows = dict(zip(report.matches.truth_row.tolist(), report.matches.iou.tolist(), strict=True))
     assert rows == {0: 1.0, 1: 0.6, 4: 0.5, 5: 0.5, 7: 1.0}
+    # each pair's prediction object by the 1-based raster index of its first pixel, and its truth's class
+    pairs = dict(zip(report.matches.truth_row.tolist(), report.matches.pred_id.tolist(), strict=True))
+    assert pairs == {0: 1 + 2 * 80 + 2, 1: 1 + 2 * 80 + 20, 4: 1 + 20 * 80 + 40, 5: 1 + 35 * 80 + 2, 7: 1 + 45 * 80 + 30}
+    assert report.matches.class_id.tolist() == [1 if classes[r] == "building" else 2
+                                                for r in report.matches.truth_row.tolist()]
     assert report.notes == []
 
 
@@ -240,6 +245,21 @@ def test_min_area_of_the_run_and_truth_outside_the_grid_are_noted(tmp_path: Path
         "1 truth features cover no pixel centre of the prediction (outside it, empty or smaller than a pixel) and "
         "are left out"]
     assert counts(evaluate_objects(run, path, min_area=0))["building"] == (2, 3, 1, 2, 1)
+
+
+def test_classes_without_names_are_numbered(tmp_path: Path) -> None:
+    labels, truth, classes = known_scene()
+    raster = tmp_path / "labels.tif"
+    with rasterio.open(raster, "w", driver="GTiff", width=80, height=60, count=1, dtype="uint8", crs=UTM,
+                       transform=T, nodata=LABEL_NODATA) as ds:
+        ds.write(labels[None])
+    ids = write_truth(tmp_path / "ids.gpkg", truth, [1 if c == "building" else 2 for c in classes], column="class_id")
+    for names in (None, ["background", "", "water"]):
+        report = evaluate_objects(raster, ids, class_names=names)
+        assert [r.name for r in report.rows] == ["class_1", "water" if names else "class_2"]
+        assert counts(report)["all"] == (8, 8, 5, 3, 3)
+    with pytest.raises(InputError, match=r"feature 7 is of class 2; object classes are 1\.\.1 "):
+        evaluate_objects(raster, ids, class_names=["background", "building"])  # names must cover the truth's ids
 
 
 def test_the_options_and_their_limits(tmp_path: Path) -> None:
