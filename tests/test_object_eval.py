@@ -133,7 +133,8 @@ def test_known_counts_at_iou_half_whatever_the_block(tmp_path: Path, block: int)
     assert rows == {0: 1.0, 1: 0.6, 4: 0.5, 5: 0.5, 7: 1.0}
     # each pair's prediction object by the 1-based raster index of its first pixel, and its truth's class
     pairs = dict(zip(report.matches.truth_row.tolist(), report.matches.pred_id.tolist(), strict=True))
-    assert pairs == {0: 1 + 2 * 80 + 2, 1: 1 + 2 * 80 + 20, 4: 1 + 20 * 80 + 40, 5: 1 + 35 * 80 + 2, 7: 1 + 45 * 80 + 30}
+    assert pairs == {0: 1 + 2 * 80 + 2, 1: 1 + 2 * 80 + 20, 4: 1 + 20 * 80 + 40, 5: 1 + 35 * 80 + 2,
+                     7: 1 + 45 * 80 + 30}
     assert report.matches.class_id.tolist() == [1 if classes[r] == "building" else 2
                                                 for r in report.matches.truth_row.tolist()]
     assert report.notes == []
