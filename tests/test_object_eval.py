@@ -290,6 +290,18 @@ def test_the_options_and_their_limits(tmp_path: Path) -> None:
         evaluate_objects(run, path, min_area=0.5).notes
 
 
+def test_min_area_on_a_rotated_grid_and_at_the_limit(tmp_path: Path) -> None:
+    """A pixel of a 10 m grid rotated 30 degrees is still 100 m²; an object of exactly min_area is kept."""
+    rotated = T @ Affine.rotation(30)
+    labels = np.zeros((30, 40), np.uint8)
+    labels[2:12, 2:12] = 1  # 100 px = 10000 m²
+    labels[20:22, 20:22] = 1  # 4 px = 400 m²
+    run = run_folder(tmp_path / "run", labels, transform=rotated)
+    path = write_truth(tmp_path / "t.gpkg", [rect(2, 11, 2, 11, rotated)], ["building"])
+    for min_area, pred in ((300.0, 2), (400.0, 2), (401.0, 1)):
+        assert counts(evaluate_objects(run, path, min_area=min_area))["building"][1] == pred, min_area
+
+
 @pytest.mark.parametrize("suffix", ["fgb", "geojson", "shp", "parquet"])
 def test_every_truth_format_gives_the_same_scores(tmp_path: Path, suffix: str) -> None:
     geopandas = pytest.importorskip("geopandas")
