@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -274,6 +275,11 @@ def test_the_options_and_their_limits(tmp_path: Path) -> None:
     one = evaluate_objects(run_folder(tmp_path / "tiny", tiny), write_truth(tmp_path / "one.gpkg", [rect(1, 3, 2, 5)],
                                                                              ["building"]), block=1)
     assert counts(one)["all"] == (1, 1, 1, 0, 0) and one.rows[0].pixel_iou == 1.0, "blocks of one pixel"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "mean of empty slice"
+        unmatched = evaluate_objects(tmp_path / "tiny", write_truth(tmp_path / "off.gpkg", [rect(4, 5, 0, 1)],
+                                                                    ["building"]))
+    assert counts(unmatched)["all"] == (1, 1, 0, 1, 1) and math.isnan(unmatched.overall.match_iou)
     for iou in (0, 0.0, -0.1, 1.0001, 2.0, math.nan, True, "0.5", None):
         with pytest.raises(ConfigError, match=rf"^iou={re.escape(repr(iou))}; expected a threshold in \(0, 1\], e\.g\. "
                                               r"--iou 0\.5$"):
