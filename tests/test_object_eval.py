@@ -296,6 +296,22 @@ def test_the_options_and_their_limits(tmp_path: Path) -> None:
         evaluate_objects(run, path, min_area=0.5).notes
 
 
+def test_the_run_record_without_min_area_or_unreadable(tmp_path: Path) -> None:
+    labels, truth, classes = known_scene()
+    run = run_folder(tmp_path / "run", labels)
+    path = write_truth(tmp_path / "t.gpkg", truth, classes)
+    for record in ({"parameters": {"vectorize": "gpkg", "vector_options": {"simplify": 0.5}}},
+                   {"parameters": {"vectorize": None, "vector_options": None}}, {"parameters": {}}):
+        (run / "run.json").write_text(json.dumps(record))
+        report = evaluate_objects(run, path)
+        assert counts(report)["all"] == (8, 8, 5, 3, 3) and report.notes == [], record
+    for text in ("{", json.dumps({"parameters": {"vector_options": {"min_area": "big"}}}), "[]"):
+        (run / "run.json").write_text(text)
+        with pytest.raises(InputError, match=rf"^{run}/run\.json is unreadable; re-run tile-infer to rewrite it, or "
+                                             r"give the labels \(labels\.tif\) instead of the run folder$"):
+            evaluate_objects(run, path)
+
+
 def test_min_area_on_a_rotated_grid_and_at_the_limit(tmp_path: Path) -> None:
     """A pixel of a 10 m grid rotated 30 degrees is still 100 m²; an object of exactly min_area is kept."""
     rotated = T @ Affine.rotation(30)
