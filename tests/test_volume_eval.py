@@ -110,11 +110,38 @@ def test_is_label_volume(tmp_path: Path) -> None:
     assert not is_label_volume(plain), "an unreadable store is no volume"
 
 
+def test_zarr_stores_made_elsewhere(tmp_path: Path) -> None:
+    import zarr
+
+    pred, truth = pair()
+    t = save_nifti(tmp_path / "truth.nii.gz", truth)
+    group = zarr.open_group(str(tmp_path / "other.zarr"), mode="w")  # labels and an affine, no class names
+    group.create_array("labels", shape=pred.shape, dtype="uint8", fill_value=0)[:] = pred
+    group.attrs["affine"] = [[int(v) for v in row] for row in np.diag([2, 1, 1, 1])]  # integers are fine
+    spaced = save_nifti(tmp_path / "spaced.nii", truth, np.diag([2.0, 1.0, 1.0, 1.0]))
+    report = evaluate_volume(tmp_path / "other.zarr", spaced)
+    assert report.names == ["class_0", "class_1", "class_2"] and report.spacing == (2.0, 1.0, 1.0)
+    assert report.rows == volume_scores(pred, truth, (2.0, 1.0, 1.0))
+    bare = tmp_path / "bare.zarr"  # a bare 3D array: a volume, but not a store segflow can read
+    zarr.create_array(store=str(bare), shape=(4, 5, 6), dtype="uint8", fill_value=0)
+    assert is_label_volume(bare)
+    with pytest.raises(InputError, match="is not a segflow mask store"):
+        evaluate_volume(bare, t)
+    empty = tmp_path / "empty.zarr"
+    empty.mkdir()
+    assert not is_label_volume(empty) and list(empty.iterdir()) == [], "looking writes nothing"
+
+
 def test_scaled_niftis_read_as_integers_or_are_refused(tmp_path: Path) -> None:
     pred, truth = pair()
     t = save_nifti(tmp_path / "truth.nii.gz", truth)
     halves = save_nifti(tmp_path / "halves.nii", (pred * 2).astype(np.int16), scale=0.5)  # stored 2x, slope 0.5
     assert evaluate_volume(halves, t).rows == evaluate_volume(save_nifti(tmp_path / "p.nii", pred), t).rows
+    shifted = nib.Nifti1Image(np.ascontiguousarray((pred.astype(np.int16) + 5).transpose(2, 1, 0)),
+                              AFFINE[:, [2, 1, 0, 3]])
+    shifted.header.set_slope_inter(1.0, -5.0)  # stored + 5, intercept -5
+    nib.save(shifted, str(tmp_path / "shifted.nii"))
+    assert evaluate_volume(tmp_path / "shifted.nii", t).rows == evaluate_volume(tmp_path / "p.nii", t).rows
     floats = save_nifti(tmp_path / "float.nii", pred.astype(np.float32))
     assert evaluate_volume(floats, t).rows == evaluate_volume(tmp_path / "p.nii", t).rows
     bad = pred.astype(np.float32)
