@@ -142,6 +142,13 @@ def test_scaled_niftis_read_as_integers_or_are_refused(tmp_path: Path) -> None:
     shifted.header.set_slope_inter(1.0, -5.0)  # stored + 5, intercept -5
     nib.save(shifted, str(tmp_path / "shifted.nii"))
     assert evaluate_volume(tmp_path / "shifted.nii", t).rows == evaluate_volume(tmp_path / "p.nii", t).rows
+    for slope, inter in ((2.0, 0.0), (1.0, 1.0)):  # integer storage with a slope or an intercept is scaled
+        stored = nib.Nifti1Image(np.ascontiguousarray(pred.astype(np.int16).transpose(2, 1, 0)),
+                                 AFFINE[:, [2, 1, 0, 3]])
+        stored.header.set_slope_inter(slope, inter)
+        nib.save(stored, str(tmp_path / "stored.nii"))
+        expected = save_nifti(tmp_path / "expected.nii", (pred * slope + inter).astype(np.uint8))
+        assert evaluate_volume(tmp_path / "stored.nii", t).rows == evaluate_volume(expected, t).rows
     floats = save_nifti(tmp_path / "float.nii", pred.astype(np.float32))
     assert evaluate_volume(floats, t).rows == evaluate_volume(tmp_path / "p.nii", t).rows
     bad = pred.astype(np.float32)
