@@ -158,8 +158,7 @@ def grid_spacing(pred: LabelVolume, truth: LabelVolume) -> tuple[float, float, f
                          "neighbour (e.g. nibabel.processing.resample_from_to(truth, labels.nii.gz, order=0))")
     columns = pred.affine[:3, :3]
     spacing = np.linalg.norm(columns, axis=0)
-    cosines = (columns.T @ columns) / np.outer(spacing, spacing)
-    if not np.all(spacing > 0) or np.abs(cosines - np.eye(3)).max() > 1e-4:
+    if not np.all(spacing > 0) or np.abs((columns.T @ columns) / np.outer(spacing, spacing) - np.eye(3)).max() > 1e-4:
         raise InputError(f"{pred.path}: the voxel axes are not orthogonal (sheared affine); surface distances "
                          "need an orthogonal grid; resample both volumes onto one")
     return float(spacing[0]), float(spacing[1]), float(spacing[2])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -130,6 +131,18 @@ def test_zarr_stores_made_elsewhere(tmp_path: Path) -> None:
     empty = tmp_path / "empty.zarr"
     empty.mkdir()
     assert not is_label_volume(empty) and list(empty.iterdir()) == [], "looking writes nothing"
+    with pytest.raises(InputError, match=r"empty\.zarr is not a segflow mask store"):
+        open_label_volume(empty)  # a .zarr folder is taken as a store, even without metadata
+    for fmt in (3, 2):  # stores found by their metadata whatever their name
+        store = tmp_path / f"store_v{fmt}"
+        node = zarr.open_group(str(store), mode="w", zarr_format=fmt)  # type: ignore[arg-type]
+        node.create_array("labels", shape=pred.shape, dtype="uint8", fill_value=0)[:] = pred
+        assert is_label_volume(store), fmt
+    degenerate = np.diag([2.0, 0.0, 1.0, 1.0])  # a zero voxel step
+    with pytest.raises(InputError, match="not orthogonal"), warnings.catch_warnings():
+        warnings.simplefilter("error")  # refused before any division by the zero step
+        evaluate_volume(save_store(tmp_path / "flat_step.zarr", pred, affine=degenerate),
+                        save_store(tmp_path / "flat_step_t.zarr", truth, affine=degenerate))
 
 
 def test_scaled_niftis_read_as_integers_or_are_refused(tmp_path: Path) -> None:
@@ -217,6 +230,13 @@ def test_grids_must_match_within_the_tolerances(tmp_path: Path) -> None:
                r"nibabel\.processing\.resample_from_to\(truth, labels\.nii\.gz, order=0\)\)$")
     with pytest.raises(InputError, match=message):
         evaluate_volume(p, save_nifti(tmp_path / "moved.nii", truth, moved))
+    fine = AFFINE.copy()
+    fine[:3, 3] = [0.123456, 0.0, 0.0]
+    off = fine.copy()
+    off[0, 3] += 2.5
+    with pytest.raises(InputError, match=r"affines differ by up to 2\.5 \(prediction \[\[2\.0, 0\.0, 0\.0, 0\.1235\], .*"
+                                         r"truth \[\[2\.0, 0\.0, 0\.0, 2\.6235\], "):  # rounded to 4 decimals
+        evaluate_volume(save_nifti(tmp_path / "fine.nii", pred, fine), save_nifti(tmp_path / "off.nii", truth, off))
     with pytest.raises(InputError, match=r"not on the same voxel grid: shape 8x10x12 vs 8x10x11 \(z, y, x\); "
                                          r"resample"):
         evaluate_volume(p, save_nifti(tmp_path / "cropped.nii", truth[:, :, :11]))
