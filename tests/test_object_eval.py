@@ -270,6 +270,7 @@ def test_the_options_and_their_limits(tmp_path: Path) -> None:
     path = write_truth(tmp_path / "t.gpkg", truth, classes)
     assert counts(evaluate_objects(run, path, iou=1.0))["all"] == (8, 8, 2, 6, 6), "IoU 1 is a threshold: A and W"
     assert counts(evaluate_objects(run, path, iou=1))["all"] == (8, 8, 2, 6, 6)
+    assert evaluate_objects(run, path, iou=0.3).matching == "greedy one-to-one assignment by descending IoU"
     tiny = np.zeros((6, 8), np.uint8)
     tiny[1:4, 2:6] = 1
     one = evaluate_objects(run_folder(tmp_path / "tiny", tiny), write_truth(tmp_path / "one.gpkg", [rect(1, 3, 2, 5)],
