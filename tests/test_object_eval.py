@@ -488,3 +488,29 @@ def test_objects_against_a_label_raster_leave_out_unlabelled_and_ignored_truth(t
         assert row.match_iou == 1.0 and math.isnan(row.pixel_iou)
     (row,) = evaluate(p, t, things=[1], class_names=["bg", "building", "x", "y"]).objects
     assert (row.truth, row.pred, row.tp) == (2, 3, 1), "without --ignore 3, C is a prediction object"
+
+
+def test_objects_against_a_label_raster_face_connected_and_per_class(tmp_path: Path) -> None:
+    """Objects are face-connected (a diagonal touch makes two); each class is matched and counted on its own."""
+    from segflow.evaluate import evaluate
+
+    from .helpers import write_geotiff
+
+    pred = np.zeros((40, 50), np.uint8)
+    pred[2:6, 2:6] = 1     # P1 = T1
+    pred[6:9, 6:9] = 1     # P2 touches P1 only at a corner: its own object
+    pred[10:13, 30:33] = 1  # P4: no truth
+    pred[20:24, 20:24] = 2  # P3: T3 is 2 columns wider (IoU 16 / 24)
+    truth = np.zeros_like(pred)
+    truth[2:6, 2:6] = 1
+    truth[20:24, 20:26] = 2
+    truth[28:38, 2:12] = 2  # T4: not predicted
+    p = write_geotiff(tmp_path / "pred.tif", pred[None], nodata=LABEL_NODATA)
+    t = write_geotiff(tmp_path / "truth.tif", truth[None], nodata=LABEL_NODATA)
+    names = ["bg", "building", "water"]
+    for block in (5, 2048):
+        objects = evaluate(p, t, things=[1, 2], block=block, class_names=names).objects
+        assert [(o.name, o.truth, o.pred, o.tp) for o in objects] == [("building", 1, 3, 1), ("water", 2, 1, 1)]
+        assert [o.match_iou for o in objects] == [1.0, pytest.approx(16 / 24)]
+    strict = evaluate(p, t, things=[1, 2], iou=0.7, class_names=names).objects
+    assert [(o.name, o.tp, o.fp, o.fn) for o in strict] == [("building", 1, 2, 0), ("water", 0, 1, 2)]
