@@ -513,4 +513,6 @@ def test_objects_against_a_label_raster_face_connected_and_per_class(tmp_path: P
         assert [(o.name, o.truth, o.pred, o.tp) for o in objects] == [("building", 1, 3, 1), ("water", 2, 1, 1)]
         assert [o.match_iou for o in objects] == [1.0, pytest.approx(16 / 24)]
     strict = evaluate(p, t, things=[1, 2], iou=0.7, class_names=names).objects
+    unnamed = evaluate(p, t, things=[2, 3], class_names=names).objects  # a thing class beyond the names
+    assert [(o.name, o.truth, o.pred, o.tp) for o in unnamed] == [("water", 2, 1, 1), ("class_3", 0, 0, 0)]
     assert [(o.name, o.tp, o.fp, o.fn) for o in strict] == [("building", 1, 2, 0), ("water", 0, 1, 2)]
