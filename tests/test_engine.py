@@ -46,9 +46,9 @@ def demo_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def cluster() -> Any:
-    with engine_execute.nanny_environment_kept(), \
-            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                     dashboard_address=None, silence_logs=40) as c:
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None, silence_logs=40,
+                                  worker_class=engine_execute.kept_environment_nanny()) as c:
         yield c
 
 
@@ -95,9 +95,10 @@ def test_a_worker_killed_mid_run_changes_nothing(demo_scene: Path, tmp_path: Pat
     reference = tmp_path / "reference"
     params = TileInferParams(model="demo-unet-2d", chunk=128, batch=2, precision="fp32")  # as above
     tile_infer(demo_scene, reference, params)
-    with engine_execute.nanny_environment_kept(), \
-            distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                     dashboard_address=None, silence_logs=50) as c, distributed.Client(c) as client:
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None, silence_logs=50,
+                                  worker_class=engine_execute.kept_environment_nanny()) as c, \
+            distributed.Client(c) as client:
         pids = list(client.run(os.getpid).values())
         killed: list[int] = []
 
@@ -159,12 +160,20 @@ def test_bad_execution_choices_are_refused(scene: Path, package: Path, tmp_path:
 def test_a_local_cluster_leaves_this_process_environment_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
     """distributed's nanny puts OMP_NUM_THREADS=1 (and others) into the parent's environment for its workers; a run
     with --workers must not leave them to the process (a flow worker) and to what it starts later."""
+    def no_nanny_spawning() -> None:  # other clusters of this module (a worker restarted late) may be spawning
+        deadline = time.monotonic() + 60
+        while engine_execute._environ_kept["users"]:
+            assert time.monotonic() < deadline, "the nannies' spawns end"
+            time.sleep(0.1)
+
+    no_nanny_spawning()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setenv("MKL_NUM_THREADS", "3")
     keys = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")
     before = {k: os.environ.get(k) for k in keys}
     cluster = engine_execute.start_local_cluster(1, False)
     try:
+        no_nanny_spawning()
         assert {k: os.environ.get(k) for k in keys} == before
         with distributed.Client(cluster) as client:  # a worker that dies is started again by its nanny
             (pid,) = client.run(os.getpid).values()
@@ -175,6 +184,7 @@ def test_a_local_cluster_leaves_this_process_environment_as_it_was(monkeypatch: 
                 time.sleep(0.2)
             (restarted,) = client.run(lambda: os.environ.get("OMP_NUM_THREADS")).values()
         assert restarted == "1", "the workers still get the nanny's variables"
+        no_nanny_spawning()
         assert {k: os.environ.get(k) for k in keys} == before
     finally:
         cluster.close()

@@ -238,9 +238,9 @@ def nanny_environment_kept() -> Iterator[None]:
 
 
 @functools.cache
-def _nanny_class() -> type:
+def kept_environment_nanny() -> type:
     """distributed's Nanny, starting each worker process (the first time, and again after a crash) with its
-    variables set only while it spawns."""
+    variables set only while it spawns; give it as ``worker_class`` to a LocalCluster."""
     from distributed import Nanny
 
     class KeptEnvironmentNanny(Nanny):
@@ -261,7 +261,7 @@ def start_local_cluster(workers: int, cuda: bool) -> Any:
     with nanny_environment_kept():
         return LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, host="127.0.0.1",
                             dashboard_address=None, resources={"GPU": 1} if cuda else None,
-                            worker_class=_nanny_class(),
+                            worker_class=kept_environment_nanny(),
                             silence_logs=logging.CRITICAL)  # a task's error reaches the caller as one line
 
 
