@@ -21,6 +21,8 @@ from segflow.io.mask_store import MaskStore
 from segflow.volume_eval import VolumeEvalReport, evaluate_volume, is_label_volume, open_label_volume
 from segflow.volume_metrics import volume_scores
 
+from . import test_volume_metrics as volume_metrics_tests
+
 AFFINE = np.array([[2.0, 0.0, 0.0, -30.0],  # (z, y, x, 1) -> RAS mm: z 2 mm, y 1.5 mm, x 1 mm
                    [0.0, 1.5, 0.0, 12.0],
                    [0.0, 0.0, 1.0, 7.5],
@@ -28,13 +30,9 @@ AFFINE = np.array([[2.0, 0.0, 0.0, -30.0],  # (z, y, x, 1) -> RAS mm: z 2 mm, y 
 SPACING = (2.0, 1.5, 1.0)
 
 
-def save_nifti(path: Path, zyx: np.ndarray, zyx_affine: np.ndarray = AFFINE, scale: float | None = None) -> Path:
-    """A (z, y, x) array as NIfTI (i, j, k) = (x, y, z)."""
-    image = nib.Nifti1Image(np.ascontiguousarray(zyx.transpose(2, 1, 0)), zyx_affine[:, [2, 1, 0, 3]])
-    if scale is not None:
-        image.header.set_slope_inter(scale, 0.0)
-    nib.save(image, str(path))
-    return path
+def save_nifti(path: Path, zyx: np.ndarray, zyx_affine: np.ndarray = AFFINE, slope: float | None = None,
+               inter: float = 0.0) -> Path:
+    return volume_metrics_tests.save_nifti(path, zyx, zyx_affine, slope, inter)
 
 
 def save_store(path: Path, zyx: np.ndarray, names: list[str] | None = None, affine: np.ndarray | None = AFFINE
@@ -148,18 +146,12 @@ def test_zarr_stores_made_elsewhere(tmp_path: Path) -> None:
 def test_scaled_niftis_read_as_integers_or_are_refused(tmp_path: Path) -> None:
     pred, truth = pair()
     t = save_nifti(tmp_path / "truth.nii.gz", truth)
-    halves = save_nifti(tmp_path / "halves.nii", (pred * 2).astype(np.int16), scale=0.5)  # stored 2x, slope 0.5
+    halves = save_nifti(tmp_path / "halves.nii", (pred * 2).astype(np.int16), slope=0.5)  # stored 2x, slope 0.5
     assert evaluate_volume(halves, t).rows == evaluate_volume(save_nifti(tmp_path / "p.nii", pred), t).rows
-    shifted = nib.Nifti1Image(np.ascontiguousarray((pred.astype(np.int16) + 5).transpose(2, 1, 0)),
-                              AFFINE[:, [2, 1, 0, 3]])
-    shifted.header.set_slope_inter(1.0, -5.0)  # stored + 5, intercept -5
-    nib.save(shifted, str(tmp_path / "shifted.nii"))
+    save_nifti(tmp_path / "shifted.nii", pred.astype(np.int16) + 5, slope=1.0, inter=-5.0)  # stored + 5
     assert evaluate_volume(tmp_path / "shifted.nii", t).rows == evaluate_volume(tmp_path / "p.nii", t).rows
     for slope, inter in ((2.0, 0.0), (1.0, 1.0)):  # integer storage with a slope or an intercept is scaled
-        stored = nib.Nifti1Image(np.ascontiguousarray(pred.astype(np.int16).transpose(2, 1, 0)),
-                                 AFFINE[:, [2, 1, 0, 3]])
-        stored.header.set_slope_inter(slope, inter)
-        nib.save(stored, str(tmp_path / "stored.nii"))
+        save_nifti(tmp_path / "stored.nii", pred.astype(np.int16), slope=slope, inter=inter)
         expected = save_nifti(tmp_path / "expected.nii", (pred * slope + inter).astype(np.uint8))
         assert evaluate_volume(tmp_path / "stored.nii", t).rows == evaluate_volume(expected, t).rows
     floats = save_nifti(tmp_path / "float.nii", pred.astype(np.float32))

@@ -293,10 +293,14 @@ def test_bad_arguments_are_refused() -> None:
 # --------------------------------------------------------------------------- files, grids and the CLI
 
 
-def save_nifti(path: Path, zyx: np.ndarray, zyx_affine: np.ndarray) -> Path:
-    """Write a (z, y, x) array as NIfTI (i, j, k) = (x, y, z); ``zyx_affine`` maps (z, y, x, 1) to RAS mm."""
-    ijk_affine = zyx_affine[:, [2, 1, 0, 3]]
-    nib.save(nib.Nifti1Image(np.ascontiguousarray(zyx.transpose(2, 1, 0)), ijk_affine), str(path))
+def save_nifti(path: Path, zyx: np.ndarray, zyx_affine: np.ndarray, slope: float | None = None,
+               inter: float = 0.0) -> Path:
+    """Write a (z, y, x) array as NIfTI (i, j, k) = (x, y, z); ``zyx_affine`` maps (z, y, x, 1) to RAS mm;
+    ``slope``/``inter`` the header's scaling of the stored values (none by default)."""
+    image = nib.Nifti1Image(np.ascontiguousarray(zyx.transpose(2, 1, 0)), zyx_affine[:, [2, 1, 0, 3]])
+    if slope is not None:
+        image.header.set_slope_inter(slope, inter)
+    nib.save(image, str(path))
     return path
 
 
