@@ -258,11 +258,10 @@ def start_local_cluster(workers: int, cuda: bool) -> Any:
     from distributed import LocalCluster
 
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with nanny_environment_kept():
-        return LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, host="127.0.0.1",
-                            dashboard_address=None, resources={"GPU": 1} if cuda else None,
-                            worker_class=kept_environment_nanny(),
-                            silence_logs=logging.CRITICAL)  # a task's error reaches the caller as one line
+    return LocalCluster(n_workers=workers, threads_per_worker=threads, processes=True, host="127.0.0.1",
+                        dashboard_address=None, resources={"GPU": 1} if cuda else None,
+                        worker_class=kept_environment_nanny(),
+                        silence_logs=logging.CRITICAL)  # a task's error reaches the caller as one line
 
 
 def _check_gpu_workers(client: Any) -> None:
