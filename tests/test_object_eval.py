@@ -31,11 +31,13 @@ from scipy import ndimage
 from segflow.cli import main
 from segflow.cli.evaluate import eval_cmd
 from segflow.errors import ConfigError, InputError, OutputError
-from segflow.evaluate import evaluate_prediction
+from segflow.evaluate import evaluate, evaluate_prediction
 from segflow.io.mask_store import MaskStore
 from segflow.labels import LABEL_NODATA
 from segflow.metrics import object_f1
 from segflow.object_eval import ObjectEvalReport, evaluate_objects
+
+from .helpers import write_geotiff
 
 NAMES = ("background", "building", "water")
 UTM = "EPSG:32633"
@@ -466,10 +468,6 @@ def test_a_run_scored_against_its_own_shifted_polygons(tmp_path: Path) -> None:
 
 def test_objects_against_a_label_raster_leave_out_unlabelled_and_ignored_truth(tmp_path: Path) -> None:
     """Where the truth is nodata (255) or an ignored value, neither raster has an object there."""
-    from segflow.evaluate import evaluate
-
-    from .helpers import write_geotiff
-
     pred = np.zeros((40, 50), np.uint8)
     pred[2:8, 2:8] = 1     # A: the truth's, IoU 1
     pred[2:8, 20:26] = 1   # B: the truth is unlabelled there
@@ -492,10 +490,6 @@ def test_objects_against_a_label_raster_leave_out_unlabelled_and_ignored_truth(t
 
 def test_objects_against_a_label_raster_face_connected_and_per_class(tmp_path: Path) -> None:
     """Objects are face-connected (a diagonal touch makes two); each class is matched and counted on its own."""
-    from segflow.evaluate import evaluate
-
-    from .helpers import write_geotiff
-
     pred = np.zeros((40, 50), np.uint8)
     pred[2:6, 2:6] = 1     # P1 = T1
     pred[6:9, 6:9] = 1     # P2 touches P1 only at a corner: its own object
