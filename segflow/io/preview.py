@@ -27,9 +27,10 @@ _GDAL_CACHE = 64 << 20
 
 
 def sample_index(n_src: int, n_dst: int) -> np.ndarray:
-    """Source indices sampled by ``n_dst`` output pixels over ``n_src`` source pixels (nearest, pixel centres)."""
-    index = np.floor((np.arange(n_dst) + 0.5) * (n_src / n_dst)).astype(np.int64)
-    return np.minimum(index, n_src - 1)
+    """Source indices sampled by ``n_dst`` output pixels over ``n_src`` source pixels (nearest, pixel centres):
+    ``floor((i + 1/2) * n_src / n_dst)``, in integers. (In floating point, a centre that lies exactly on a pixel
+    edge, e.g. output 49 of 99 over 1000 pixels at 500, could fall to the pixel before: 499.99999999999994.)"""
+    return (2 * np.arange(n_dst, dtype=np.int64) + 1) * n_src // (2 * n_dst)
 
 
 def output_shape(shape: Sequence[int], max_side: int) -> tuple[int, int]:

@@ -17,7 +17,8 @@ is built without the full-resolution scene or mask in memory:
 - a title (scene and model name) and a legend (the classes present anywhere in the store).
 
 Pixel sampling: output pixel ``i`` of ``n`` shows source pixel ``floor((i + 0.5) * N / n)`` of ``N``
-(:func:`sample_index`), GDAL's nearest-neighbour convention. Axis order is ``(Y, X)`` (rows,
+(:func:`sample_index`, in integers), GDAL's nearest-neighbour convention (GDAL computes it in floating point
+and may take the pixel before when a centre lies exactly on a pixel edge). Axis order is ``(Y, X)`` (rows,
 columns) for grids and ``(rows, columns, RGB)`` for pictures; polygon coordinates are ``(x, y)`` =
 (column, row) in pixel units of the full scene, with (0, 0) the top-left corner of the first pixel.
 """
@@ -192,26 +193,38 @@ def _annotate(image: Image.Image, title: str, legend: list[tuple[int, str, RGB]]
     title_box = (0, 0, width, min(height, size + 2 * pad))
     draw.rectangle((0, 0, title_box[2] - 1, title_box[3] - 1), fill=(0, 0, 0, 170))
     draw.text((pad, pad), _drawable(title, font), fill=(255, 255, 255, 255), font=font)
-    legend_box = (0, height, 0, height)
-    if legend:
-        row = size + pad
-        per_column = min(len(legend), max(1, (height - title_box[3] - 4 * pad) // row))
-        columns = -(-len(legend) // per_column)
-        text = max(round(draw.textlength(_drawable(name, font), font=font)) for _, name, _ in legend)
-        column_width = size + 3 * pad + text
-        x0, y0 = pad, max(title_box[3], height - pad - min(height, per_column * row + pad))
-        legend_box = (x0, y0, min(width, x0 + columns * column_width + pad), min(height, y0 + per_column * row + pad))
-        draw.rectangle((x0, y0, legend_box[2] - 1, legend_box[3] - 1), fill=(0, 0, 0, 170))
-        for n, (k, name, color) in enumerate(legend):
-            x, y = x0 + pad + (n // per_column) * column_width, y0 + pad + (n % per_column) * row
-            swatch = (x, y, x + size - 1, y + size - 1)
-            if k == 0:  # background is not painted over the scene: a hollow swatch
-                draw.rectangle(swatch, outline=(*color, 255), width=max(1, size // 8))
-            else:
-                draw.rectangle(swatch, fill=(*color, 255), outline=(255, 255, 255, 255))
-            draw.text((x + size + pad, y), _drawable(name, font), fill=(255, 255, 255, 255), font=font)
+    empty = (0, height, 0, height)
+    legend_box = _draw_legend(draw, legend, font, (size, pad), (title_box[3], width, height)) if legend else empty
     image.paste(Image.alpha_composite(image.convert("RGBA"), overlay).convert("RGB"))
     return title_box, legend_box
+
+
+def _draw_legend(draw: ImageDraw.ImageDraw, legend: list[tuple[int, str, RGB]],
+                 font: ImageFont.FreeTypeFont | ImageFont.ImageFont, sizes: tuple[int, int],
+                 room: tuple[int, int, int]) -> Rect:
+    """Draw the legend's box in the bottom-left corner of a ``(top, width, height)`` room (below the title), in
+    columns when it is too tall, with text of ``sizes = (size, pad)``; return the box. A picture with no room for
+    it (a strip a few pixels high or wide) gets none: an empty box."""
+    (size, pad), (top, width, height) = sizes, room
+    row = size + pad
+    per_column = min(len(legend), max(1, (height - top - 4 * pad) // row))
+    columns = -(-len(legend) // per_column)
+    text = max(round(draw.textlength(_drawable(name, font), font=font)) for _, name, _ in legend)
+    column_width = size + 3 * pad + text
+    x0, y0 = pad, max(top, height - pad - min(height, per_column * row + pad))
+    x1, y1 = min(width, x0 + columns * column_width + pad), min(height, y0 + per_column * row + pad)
+    if x1 <= x0 or y1 <= y0:
+        return (0, height, 0, height)
+    draw.rectangle((x0, y0, x1 - 1, y1 - 1), fill=(0, 0, 0, 170))
+    for n, (k, name, color) in enumerate(legend):
+        x, y = x0 + pad + (n // per_column) * column_width, y0 + pad + (n % per_column) * row
+        swatch = (x, y, x + size - 1, y + size - 1)
+        if k == 0:  # background is not painted over the scene: a hollow swatch
+            draw.rectangle(swatch, outline=(*color, 255), width=max(1, size // 8))
+        else:
+            draw.rectangle(swatch, fill=(*color, 255), outline=(255, 255, 255, 255))
+        draw.text((x + size + pad, y), _drawable(name, font), fill=(255, 255, 255, 255), font=font)
+    return (x0, y0, x1, y1)
 
 
 def _check_2d(scene: Scene) -> None:
