@@ -11,12 +11,13 @@ from typing import Any
 import numpy as np
 import pytest
 import rasterio
-from PIL import Image, ImageFont
+from PIL import Image, ImageDraw, ImageFont
 from rasterio.transform import from_origin
 from scipy import ndimage
 
 from segflow.errors import ConfigError, InputError, OutputError
 from segflow.io import preview, quicklook
+from segflow.io.mask_store import MaskStore
 from segflow.io.quicklook import ALPHA, PALETTE, QuicklookSink, render_quicklook, sample_labels
 from segflow.io.readers import open_scene
 from segflow.labels import LABEL_NODATA
@@ -608,3 +609,200 @@ def test_palette_colours_by_class_index() -> None:
     assert all(type(c) is tuple for c in colors)
     spec = spec_of([[1, 2, 3], None])
     assert quicklook.class_colors(spec) == ((1, 2, 3), PALETTE[1])
+
+
+# ---- found by mutation testing: exact sizes, colours and checks --------------------------------------------
+
+VEIL_OVER_WHITE = round(255 * (255 - 170) / 255)  # the title's and legend's veil, black at 170/255, over white
+
+
+def test_title_and_legend_sizes_follow_the_picture() -> None:
+    spec = legend_spec(3)
+    entries = quicklook.legend_entries([1, 2], spec)
+    for width, size in ((100, 10), (1240, 16), (2000, 25), (2400, 28), (4000, 28)):  # 1/80 of the side, 10..28
+        pad = size // 3
+        height = max(100, width // 2)
+        image = Image.new("RGB", (width, height), (255, 255, 255))
+        title_box, legend_box = quicklook._annotate(image, "t", entries)
+        assert title_box == (0, 0, width, size + 2 * pad), width
+        assert legend_box[1] == height - pad - (2 * (size + pad) + pad) and legend_box[3] == height - pad
+
+
+def test_the_veil_covers_the_title_and_legend_boxes_exactly() -> None:
+    image = Image.new("RGB", (400, 300), (255, 255, 255))
+    entries = quicklook.legend_entries([1], legend_spec(2))
+    title_box, (x0, y0, x1, y1) = quicklook._annotate(image, "", entries)
+    pixels = np.asarray(image).astype(int)
+    assert (pixels[:title_box[3]] == VEIL_OVER_WHITE).all()  # every column, no text
+    assert (pixels[title_box[3]:y0] == 255).all() and (pixels[y1:] == 255).all()
+    assert (pixels[title_box[3]:, x1:] == 255).all()
+    legend = pixels[y0:y1, x0:x1]
+    for edge in (legend[0], legend[-1], legend[:, 0], legend[:, -1]):
+        assert (edge == VEIL_OVER_WHITE).all()
+    assert (pixels[title_box[3]:, :x0] == 255).all()
+
+
+def test_legend_swatches_and_text_at_a_large_size() -> None:
+    spec = legend_spec(3)
+    entries = quicklook.legend_entries([0, 1, 2], spec)
+    size, pad = 25, 8  # 2000 px wide
+    image = Image.new("RGB", (2000, 1000), (255, 255, 255))
+    _, (x0, y0, x1, y1) = quicklook._annotate(image, "Ag title", entries)
+    font = ImageFont.load_default(size=size)
+    text = max(round(ImageDraw.Draw(image).textlength(name, font=font)) for _, name, _ in entries)
+    assert (x0, y0, y1) == (pad, 1000 - pad - (3 * (size + pad) + pad), 1000 - pad)
+    assert x1 == x0 + (size + 3 * pad + text) + pad
+    pixels = np.asarray(image).astype(int)
+    for n, (k, _, color) in enumerate(entries):
+        x, y = x0 + pad, y0 + pad + n * (size + pad)
+        swatch = pixels[y:y + size, x:x + size]
+        ring = np.ones((size, size), dtype=bool)
+        width = 3 if k == 0 else 1  # class 0 hollow, its ring size // 8 thick; the others filled, outlined white
+        ring[width:-width, width:-width] = False
+        if k == 0:
+            assert np.array_equal((swatch == color).all(axis=2), ring)
+        else:
+            assert ((swatch == color).all(axis=2) == ~ring).all() and (swatch[ring] == 255).all()
+        assert (pixels[y - 1, x:x + size] == VEIL_OVER_WHITE).all() and (pixels[y + size, x:x + size] ==
+                                                                          VEIL_OVER_WHITE).all()
+        words = pixels[y:y + size + pad, x + size + pad:x1]
+        rows = np.flatnonzero(np.any(np.all(words >= 250, axis=2), axis=1))
+        assert rows.size and rows.max() - rows.min() >= 14  # text of size 25, not the default font's 10
+    title = pixels[:size + 2 * pad, :400]
+    rows = np.flatnonzero(np.any(np.all(title >= 250, axis=2), axis=1))
+    assert rows.max() - rows.min() >= 14
+
+
+def test_a_title_beyond_latin_1_is_drawn_as_itself_with_freetype() -> None:
+    if not isinstance(ImageFont.load_default(size=12), ImageFont.FreeTypeFont):
+        pytest.skip("Pillow without FreeType draws Latin-1 only")
+    drawn = []
+    for title in ("東京", "??"):
+        image = Image.new("RGB", (400, 100), (255, 255, 255))
+        quicklook._annotate(image, title, [])
+        drawn.append(np.asarray(image)[:16])
+    assert not np.array_equal(drawn[0], drawn[1])
+
+
+def test_the_legend_wraps_by_the_room_left() -> None:
+    entries = quicklook.legend_entries(range(30), legend_spec(30))
+    for height, per_column in ((197, 13), (196, 12)):  # (height - title 16 - 4 pads) // rows of 13
+        image = Image.new("RGB", (600, height), (255, 255, 255))
+        _, (x0, y0, x1, y1) = quicklook._annotate(image, "t", entries)
+        assert y1 - y0 == min(height - 16, per_column * 13 + 3), height
+        columns = -(-30 // per_column)
+        pixels = np.asarray(image)
+        last = entries[-1][2]  # the last class's swatch: in the last column, at row (29 % per_column)
+        xs = np.nonzero((pixels == last).all(axis=2))[1]
+        assert xs.size and xs.min() > x0 + (columns - 1) * (10 + 9), height
+    six = entries[:6]
+    image = Image.new("RGB", (600, 30), (255, 255, 255))  # no room for a second row: six columns of one
+    _, (x0, y0, x1, y1) = quicklook._annotate(image, "t", six)
+    font = ImageFont.load_default(size=10)
+    text = max(round(ImageDraw.Draw(image).textlength(name, font=font)) for _, name, _ in six)
+    assert (x0, y0, x1, y1) == (3, 16, 3 + 6 * (10 + 9 + text) + 3, 30)
+    image = Image.new("RGB", (3, 300), (255, 255, 255))  # as narrow as the margin: no legend
+    assert quicklook._annotate(image, "t", entries)[1] == (0, 300, 0, 300)
+
+
+def test_a_polygon_of_the_class_just_beyond_the_colours_is_white(tmp_path: Path) -> None:
+    geometry = pytest.importorskip("shapely.geometry")
+    picture = Image.new("RGB", (40, 40))
+    colors = [(0, 0, 0), (255, 0, 0), (0, 0, 255)]
+    quicklook._draw_polygons(picture, [(geometry.box(10, 10, 30, 30), 3), (geometry.box(5, 5, 8, 8), -1)],
+                             np.zeros((40, 40), dtype=np.uint8), (40, 40), colors)
+    drawn = {tuple(v) for v in np.asarray(picture).reshape(-1, 3).tolist()}
+    assert drawn == {(0, 0, 0), (255, 255, 255)}
+
+
+def test_sink_draws_its_polygons(tmp_path: Path) -> None:
+    geometry = pytest.importorskip("shapely.geometry")
+    spec = spec_of([None, [255, 0, 0], [0, 0, 255]])
+    labels = np.zeros((100, 100), dtype=np.uint8)
+    labels[40:60, 40:60] = 1
+    store = make_store(tmp_path / "m.zarr", labels, spec)
+    scene = Scene.from_array(np.full((1, 100, 100), 5, dtype=np.uint8))
+    path = QuicklookSink(scene, spec, polygons=[(geometry.box(20, 20, 80, 80), 2)]).write(store, tmp_path)
+    with Image.open(path) as im:
+        image = np.asarray(im)
+    assert (image[19, 20:80] == (0, 0, 255)).all()
+    assert not (image == (255, 0, 0)).all(axis=2)[:, 30:].any()  # no label outline, only the legend's swatch
+
+
+def test_sample_labels_steps_rows_and_columns_by_their_own_chunk(tmp_path: Path) -> None:
+    labels = np.random.default_rng(11).integers(0, 3, (130, 210)).astype(np.uint8)
+    store = MaskStore.create(tmp_path / "m.zarr", labels.shape, (40, 100), ["a", "b", "c"], save_scores=False,
+                             attrs={})
+    store.write(Box((0, 0), labels.shape), labels)
+    reads: list[Box] = []
+    read = store.read_labels
+
+    def counted(box: Box) -> np.ndarray:
+        reads.append(box)
+        return read(box)
+
+    store.read_labels = counted  # type: ignore[method-assign]
+    got, present = sample_labels(store, (65, 105), 3)
+    assert len(reads) == 4 * 3 and reads[1] == Box((0, 100), (40, 200)) and reads[3] == Box((40, 0), (80, 100))
+    assert np.array_equal(got, labels[exact_centres(130, 65)][:, exact_centres(210, 105)]) and present == (0, 1, 2)
+
+
+@pytest.mark.parametrize("size", [(300, 600), (700, 90)])
+def test_verify_compares_every_pixel(tmp_path: Path, size: tuple[int, int]) -> None:
+    image = Image.fromarray(np.zeros((size[1], size[0], 3), dtype=np.uint8))
+    path = tmp_path / "q.png"
+    image.save(path, format="PNG")
+    for x, y in ((0, 0), (size[0] - 1, 0), (0, size[1] - 1), (size[0] - 1, size[1] - 1), (size[0] // 2, 300)):
+        other = image.copy()
+        other.putpixel((x, min(y, size[1] - 1)), (0, 0, 1))
+        with pytest.raises(OutputError, match="its pixels differ"):
+            quicklook._verify(path, other)
+
+
+def test_verify_names_the_decoders_reason_cut_to_160_characters(tmp_path: Path) -> None:
+    folder = tmp_path / ("deep" * 12) / ("er" * 40)
+    folder.mkdir(parents=True)
+    path = folder / "q.png"
+    path.write_bytes(b"\x89PNG not really")
+    with pytest.raises(OSError) as decoded:
+        Image.open(path)
+    reason = str(decoded.value).strip()
+    assert len(reason) > 170
+    with pytest.raises(OutputError) as info:
+        quicklook._verify(path, Image.new("RGB", (4, 4)))
+    assert f"({reason[:160]}); the disk may be full" in str(info.value)
+
+
+def test_gdal_validity_is_sampled_on_the_picture_grid(tmp_path: Path) -> None:
+    data = np.ones((3, 40, 60), dtype=np.uint16)
+    data[:, :20, :30] = 0  # nodata over every band in the top-left quarter
+    path = write_tif(tmp_path / "n.tif", data, [" Red ", "green", "BLUE "], nodata=0)  # names as written, trimmed
+    values, valid = preview.read_decimated(open_scene(path), (10, 15))
+    expected = np.ones((10, 15), dtype=bool)
+    expected[:5, :7] = False  # output rows 0..4 sample rows 2..18; columns 0..6 sample columns 2..26
+    assert valid.shape == (10, 15) and np.array_equal(valid, expected)
+    assert values.shape == (3, 10, 15) and (values[:, expected] == 1).all() and (values[:, ~expected] == 0).all()
+
+
+def test_an_unreadable_file_names_gdals_reason(tmp_path: Path) -> None:
+    path = write_tif(tmp_path / "gone.tif", np.zeros((1, 8, 8), dtype=np.uint8))
+    scene = open_scene(path)
+    path.write_bytes(b"not a tiff any more")
+    with pytest.raises(InputError, match=r"\(.*not recognized as being in a supported file format\.?\)"):
+        preview.read_decimated(scene, (4, 4))
+
+
+def test_stretch_of_three_bands_two_rows_high_keeps_each_band() -> None:
+    values = np.zeros((3, 2, 5), dtype=np.float32)
+    values[0] = np.arange(10).reshape(2, 5)
+    values[1] = 9 - np.arange(10).reshape(2, 5)
+    values[2, :, 2:] = 1
+    got = preview.stretch(values, np.ones((2, 5), dtype=bool))
+    assert got[0, 0].tolist() == [0, 255, 0] and got[1, 4].tolist() == [255, 0, 255]
+
+
+def test_stretch_of_a_ramp_exactly() -> None:
+    ramp = np.arange(101, dtype=np.uint16).reshape(1, 1, 101)  # percentiles 2 and 98; 255 / 96 = 85 / 32 exact
+    got = preview.stretch(ramp, np.ones((1, 101), dtype=bool))[0, :, 0]
+    expected = np.rint(np.clip((np.arange(101) - 2) * 255 / 96, 0, 255))
+    assert np.array_equal(got, expected) and got[92] == 239

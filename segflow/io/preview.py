@@ -81,8 +81,7 @@ def read_decimated(scene: Scene, shape: tuple[int, int]) -> tuple[np.ndarray, np
 def _read_gdal(name: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     try:
         with gdal_cache_limit(_GDAL_CACHE), rasterio.open(name) as ds:
-            names = [(d or f"band{i + 1}").strip().lower() for i, d in enumerate(ds.descriptions)]
-            indexes = [i + 1 for i in _display_bands(names)]
+            indexes = [i + 1 for i in _display_bands([(d or "").strip() for d in ds.descriptions])]
             values = ds.read(indexes, out_shape=(len(indexes), *shape), resampling=Resampling.nearest)
             valid = ds.dataset_mask(out_shape=shape, resampling=Resampling.nearest) > 0
     except RasterioError as exc:
@@ -111,16 +110,15 @@ def stretch(values: np.ndarray, valid: np.ndarray, low: float = 2.0, high: float
     """``(rows, cols, 3)`` uint8: each band of ``(C, rows, cols)`` mapped linearly from its ``low``..``high``
     percentile (over valid pixels) to 0..255 and clipped; a constant band is mid grey, a single band grey,
     invalid pixels dark."""
-    out = np.empty((*values.shape[1:], 3), dtype=np.uint8)
+    out = np.zeros((*values.shape[1:], 3), dtype=np.uint8)
+    if not valid.any():
+        return out
     for c in range(3):
         band = values[min(c, values.shape[0] - 1)]
         if c >= values.shape[0]:  # grey: the same band again
             out[..., c] = out[..., 0]
             continue
         picked = band[valid]
-        if picked.size == 0:
-            out[..., c] = 0
-            continue
         lo, hi = _percentiles(picked, (low, high))
         del picked
         if hi <= lo:

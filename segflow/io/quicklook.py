@@ -88,7 +88,7 @@ def sample_labels(store: MaskStore, shape: tuple[int, int], num_classes: int) ->
     chunk = getattr(store.labels, "shards", None) or store.labels.chunks
     step_r, step_c = int(chunk[0]), int(chunk[1])
     out = np.full(shape, LABEL_NODATA, dtype=np.uint8)
-    counts = np.zeros(256, dtype=np.int64)
+    seen = np.zeros(256, dtype=bool)
     for r0 in range(0, height, step_r):
         r1 = min(r0 + step_r, height)
         i0, i1 = np.searchsorted(rows, [r0, r1])
@@ -97,15 +97,14 @@ def sample_labels(store: MaskStore, shape: tuple[int, int], num_classes: int) ->
             j0, j1 = np.searchsorted(cols, [c0, c1])
             block = store.read_labels(Box((r0, c0), (r1, c1)))
             for s in range(0, block.shape[0], _STRIP):
-                counts += np.bincount(block[s:s + _STRIP].ravel(), minlength=256)
-            if i1 > i0 and j1 > j0:
-                out[i0:i1, j0:j1] = block[rows[i0:i1] - r0][:, cols[j0:j1] - c0]
-    counts[LABEL_NODATA] = 0
-    unknown = [v for v in np.flatnonzero(counts) if v >= num_classes]
+                seen |= np.bincount(block[s:s + _STRIP].ravel(), minlength=256) > 0
+            out[i0:i1, j0:j1] = block[rows[i0:i1] - r0][:, cols[j0:j1] - c0]
+    seen[LABEL_NODATA] = False
+    unknown = [v for v in np.flatnonzero(seen) if v >= num_classes]
     if unknown:
         raise InputError(f"{store.path} holds label {int(unknown[0])} but the model has {num_classes} classes "
                          f"(0..{num_classes - 1}); make the quicklook with the model the store was made with")
-    return out, tuple(int(v) for v in np.flatnonzero(counts))
+    return out, tuple(int(v) for v in np.flatnonzero(seen))
 
 
 def _outline(labels: np.ndarray) -> np.ndarray:
@@ -113,7 +112,7 @@ def _outline(labels: np.ndarray) -> np.ndarray:
     edge = np.zeros(labels.shape, dtype=bool)
     dx = labels[:, 1:] != labels[:, :-1]
     dy = labels[1:, :] != labels[:-1, :]
-    edge[:, 1:] |= dx
+    edge[:, 1:] = dx
     edge[:, :-1] |= dx
     edge[1:, :] |= dy
     edge[:-1, :] |= dy
@@ -186,7 +185,7 @@ def _annotate(image: Image.Image, title: str, legend: list[tuple[int, str, RGB]]
     """Draw the title bar (top) and the legend box (bottom left) on ``image``; return both boxes."""
     width, height = image.size
     size = max(10, min(28, round(max(width, height) / 80)))
-    pad = max(2, size // 3)
+    pad = size // 3
     font = ImageFont.load_default(size=size)  # Pillow's bitmap font, of fixed size, where it lacks FreeType
     overlay = Image.new("RGBA", image.size, (0, 0, 0, 0))
     draw = ImageDraw.Draw(overlay)
