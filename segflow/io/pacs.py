@@ -88,14 +88,18 @@ def parse_pacs(text: str) -> PacsTarget:
         return PacsTarget("dicomweb", url=url, user=unquote(parts.username or ""),
                           given_password=None if parts.password is None else unquote(parts.password), secret=secret)
     if parts.scheme == "dimse":
-        aet, host, port = parts.username, parts.hostname, None
+        aet, host, port = unquote(parts.username or ""), parts.hostname, None
         try:
             port = parts.port
         except ValueError:
             pass
         if not aet or not host or not port:
             raise ConfigError(f"--pacs {text!r} must name the AE title, host and port; {_USAGE}")
-        calling = parse_qs(parts.query).get("calling", ["SEGFLOW"])[0]
+        query = parse_qs(parts.query, keep_blank_values=True)
+        unknown = sorted(set(query) - {"calling"})
+        if unknown:
+            raise ConfigError(f"--pacs {text!r}: unknown parameter {unknown[0]}=; only calling=AET is understood")
+        calling = query.get("calling", ["SEGFLOW"])[0]
         for title in (aet, calling):
             if not 1 <= len(title) <= 16 or "\\" in title:
                 raise ConfigError(f"AE title {title!r} in --pacs must be 1 to 16 characters without backslashes")
@@ -245,9 +249,10 @@ def _dimse(target: PacsTarget, timeout: float) -> tuple[Send, Find]:
                 code = getattr(status, "Status", None)
                 if code is None:
                     raise ConnectionError("no C-FIND response")
-                if code in (0xFF00, 0xFF01) and identifier is not None:
-                    found = found or str(identifier.get("SOPInstanceUID", "")) == str(ds.SOPInstanceUID)
-                elif code not in (0x0000,):
+                if code in (0xFF00, 0xFF01):  # pending: a match (its identifier may be missing or another's)
+                    found = found or (identifier is not None
+                                      and str(identifier.get("SOPInstanceUID", "")) == str(ds.SOPInstanceUID))
+                elif code != 0x0000:
                     raise _Refused(f"C-FIND status 0x{code:04X}")
             return found
         finally:
