@@ -684,6 +684,19 @@ def test_a_title_beyond_latin_1_is_drawn_as_itself_with_freetype() -> None:
     assert not np.array_equal(drawn[0], drawn[1])
 
 
+def test_legend_names_beyond_latin_1_are_measured_and_drawn_as_themselves() -> None:
+    font = ImageFont.load_default(size=10)
+    if not isinstance(font, ImageFont.FreeTypeFont):
+        pytest.skip("Pillow without FreeType draws Latin-1 only")
+    drawn = []
+    for name in ("東京東京東京", "??????"):
+        image = Image.new("RGB", (400, 200), (255, 255, 255))
+        _, (_, y0, x1, y1) = quicklook._annotate(image, "", [(1, name, (0, 0, 255))])
+        assert x1 == 3 + 10 + 9 + round(ImageDraw.Draw(image).textlength(name, font=font)) + 3
+        drawn.append(np.asarray(image)[y0:y1, 3 + 3 + 10 + 3:3 + 3 + 10 + 3 + 24])  # the text's first 24 columns
+    assert not np.array_equal(drawn[0], drawn[1])
+
+
 def test_the_legend_wraps_by_the_room_left() -> None:
     entries = quicklook.legend_entries(range(30), legend_spec(30))
     for height, per_column in ((197, 13), (196, 12)):  # (height - title 16 - 4 pads) // rows of 13
@@ -796,9 +809,9 @@ def test_stretch_of_three_bands_two_rows_high_keeps_each_band() -> None:
     values = np.zeros((3, 2, 5), dtype=np.float32)
     values[0] = np.arange(10).reshape(2, 5)
     values[1] = 9 - np.arange(10).reshape(2, 5)
-    values[2, :, 2:] = 1
+    values[2] = 9 - np.arange(10).reshape(2, 5)
     got = preview.stretch(values, np.ones((2, 5), dtype=bool))
-    assert got[0, 0].tolist() == [0, 255, 0] and got[1, 4].tolist() == [255, 0, 255]
+    assert got[0, 0].tolist() == [0, 255, 255] and got[1, 4].tolist() == [255, 0, 0]
 
 
 def test_stretch_of_a_ramp_exactly() -> None:
